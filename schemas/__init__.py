@@ -1,0 +1,1 @@
+"""The wire contract: msgspec structs for every event a producer may publish."""

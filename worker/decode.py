@@ -1,0 +1,135 @@
+"""Bytes to structs: one msgspec decode per record, and a precise reason when it fails.
+
+The reasons are the dead-letter reasons of CONTRACT §6. Only the failure path does extra work
+(classifying the error, hunting a NUL); the happy path is a single C-level decode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from schemas.interview import EVENT_NAMES, INTERVIEW_STRUCTS, InterviewUnion
+from schemas.proctoring import EVENT_TYPES, PROCTORING_STRUCTS, ProctoringUnion
+
+INVALID_JSON: Final = "invalid_json"
+SCHEMA_VIOLATION: Final = "schema_violation"
+UNKNOWN_EVENT_TYPE: Final = "unknown_event_type"
+EMPTY_PAYLOAD: Final = "empty_payload"
+REJECTED_BY_DATABASE: Final = "rejected_by_database"
+
+MAX_ERROR_BYTES: Final = 1024
+
+
+class DecodeFailure(msgspec.Struct, frozen=True):
+    """Why a record can never be stored."""
+
+    reason: str
+    message: str
+
+
+class _TagProbe(msgspec.Struct):
+    """Reads only the tag, to tell an unknown event type from a malformed known one."""
+
+    type: Any = None
+    event: Any = None
+
+
+_probe = msgspec.json.Decoder(_TagProbe)
+_NUL_ESCAPE: Final = b"\\u0000"
+
+
+def truncate(message: str, limit: int = MAX_ERROR_BYTES) -> str:
+    """Cut `message` to at most `limit` UTF-8 bytes without splitting a character."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return message
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def _nul_field(event: msgspec.Struct) -> str | None:
+    """The first stored field that holds a NUL (PostgreSQL text and jsonb cannot hold one)."""
+    stack: list[tuple[str, Any]] = [("$", event)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, msgspec.Raw):
+            if _contains_nul(msgspec.json.decode(value)):
+                return path
+        elif isinstance(value, msgspec.Struct):
+            for name in value.__struct_fields__:
+                stack.append((f"{path}.{name}", getattr(value, name)))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str) and "\x00" in value:
+            return path
+    return None
+
+
+class EventDecoder:
+    """Decodes one topic's records into its family's tagged union."""
+
+    def __init__(
+        self,
+        union: Any,
+        tag_field: str,
+        known_tags: tuple[str, ...],
+        structs: tuple[type[msgspec.Struct], ...],
+    ) -> None:
+        self._decoder = msgspec.json.Decoder(union)
+        self._tag_field = tag_field
+        self._known = frozenset(known_tags)
+        self.structs = structs
+
+    def decode(self, value: bytes | None) -> msgspec.Struct | DecodeFailure:
+        if value is None or not value.strip():
+            return DecodeFailure(EMPTY_PAYLOAD, "record value is empty")
+        try:
+            event = self._decoder.decode(value)
+        except msgspec.ValidationError as exc:
+            return self._classify(value, exc)
+        except msgspec.DecodeError as exc:
+            return DecodeFailure(INVALID_JSON, truncate(f"not valid JSON: {exc}"))
+        except UnicodeDecodeError as exc:
+            return DecodeFailure(
+                INVALID_JSON, truncate(f"not valid UTF-8: {exc.reason} at byte {exc.start}")
+            )
+        except RecursionError:
+            return DecodeFailure(INVALID_JSON, "JSON nested too deeply for the parser")
+        if _NUL_ESCAPE in value:
+            path = _nul_field(event)
+            if path is not None:
+                return DecodeFailure(
+                    SCHEMA_VIOLATION, f"text contains a NUL character (\\u0000) at `{path}`"
+                )
+        return event
+
+    def _classify(self, value: bytes, exc: msgspec.ValidationError) -> DecodeFailure:
+        try:
+            probe = _probe.decode(value)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            probe = None
+        if probe is not None:
+            tag = getattr(probe, self._tag_field)
+            if isinstance(tag, str) and tag not in self._known:
+                return DecodeFailure(
+                    UNKNOWN_EVENT_TYPE,
+                    truncate(
+                        f"unknown {self._tag_field} {tag!r}; known: {', '.join(sorted(self._known))}"
+                    ),
+                )
+        return DecodeFailure(SCHEMA_VIOLATION, truncate(str(exc)))
+
+
+proctoring_decoder = EventDecoder(ProctoringUnion, "type", EVENT_TYPES, PROCTORING_STRUCTS)
+interview_decoder = EventDecoder(InterviewUnion, "event", EVENT_NAMES, INTERVIEW_STRUCTS)

@@ -1,0 +1,75 @@
+"""Event type to handler: a lookup on the struct class the decoder produced, never an if-chain.
+
+Several event types may share one handler instance when they write the same rows; grouping a
+batch by handler then turns, say, all 13 proctoring types into one statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import asyncpg
+
+from schemas import interview as iv
+from schemas import proctoring as pr
+from schemas.common import tag_of
+from worker.handlers.applicants import ApplicantHandler
+from worker.handlers.base import Handler, Item
+from worker.handlers.interviews import InterviewStartedHandler
+from worker.handlers.proctoring import ProctoringHandler
+from worker.handlers.reports import (
+    ReportCreatedHandler,
+    proctoring_score_handler,
+    recording_handler,
+    webcam_recording_handler,
+)
+
+
+def _build_routes() -> dict[type, Handler]:
+    proctoring = ProctoringHandler()
+    applicants = ApplicantHandler()
+    routes: dict[type, Handler] = {cls: proctoring for cls in pr.PROCTORING_STRUCTS}
+    routes.update(
+        {
+            iv.InterviewStarted: InterviewStartedHandler(),
+            iv.InterviewReportCreated: ReportCreatedHandler(),
+            iv.InterviewRecordingCompleted: recording_handler,
+            iv.InterviewWebcamRecordingCompleted: webcam_recording_handler,
+            iv.ProctoringScoreCompleted: proctoring_score_handler,
+            iv.ApplicantCreated: applicants,
+            iv.ApplicantInvited: applicants,
+            iv.ApplicantUpdated: applicants,
+            iv.ApplicantCompleted: applicants,
+        }
+    )
+    return routes
+
+
+ROUTES: Mapping[type, Handler] = _build_routes()
+
+# Every struct either decoder can produce has a handler; a gap here is a programming error
+# that must stop the process at import, not dead-letter records at run time.
+_missing = {tag_of(c) for c in (*pr.PROCTORING_STRUCTS, *iv.INTERVIEW_STRUCTS)} - {
+    tag_of(c) for c in ROUTES
+}
+if _missing:
+    raise RuntimeError(f"event types without a handler: {sorted(_missing)}")
+
+
+def group_by_handler(items: Iterable[Item]) -> dict[Handler, list[Item]]:
+    """Split a batch by handler, keeping each group's records in their stream order."""
+    groups: dict[Handler, list[Item]] = {}
+    for item in items:
+        handler = ROUTES[type(item.event)]
+        group = groups.get(handler)
+        if group is None:
+            groups[handler] = [item]
+        else:
+            group.append(item)
+    return groups
+
+
+async def apply_batch(conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+    """Write a batch of decoded events through their handlers, in the caller's transaction."""
+    for handler, group in group_by_handler(items).items():
+        await handler.apply(conn, group)
