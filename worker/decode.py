@@ -89,6 +89,7 @@ class EventDecoder:
         self._decoder = msgspec.json.Decoder(union)
         self._tag_field = tag_field
         self._known = frozenset(known_tags)
+        self._known_list = ", ".join(sorted(known_tags))
         self.structs = structs
 
     def decode(self, value: bytes | None) -> msgspec.Struct | DecodeFailure:
@@ -124,9 +125,7 @@ class EventDecoder:
             if isinstance(tag, str) and tag not in self._known:
                 return DecodeFailure(
                     UNKNOWN_EVENT_TYPE,
-                    truncate(
-                        f"unknown {self._tag_field} {tag!r}; known: {', '.join(sorted(self._known))}"
-                    ),
+                    truncate(f"unknown {self._tag_field} {tag!r}; known: {self._known_list}"),
                 )
         return DecodeFailure(SCHEMA_VIOLATION, truncate(str(exc)))
 
