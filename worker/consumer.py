@@ -1,0 +1,453 @@
+"""The worker: Kafka batches in, one PostgreSQL transaction per batch out.
+
+A batch's path, top to bottom:
+
+1. `getmany` returns records of the partitions this worker owns and has positioned;
+2. each record is decoded into its struct, or into a dead letter with a reason;
+3. in ONE transaction: the offsets of the batch's partitions are compare-and-set (fencing a
+   worker that lost its partition), the handlers write the events (a record the database
+   rejects is isolated by bisection and becomes a dead letter), and the dead letters are
+   published and acknowledged by the broker;
+4. the transaction commits; then the offsets are also committed to Kafka for lag tools.
+
+A transient failure anywhere in 3 rolls back, pauses the partitions (membership stays: the
+loop keeps polling), backs off, and retries the same batch. Shutdown finishes or abandons the
+batch in hand (never half of it), leaves the group and closes connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from schemas.common import tag_of
+from worker import offsets
+from worker.config import Settings
+from worker.decode import (
+    REJECTED_BY_DATABASE,
+    DecodeFailure,
+    EventDecoder,
+    interview_decoder,
+    proctoring_decoder,
+    truncate,
+)
+from worker.dlq import DeadLetter, DeadLetterPublisher
+from worker.handlers.base import Item
+from worker.migrate import migrate
+from worker.retry import Backoff, describe, is_record_error
+from worker.router import apply_batch
+
+log = structlog.get_logger("worker")
+
+# Errors that say "the world is broken, try again", as opposed to a bug in this program.
+TRANSIENT = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    asyncio.TimeoutError,
+    KafkaError,
+)
+
+
+class _Fenced(Exception):
+    def __init__(self, partitions: set[TopicPartition]) -> None:
+        super().__init__(f"offsets moved by another worker: {sorted(partitions)}")
+        self.partitions = partitions
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker._on_assigned(set(assigned))
+
+
+class Worker:
+    """Consumes the proctoring and interview topics until `stop()` is called."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._decoders: dict[str, EventDecoder] = {
+            settings.proctoring_topic: proctoring_decoder,
+            settings.interview_topic: interview_decoder,
+        }
+        self._stop = asyncio.Event()
+        # Where each owned partition's next batch must start, as stored in consumer_offsets
+        # (None: no row yet). Only partitions in this map are processed.
+        self._positions: dict[TopicPartition, int | None] = {}
+        # Assigned but not yet positioned from the database; paused until they are.
+        self._pending: set[TopicPartition] = set()
+        self._commit_lock = asyncio.Lock()
+        self._pool: asyncpg.Pool | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._dlq: DeadLetterPublisher | None = None
+        self._retrying = False
+        self.stats: dict[str, int] = {"consumed": 0, "stored": 0, "dead_lettered": 0, "batches": 0}
+        self.ready = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        log.info("worker starting", **s.describe())
+        self._pool = await self._until_connected()
+        if s.auto_migrate:
+            await self._retrying_call("migrations", self._migrate)
+        producer = AIOKafkaProducer(
+            **s.kafka_options(),
+            acks="all",
+            enable_idempotence=False,  # idempotence needs InitProducerId, which some brokers lack
+            linger_ms=5,
+            max_batch_size=1 << 20,
+            client_id=f"{s.group_id}-dlq",
+        )
+        consumer = AIOKafkaConsumer(
+            **s.kafka_options(),
+            group_id=s.group_id,
+            client_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 << 20,
+            fetch_max_bytes=32 << 20,
+            isolation_level="read_committed",
+        )
+        self._consumer = consumer
+        self._dlq = DeadLetterPublisher(producer, s.dlq_topic, s.group_id)
+        try:
+            await self._retrying_call("kafka producer", producer.start)
+            await self._retrying_call("kafka consumer", consumer.start)
+            consumer.subscribe(list(s.topics), listener=_Listener(self))
+            log.info("worker running", topics=list(s.topics), group_id=s.group_id)
+            self.ready.set()
+            await self._loop(consumer)
+        finally:
+            await self._shutdown(consumer, producer)
+
+    async def _shutdown(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        log.info("worker stopping", **self.stats)
+        timeout = self.settings.shutdown_timeout_s
+        for name, closer in (("consumer", consumer.stop), ("producer", producer.stop)):
+            try:
+                await asyncio.wait_for(closer(), timeout)
+            except Exception as exc:  # shutting down: report and carry on closing the rest
+                log.warning("close failed", component=name, error=describe(exc))
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout)
+            except Exception as exc:
+                log.warning("close failed", component="database pool", error=describe(exc))
+                self._pool.terminate()
+        log.info("worker stopped", **self.stats)
+
+    async def _until_connected(self) -> asyncpg.Pool:
+        async def connect() -> asyncpg.Pool:
+            return await asyncpg.create_pool(
+                self.settings.database_url,
+                min_size=1,
+                max_size=self.settings.db_pool_size,
+                command_timeout=self.settings.db_command_timeout_s,
+            )
+
+        return await self._retrying_call("database", connect)
+
+    async def _migrate(self) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            await migrate(conn)
+
+    async def _retrying_call(self, what: str, fn: Any) -> Any:
+        """Call `fn` until it succeeds or the worker is stopped; log state changes only."""
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        while True:
+            try:
+                result = await fn()
+            except TRANSIENT as exc:
+                if backoff.attempt == 0:
+                    log.warning(f"{what} unavailable, retrying", error=describe(exc))
+                delay = backoff.next_delay()
+                if await self._sleep_or_stop(delay):
+                    raise asyncio.CancelledError(f"stopped while waiting for {what}") from exc
+                continue
+            if backoff.attempt:
+                log.info(f"{what} available again", attempts=backoff.attempt + 1)
+            return result
+
+    async def _sleep_or_stop(self, delay: float) -> bool:
+        """Sleep `delay` seconds; return True at once if stop() is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        return self._stop.is_set()
+
+    # -- rebalance -----------------------------------------------------------------------
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        if not assigned:
+            return
+        self._pending |= assigned
+        # Until its stored offset is known, a partition must not deliver records.
+        assert self._consumer is not None
+        self._consumer.pause(*assigned)
+        log.info("partitions assigned", partitions=_names(assigned))
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        # Let an in-flight commit finish so the next owner starts where it ended; bounded,
+        # because the compare-and-set keeps us safe even if we cannot wait.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self._commit_lock.acquire()
+                self._commit_lock.release()
+        for tp in revoked:
+            self._positions.pop(tp, None)
+            self._pending.discard(tp)
+        log.info("partitions revoked", partitions=_names(revoked))
+
+    async def _position_pending(self, consumer: AIOKafkaConsumer) -> None:
+        tps = self._pending & consumer.assignment()
+        self._pending -= self._pending - tps
+        if not tps:
+            return
+
+        async def load() -> dict[TopicPartition, int]:
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                return await offsets.load(conn, self.settings.group_id, tps)
+
+        stored = await self._retrying_call("database", load)
+        still = tps & consumer.assignment() & self._pending
+        for tp in still:
+            if tp in stored:
+                consumer.seek(tp, stored[tp])
+            self._positions[tp] = stored.get(tp)
+        self._pending -= still
+        consumer.resume(*still)
+        log.info(
+            "partitions positioned",
+            stored={f"{tp.topic}[{tp.partition}]": stored.get(tp) for tp in sorted(still)},
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _loop(self, consumer: AIOKafkaConsumer) -> None:
+        s = self.settings
+        backoff = Backoff(s.retry_initial_s, s.retry_max_s)
+        while not self._stop.is_set():
+            if self._pending:
+                await self._position_pending(consumer)
+            try:
+                fetched = await consumer.getmany(
+                    timeout_ms=s.fetch_wait_ms, max_records=s.max_batch_records
+                )
+            except KafkaError as exc:
+                if backoff.attempt == 0:
+                    log.warning("kafka fetch failed, retrying", error=describe(exc))
+                await self._sleep_or_stop(backoff.next_delay())
+                continue
+            if backoff.attempt:
+                log.info("kafka fetch recovered")
+                backoff.reset()
+            batch = self._accept(fetched)
+            if batch:
+                await self._handle(consumer, batch)
+
+    def _accept(self, fetched: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        """Keep records of positioned partitions, from their stored offset on."""
+        batch: dict[TopicPartition, list[Any]] = {}
+        for tp, records in fetched.items():
+            if tp not in self._positions or not records:
+                continue
+            start = self._positions[tp]
+            if start is not None and records[0].offset < start:
+                records = [r for r in records if r.offset >= start]
+                if not records:
+                    continue
+            batch[tp] = records
+        return batch
+
+    async def _handle(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
+    ) -> None:
+        started = time.perf_counter()
+        items: list[Item] = []
+        letters: list[DeadLetter] = []
+        for tp, records in batch.items():
+            decode = self._decoders[tp.topic].decode
+            for record in records:
+                result = decode(record.value)
+                if isinstance(result, DecodeFailure):
+                    letters.append(DeadLetter(record, result))
+                else:
+                    items.append(Item(result, record.topic, record.partition, record.offset))
+        moves = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        while True:
+            live = {tp for tp in moves if tp in self._positions}
+            if not live:
+                return
+            try:
+                async with self._commit_lock:
+                    rejected = await self._commit(
+                        [i for i in items if TopicPartition(i.topic, i.partition) in live],
+                        [
+                            d
+                            for d in letters
+                            if TopicPartition(d.record.topic, d.record.partition) in live
+                        ],
+                        {tp: moves[tp] for tp in live},
+                        batch,
+                    )
+            except _Fenced as fenced:
+                await self._refence(consumer, fenced.partitions)
+                continue
+            except TRANSIENT as exc:
+                if backoff.attempt == 0:
+                    log.warning("batch failed, retrying", error=describe(exc), records=len(items))
+                    consumer.pause(*consumer.assignment())
+                    self._retrying = True
+                if await self._wait_polling(consumer, backoff.next_delay()):
+                    log.info("stopping: batch abandoned uncommitted", records=len(items))
+                    return
+                continue
+            break
+        if self._retrying:
+            self._retrying = False
+            consumer.resume(*(consumer.assignment() - self._pending))
+            log.info("batch committed after retries", attempts=backoff.attempt + 1)
+        for tp in live:
+            self._positions[tp] = moves[tp]
+        dead = len(letters) + len(rejected)
+        self.stats["batches"] += 1
+        self.stats["consumed"] += sum(len(batch[tp]) for tp in live)
+        self.stats["stored"] += len(items) - len(rejected)
+        self.stats["dead_lettered"] += dead
+        log.debug(
+            "batch committed",
+            records=sum(len(batch[tp]) for tp in live),
+            dead_lettered=dead,
+            partitions=len(live),
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        await self._commit_kafka(consumer, {tp: moves[tp] for tp in live})
+
+    async def _wait_polling(self, consumer: AIOKafkaConsumer, delay: float) -> bool:
+        """Back off for `delay` seconds while polling the paused consumer, so the group does
+        not evict this member for exceeding max.poll.interval. True if stopping."""
+        deadline = time.monotonic() + delay
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._stop.is_set():
+                return True
+            with contextlib.suppress(KafkaError):
+                await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+        return self._stop.is_set()
+
+    async def _commit(
+        self,
+        items: Sequence[Item],
+        letters: Sequence[DeadLetter],
+        moves: dict[TopicPartition, int],
+        batch: dict[TopicPartition, list[Any]],
+    ) -> list[DeadLetter]:
+        assert self._pool is not None and self._dlq is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            expected = {tp: (self._positions[tp], nxt) for tp, nxt in moves.items()}
+            done = await offsets.advance(conn, self.settings.group_id, expected)
+            if done != set(moves):
+                raise _Fenced(set(moves) - done)
+            rejected: list[DeadLetter] = []
+            for item, message in await self._store(conn, items):
+                record = _record_of(batch, item)
+                rejected.append(DeadLetter(record, DecodeFailure(REJECTED_BY_DATABASE, message)))
+                log.warning(
+                    "record rejected by database",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    event_type=tag_of(item.event),
+                    error=message,
+                )
+            dead = sorted(
+                [*letters, *rejected], key=lambda d: (d.record.partition, d.record.offset)
+            )
+            for letter in letters:
+                r = letter.record
+                log.debug(
+                    "dead letter",
+                    topic=r.topic,
+                    partition=r.partition,
+                    offset=r.offset,
+                    reason=letter.failure.reason,
+                )
+            await self._dlq.publish(dead)
+        return rejected
+
+    async def _store(
+        self, conn: asyncpg.Connection, items: Sequence[Item]
+    ) -> list[tuple[Item, str]]:
+        """Write `items`; isolate records the database rejects by bisection under savepoints.
+        Returns the rejected items with the database's reason."""
+        if not items:
+            return []
+        try:
+            async with conn.transaction():
+                await apply_batch(conn, items)
+            return []
+        except Exception as exc:
+            if not is_record_error(exc):
+                raise
+            if len(items) == 1:
+                return [(items[0], truncate(describe(exc)))]
+        mid = len(items) // 2
+        return await self._store(conn, items[:mid]) + await self._store(conn, items[mid:])
+
+    async def _refence(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> None:
+        """Another worker moved these partitions' offsets: continue from what it stored."""
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            stored = await offsets.load(conn, self.settings.group_id, partitions)
+        for tp in partitions:
+            if tp in self._positions and tp in consumer.assignment():
+                self._positions[tp] = stored.get(tp)
+                if tp in stored:
+                    consumer.seek(tp, stored[tp])
+        log.warning("offsets fenced by another worker", partitions=_names(partitions))
+
+    async def _commit_kafka(
+        self, consumer: AIOKafkaConsumer, moves: dict[TopicPartition, int]
+    ) -> None:
+        owned = consumer.assignment()
+        commit = {tp: OffsetAndMetadata(n, "") for tp, n in moves.items() if tp in owned}
+        if not commit:
+            return
+        try:
+            await consumer.commit(commit)
+        except KafkaError as exc:
+            # The database is the source of truth; Kafka's copy is for lag tools only.
+            log.debug("kafka offset commit skipped", error=describe(exc))
+
+
+def _record_of(batch: dict[TopicPartition, list[Any]], item: Item) -> Any:
+    for record in batch[TopicPartition(item.topic, item.partition)]:
+        if record.offset == item.offset:
+            return record
+    raise LookupError(f"no record at {item.topic}[{item.partition}]@{item.offset}")
+
+
+def _names(tps: set[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)]

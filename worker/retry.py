@@ -1,0 +1,53 @@
+"""Which failures are the record's fault, which are the world's, and how long to wait.
+
+Only a record the database rejects for its content (class 22 data exceptions, class 23
+constraint violations, class 54 program limits such as an oversized index row) can be
+dead-lettered. Everything else, a lost connection, a deadlock, a restart, a bug of ours such as
+a missing table, is retried: dead-lettering valid records because the world is broken would
+turn an outage into data loss.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import asyncpg
+
+RECORD_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+)
+
+
+def is_record_error(exc: BaseException) -> bool:
+    """The database refused this data; retrying the same data can never succeed."""
+    return isinstance(exc, RECORD_ERRORS)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description without connection details (a DSN may carry a password)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or "?"
+        detail = getattr(exc, "detail", None)
+        text = f"{type(exc).__name__} [{sqlstate}]: {exc}"
+        return f"{text} ({detail})" if detail else text
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+
+    initial_s: float = 0.2
+    max_s: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.max_s, self.initial_s * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
