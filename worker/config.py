@@ -76,34 +76,41 @@ class Settings:
         env = os.environ if env is None else env
         r = _Reader(env)
         settings = cls(
-            bootstrap_servers=r.text("KAFKA_BOOTSTRAP_SERVERS", cls.bootstrap_servers),
+            bootstrap_servers=r.text("KAFKA_BOOTSTRAP_SERVERS", _default("bootstrap_servers")),
             database_url=r.database_url("DATABASE_URL", "postgresql://localhost/postgres"),
-            group_id=r.text("WORKER_GROUP_ID", cls.group_id),
-            proctoring_topic=r.topic("WORKER_PROCTORING_TOPIC", cls.proctoring_topic),
-            interview_topic=r.topic("WORKER_INTERVIEW_TOPIC", cls.interview_topic),
-            dlq_topic=r.topic("WORKER_DLQ_TOPIC", cls.dlq_topic),
-            log_format=r.choice("WORKER_LOG_FORMAT", cls.log_format, _LOG_FORMATS, lower=True),
-            log_level=r.choice("WORKER_LOG_LEVEL", cls.log_level, _LOG_LEVELS, upper=True),
+            group_id=r.text("WORKER_GROUP_ID", _default("group_id")),
+            proctoring_topic=r.topic("WORKER_PROCTORING_TOPIC", _default("proctoring_topic")),
+            interview_topic=r.topic("WORKER_INTERVIEW_TOPIC", _default("interview_topic")),
+            dlq_topic=r.topic("WORKER_DLQ_TOPIC", _default("dlq_topic")),
+            log_format=r.choice(
+                "WORKER_LOG_FORMAT", _default("log_format"), _LOG_FORMATS, lower=True
+            ),
+            log_level=r.choice("WORKER_LOG_LEVEL", _default("log_level"), _LOG_LEVELS, upper=True),
             auto_migrate=r.boolean("WORKER_AUTO_MIGRATE", True),
             security_protocol=r.choice(
-                "KAFKA_SECURITY_PROTOCOL", cls.security_protocol, _SECURITY_PROTOCOLS, upper=True
+                "KAFKA_SECURITY_PROTOCOL",
+                _default("security_protocol"),
+                _SECURITY_PROTOCOLS,
+                upper=True,
             ),
             sasl_mechanism=r.optional_choice("KAFKA_SASL_MECHANISM", _SASL_MECHANISMS),
             sasl_username=r.optional("KAFKA_SASL_USERNAME"),
             sasl_password=r.optional("KAFKA_SASL_PASSWORD"),
             ssl_cafile=r.file("KAFKA_SSL_CAFILE"),
             max_batch_records=r.integer(
-                "WORKER_MAX_BATCH_RECORDS", cls.max_batch_records, 1, 100_000
+                "WORKER_MAX_BATCH_RECORDS", _default("max_batch_records"), 1, 100_000
             ),
-            fetch_wait_ms=r.integer("WORKER_FETCH_WAIT_MS", cls.fetch_wait_ms, 0, 60_000),
+            fetch_wait_ms=r.integer("WORKER_FETCH_WAIT_MS", _default("fetch_wait_ms"), 0, 60_000),
             shutdown_timeout_s=r.number(
-                "WORKER_SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s, 1, 3600
+                "WORKER_SHUTDOWN_TIMEOUT_S", _default("shutdown_timeout_s"), 1, 3600
             ),
-            retry_initial_s=r.number("WORKER_RETRY_INITIAL_S", cls.retry_initial_s, 0.01, 60),
-            retry_max_s=r.number("WORKER_RETRY_MAX_S", cls.retry_max_s, 0.1, 3600),
-            db_pool_size=r.integer("WORKER_DB_POOL_SIZE", cls.db_pool_size, 1, 100),
+            retry_initial_s=r.number(
+                "WORKER_RETRY_INITIAL_S", _default("retry_initial_s"), 0.01, 60
+            ),
+            retry_max_s=r.number("WORKER_RETRY_MAX_S", _default("retry_max_s"), 0.1, 3600),
+            db_pool_size=r.integer("WORKER_DB_POOL_SIZE", _default("db_pool_size"), 1, 100),
             db_command_timeout_s=r.number(
-                "WORKER_DB_COMMAND_TIMEOUT_S", cls.db_command_timeout_s, 1, 3600
+                "WORKER_DB_COMMAND_TIMEOUT_S", _default("db_command_timeout_s"), 1, 3600
             ),
         )
         settings._check_security()
@@ -159,6 +166,10 @@ class Settings:
             "auto_migrate": self.auto_migrate,
             "max_batch_records": self.max_batch_records,
         }
+
+
+def _default(name: str) -> Any:
+    return Settings.__dataclass_fields__[name].default
 
 
 class _Reader:

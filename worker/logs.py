@@ -51,6 +51,8 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # aiokafka narrates every join and assignment at INFO; the worker logs those itself.
+    logging.getLogger("aiokafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
     # On the handler, not the logger: logger filters do not apply to child loggers.
     handler.addFilter(RateLimit(prefix="aiokafka", window_s=30.0))
 
