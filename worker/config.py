@@ -66,6 +66,12 @@ class Settings:
     retry_max_s: float = 30.0
     db_pool_size: int = 2
     db_command_timeout_s: float = 60.0
+    # 0 turns the HTTP endpoint off. Built in code (tests, embedding) it is off by default;
+    # from the environment it defaults to 9464 as the contract says.
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
+    # /readyz turns unready once a transient failure has lasted this long.
+    ready_max_retry_s: float = 60.0
 
     @property
     def topics(self) -> tuple[str, str]:
@@ -111,6 +117,11 @@ class Settings:
             db_pool_size=r.integer("WORKER_DB_POOL_SIZE", _default("db_pool_size"), 1, 100),
             db_command_timeout_s=r.number(
                 "WORKER_DB_COMMAND_TIMEOUT_S", _default("db_command_timeout_s"), 1, 3600
+            ),
+            metrics_port=r.integer("WORKER_METRICS_PORT", 9464, 0, 65535),
+            metrics_host=r.text("WORKER_METRICS_HOST", _default("metrics_host")),
+            ready_max_retry_s=r.number(
+                "WORKER_READY_MAX_RETRY_S", _default("ready_max_retry_s"), 1, 86400
             ),
         )
         settings._check_security()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,7 @@ from worker.decode import (
 )
 from worker.dlq import DeadLetter, DeadLetterPublisher
 from worker.handlers.base import Item
+from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
 from worker.retry import Backoff, describe, is_record_error
 from worker.router import apply_batch
@@ -95,8 +97,14 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: DeadLetterPublisher | None = None
         self._retrying = False
+        # When the current run of transient failures began (None: healthy); drives /readyz.
+        self._failing_since: float | None = None
+        self._db_check: tuple[float, bool] = (0.0, False)
         self.stats: dict[str, int] = {"consumed": 0, "stored": 0, "dead_lettered": 0, "batches": 0}
         self.ready = asyncio.Event()
+        self.metrics = Metrics()
+        self.metrics.registry.register(LagCollector(self._lag))
+        self.health: HealthServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -106,6 +114,19 @@ class Worker:
     async def run(self) -> None:
         s = self.settings
         log.info("worker starting", **s.describe())
+        if s.metrics_port:
+            self.health = HealthServer(
+                self.metrics.registry, self.readiness, s.metrics_host, s.metrics_port
+            )
+            await self.health.start()
+        try:
+            await self._run()
+        finally:
+            if self.health is not None:
+                await self.health.stop()
+
+    async def _run(self) -> None:
+        s = self.settings
         self._pool = await self._until_connected()
         if s.auto_migrate:
             await self._retrying_call("migrations", self._migrate)
@@ -180,12 +201,15 @@ class Worker:
             except TRANSIENT as exc:
                 if backoff.attempt == 0:
                     log.warning(f"{what} unavailable, retrying", error=describe(exc))
+                    self._failing_since = self._failing_since or time.monotonic()
+                self.metrics.retries.labels(what).inc()
                 delay = backoff.next_delay()
                 if await self._sleep_or_stop(delay):
                     raise asyncio.CancelledError(f"stopped while waiting for {what}") from exc
                 continue
             if backoff.attempt:
                 log.info(f"{what} available again", attempts=backoff.attempt + 1)
+                self._failing_since = None
             return result
 
     async def _sleep_or_stop(self, delay: float) -> bool:
@@ -314,37 +338,124 @@ class Worker:
                         batch,
                     )
             except _Fenced as fenced:
-                await self._refence(consumer, fenced.partitions)
+                await self._retrying_call(
+                    "database", functools.partial(self._refence, consumer, fenced.partitions)
+                )
                 continue
             except TRANSIENT as exc:
+                self.metrics.retries.labels(_dependency(exc)).inc()
                 if backoff.attempt == 0:
                     log.warning("batch failed, retrying", error=describe(exc), records=len(items))
                     consumer.pause(*consumer.assignment())
                     self._retrying = True
+                    self._failing_since = self._failing_since or time.monotonic()
                 if await self._wait_polling(consumer, backoff.next_delay()):
                     log.info("stopping: batch abandoned uncommitted", records=len(items))
                     return
                 continue
             break
+        self._failing_since = None
         if self._retrying:
             self._retrying = False
             consumer.resume(*(consumer.assignment() - self._pending))
             log.info("batch committed after retries", attempts=backoff.attempt + 1)
         for tp in live:
             self._positions[tp] = moves[tp]
-        dead = len(letters) + len(rejected)
+        self._account(batch, live, items, letters, rejected, time.perf_counter() - started)
+        await self._commit_kafka(consumer, {tp: moves[tp] for tp in live})
+
+    def _account(
+        self,
+        batch: dict[TopicPartition, list[Any]],
+        live: set[TopicPartition],
+        items: Sequence[Item],
+        letters: Sequence[DeadLetter],
+        rejected: Sequence[DeadLetter],
+        duration: float,
+    ) -> None:
+        """Counters and the batch log line, once per committed batch."""
+        m = self.metrics
+        consumed = 0
+        for tp in live:
+            n = len(batch[tp])
+            consumed += n
+            m.consumed.labels(tp.topic).inc(n)
+            m.last_offset.labels(tp.topic, str(tp.partition)).set(batch[tp][-1].offset)
+        rejected_at = {(d.record.topic, d.record.partition, d.record.offset) for d in rejected}
+        stored: dict[tuple[str, str], int] = {}
+        for item in items:
+            if TopicPartition(item.topic, item.partition) in live and (
+                not rejected_at or (item.topic, item.partition, item.offset) not in rejected_at
+            ):
+                key = (item.topic, tag_of(item.event))
+                stored[key] = stored.get(key, 0) + 1
+        for (topic, event_type), n in stored.items():
+            m.stored.labels(topic, event_type).inc(n)
+        dead = [
+            d
+            for d in (*letters, *rejected)
+            if TopicPartition(d.record.topic, d.record.partition) in live
+        ]
+        for d in dead:
+            m.dead_letters.labels(d.failure.reason).inc()
+        m.batch_duration.observe(duration)
+        m.batch_records.observe(consumed)
         self.stats["batches"] += 1
-        self.stats["consumed"] += sum(len(batch[tp]) for tp in live)
-        self.stats["stored"] += len(items) - len(rejected)
-        self.stats["dead_lettered"] += dead
+        self.stats["consumed"] += consumed
+        self.stats["stored"] += sum(stored.values())
+        self.stats["dead_lettered"] += len(dead)
         log.debug(
             "batch committed",
-            records=sum(len(batch[tp]) for tp in live),
-            dead_lettered=dead,
+            records=consumed,
+            stored=sum(stored.values()),
+            dead_lettered=len(dead),
             partitions=len(live),
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(duration * 1000, 2),
         )
-        await self._commit_kafka(consumer, {tp: moves[tp] for tp in live})
+
+    def _lag(self) -> dict[tuple[str, int], int]:
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lag: dict[tuple[str, int], int] = {}
+        for tp, position in list(self._positions.items()):
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # partition revoked between the two reads
+                continue
+            if highwater is not None and position is not None:
+                lag[(tp.topic, tp.partition)] = max(0, highwater - position)
+        return lag
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = running, the database answers now, and not failing for too long."""
+        started = self.ready.is_set() and not self._stop.is_set()
+        database = await self._database_answers()
+        failing_s = None if self._failing_since is None else time.monotonic() - self._failing_since
+        stuck = failing_s is not None and failing_s > self.settings.ready_max_retry_s
+        detail = {
+            "running": started,
+            "database": database,
+            "failing_for_s": None if failing_s is None else round(failing_s, 1),
+            "partitions_owned": len(self._positions),
+            "partitions_pending": len(self._pending),
+        }
+        return (started and database and not stuck), detail
+
+    async def _database_answers(self) -> bool:
+        checked_at, ok = self._db_check
+        if time.monotonic() - checked_at < 1.0:
+            return ok
+        ok = False
+        if self._pool is not None:
+            try:
+                async with asyncio.timeout(2):
+                    async with self._pool.acquire() as conn:
+                        ok = await conn.fetchval("SELECT 1") == 1
+            except Exception:  # any failure means "not now"
+                ok = False
+        self._db_check = (time.monotonic(), ok)
+        return ok
 
     async def _wait_polling(self, consumer: AIOKafkaConsumer, delay: float) -> bool:
         """Back off for `delay` seconds while polling the paused consumer, so the group does
@@ -419,6 +530,7 @@ class Worker:
     async def _refence(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> None:
         """Another worker moved these partitions' offsets: continue from what it stored."""
         assert self._pool is not None
+        self.metrics.fenced.inc()
         async with self._pool.acquire() as conn:
             stored = await offsets.load(conn, self.settings.group_id, partitions)
         for tp in partitions:
@@ -447,6 +559,10 @@ def _record_of(batch: dict[TopicPartition, list[Any]], item: Item) -> Any:
         if record.offset == item.offset:
             return record
     raise LookupError(f"no record at {item.topic}[{item.partition}]@{item.offset}")
+
+
+def _dependency(exc: BaseException) -> str:
+    return "kafka" if isinstance(exc, KafkaError) else "database"
 
 
 def _names(tps: set[TopicPartition]) -> list[str]:
