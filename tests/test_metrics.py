@@ -1,0 +1,171 @@
+"""/metrics counters move by exactly what was stored and dead-lettered; /readyz follows the
+database; /healthz answers. Real broker, real PostgreSQL, the worker in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import infra
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from worker.config import Settings
+from worker.consumer import Worker
+from worker.devstack import free_port
+from worker.seeds import interview_samples, proctoring_samples
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: Settings) -> AsyncIterator[Worker]:
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 60)
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+
+async def test_metrics_count_exactly_what_was_stored_and_dead_lettered(
+    kafka_bootstrap: str, database_url: str, topics: infra.Topics
+) -> None:
+    settings = dataclasses.replace(
+        Settings(),
+        bootstrap_servers=kafka_bootstrap,
+        database_url=database_url,
+        group_id=topics.group_id,
+        proctoring_topic=topics.proctoring,
+        interview_topic=topics.interview,
+        dlq_topic=topics.dlq,
+        fetch_wait_ms=50,
+        metrics_port=free_port(),
+        metrics_host="127.0.0.1",
+    )
+    async with _running(settings) as worker:
+        port = settings.metrics_port
+        status, _ = await _get(port, "/healthz")
+        assert status == 200
+        before = _samples((await _get(port, "/metrics"))[1])
+        assert _total(before, "worker_records_stored_total") == 0
+
+        await infra.produce(
+            kafka_bootstrap, topics.interview, [(b"c", v) for v in interview_samples()]
+        )
+        proctoring = proctoring_samples()
+        bad = [b"not json", b"", b'{"type": "NOPE", "examId": "e", "candidateId": "c"}']
+        await infra.produce(
+            kafka_bootstrap, topics.proctoring, [(b"e:c", v) for v in [*proctoring, *bad]]
+        )
+        produced = len(interview_samples()) + len(proctoring) + len(bad)
+
+        async def consumed_all() -> bool:
+            return worker.stats["consumed"] >= produced
+
+        await _until(consumed_all, 90, "the worker to consume every record")
+        after = _samples((await _get(port, "/metrics"))[1])
+
+        stored = _total(after, "worker_records_stored_total")
+        assert stored == len(interview_samples()) + len(proctoring)
+        assert _total(after, "worker_dead_letters_total") == len(bad)
+        assert _total(after, "worker_records_consumed_total") == produced
+        reasons = {
+            dict(labels)["reason"]: v
+            for (name, labels), v in after.items()
+            if name == "worker_dead_letters_total"
+        }
+        assert reasons == {"invalid_json": 1, "empty_payload": 1, "unknown_event_type": 1}
+        by_type = {
+            dict(labels)["event_type"]: v
+            for (name, labels), v in after.items()
+            if name == "worker_records_stored_total"
+        }
+        assert by_type["interview_report.created"] == 1
+        assert by_type["TAB_NOT_FOCUS"] == 1
+        assert _total(after, "worker_batch_duration_seconds_count") >= 1
+
+        # The counters agree with the tables.
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetchval("SELECT count(*) FROM proctoring_events")
+            offsets = await conn.fetchval("SELECT sum(next_offset) FROM consumer_offsets")
+        finally:
+            await conn.close()
+        assert rows == len(proctoring)
+        assert offsets == produced
+
+
+async def test_readyz_follows_the_database(
+    kafka_bootstrap: str, database_url: str, topics: infra.Topics, pg_stack: infra.PgStack
+) -> None:
+    if pg_stack.server is None:
+        pytest.skip("PostgreSQL is external here; this test must stop and start it")
+    settings = dataclasses.replace(
+        Settings(),
+        bootstrap_servers=kafka_bootstrap,
+        database_url=database_url,
+        group_id=topics.group_id,
+        proctoring_topic=topics.proctoring,
+        interview_topic=topics.interview,
+        dlq_topic=topics.dlq,
+        fetch_wait_ms=50,
+        retry_max_s=1.0,
+        metrics_port=free_port(),
+        metrics_host="127.0.0.1",
+    )
+    async with _running(settings):
+        port = settings.metrics_port
+
+        async def ready() -> bool:
+            return (await _get(port, "/readyz"))[0] == 200
+
+        async def unready() -> bool:
+            return (await _get(port, "/readyz"))[0] == 503
+
+        await _until(ready, 60, "/readyz to report ready")
+        pg_stack.server.stop()
+        try:
+            await _until(unready, 30, "/readyz to report unready while PostgreSQL is down")
+            status, body = await _get(port, "/readyz")
+            assert json.loads(body)["database"] is False
+            assert (await _get(port, "/healthz"))[0] == 200
+        finally:
+            pg_stack.server.start()
+        await _until(ready, 60, "/readyz to report ready again")
