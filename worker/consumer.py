@@ -272,7 +272,9 @@ class Worker:
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         s = self.settings
         backoff = Backoff(s.retry_initial_s, s.retry_max_s)
+        progress = _Progress(self.stats)
         while not self._stop.is_set():
+            progress.maybe_log()
             if self._pending:
                 await self._position_pending(consumer)
             try:
@@ -559,6 +561,32 @@ def _record_of(batch: dict[TopicPartition, list[Any]], item: Item) -> Any:
         if record.offset == item.offset:
             return record
     raise LookupError(f"no record at {item.topic}[{item.partition}]@{item.offset}")
+
+
+class _Progress:
+    """One INFO line a minute while records flow: the happy path's only regular log line."""
+
+    INTERVAL_S = 60.0
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        self._stats = stats
+        self._last_at = time.monotonic()
+        self._last = dict(stats)
+
+    def maybe_log(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._last_at
+        if elapsed < self.INTERVAL_S or self._stats == self._last:
+            return
+        consumed = self._stats["consumed"] - self._last["consumed"]
+        log.info(
+            "progress",
+            **{k: self._stats[k] - self._last[k] for k in self._stats},
+            records_per_s=round(consumed / elapsed, 1),
+            interval_s=round(elapsed, 1),
+        )
+        self._last_at = now
+        self._last = dict(self._stats)
 
 
 def _dependency(exc: BaseException) -> str:
