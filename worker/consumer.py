@@ -323,8 +323,10 @@ class Worker:
                     items.append(Item(result, record.topic, record.partition, record.offset))
         moves = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
+        # Partitions another worker turned out to own: their records here are stale.
+        fenced_out: set[TopicPartition] = set()
         while True:
-            live = {tp for tp in moves if tp in self._positions}
+            live = {tp for tp in moves if tp in self._positions and tp not in fenced_out}
             if not live:
                 return
             try:
@@ -340,6 +342,7 @@ class Worker:
                         batch,
                     )
             except _Fenced as fenced:
+                fenced_out |= fenced.partitions
                 await self._retrying_call(
                     "database", functools.partial(self._refence, consumer, fenced.partitions)
                 )
