@@ -163,7 +163,7 @@ async def test_readyz_follows_the_database(
         pg_stack.server.stop()
         try:
             await _until(unready, 30, "/readyz to report unready while PostgreSQL is down")
-            status, body = await _get(port, "/readyz")
+            _, body = await _get(port, "/readyz")
             assert json.loads(body)["database"] is False
             assert (await _get(port, "/healthz"))[0] == 200
         finally:
