@@ -114,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", default=".dev", help="where the embedded PostgreSQL keeps data")
     dev.add_argument("--kafka-port", type=int, default=0, help="broker port (0: pick a free one)")
     dev.add_argument("--pg-port", type=int, default=0, help="PostgreSQL port (0: pick a free one)")
+    schema = sub.add_parser("schema", help="write JSON Schemas of the wire contract for producers")
+    schema.add_argument("--out", default="schema", help="output directory (default: schema/)")
     produce = sub.add_parser("produce", help="publish JSON values (arguments or stdin lines)")
     produce.add_argument("topic")
     produce.add_argument("values", nargs="*", help="record values; stdin lines if none")
@@ -123,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "schema":
+        # Needs no configuration: a producer can run it without the worker's environment.
+        from worker.schema_export import run_schema_command
+
+        return run_schema_command(args.out)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
