@@ -8,7 +8,10 @@ starts nothing.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import infra
 import pytest
@@ -23,10 +26,15 @@ def kafka_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Kafk
 
 
 @pytest.fixture(scope="session")
-def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.PgStack]:
-    stack = infra.start_pg_stack(tmp_path_factory.mktemp("pg"))
+def pg_stack() -> Iterator[infra.PgStack]:
+    # Not under pytest's temp root: every pytest start resets that root to mode 0700, and
+    # an embedded PostgreSQL running as another user (when we are root) would lose its data
+    # directory to a second pytest run on the same machine.
+    work = Path(tempfile.mkdtemp(prefix="event-worker-pg-"))
+    stack = infra.start_pg_stack(work)
     yield stack
     stack.close()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -174,7 +174,7 @@ async def drop_database(admin_url: str, url: str) -> None:
 async def create_topic(
     admin: AIOKafkaAdminClient,
     partitions: int = 1,
-    timeout: float = 30.0,  # noqa: ASYNC109 - the error names the topic and its last metadata
+    timeout: float = 30.0,
 ) -> str:
     """Create a uniquely named topic and wait until its metadata shows every partition led."""
     name = unique_name()
@@ -225,7 +225,7 @@ async def consume_all(
     bootstrap: str,
     topic: str,
     expected: int,
-    timeout: float = 30,  # noqa: ASYNC109 - on expiry it returns what it read, not an error
+    timeout: float = 30,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read `topic` from the beginning, without a consumer group, until `expected` records.
 

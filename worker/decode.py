@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 import msgspec
+import structlog
 
 from schemas.interview import EVENT_NAMES, INTERVIEW_STRUCTS, InterviewUnion
 from schemas.proctoring import EVENT_TYPES, PROCTORING_STRUCTS, ProctoringUnion
@@ -37,6 +38,7 @@ class _TagProbe(msgspec.Struct):
 
 
 _probe = msgspec.json.Decoder(_TagProbe)
+log = structlog.get_logger("worker.decode")
 _NUL_ESCAPE: Final = b"\\u0000"
 
 
@@ -49,12 +51,18 @@ def truncate(message: str, limit: int = MAX_ERROR_BYTES) -> str:
 
 
 def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_contains_nul(v) for v in value)
+    # Iterative: a hostile document may nest as deep as the parser allows.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -64,7 +72,8 @@ def _nul_field(event: msgspec.Struct) -> str | None:
     while stack:
         path, value = stack.pop()
         if isinstance(value, msgspec.Raw):
-            if _contains_nul(msgspec.json.decode(value)):
+            # An absent block is an empty Raw, which is not JSON at all.
+            if len(value) and _contains_nul(msgspec.json.decode(value)):
                 return path
         elif isinstance(value, msgspec.Struct):
             for name in value.__struct_fields__:
@@ -74,6 +83,13 @@ def _nul_field(event: msgspec.Struct) -> str | None:
         elif isinstance(value, str) and "\x00" in value:
             return path
     return None
+
+
+def _unexpected(exc: Exception) -> DecodeFailure:
+    log.error("unexpected decoding error", error=f"{type(exc).__name__}: {exc}")
+    return DecodeFailure(
+        SCHEMA_VIOLATION, truncate(f"record could not be decoded: {type(exc).__name__}: {exc}")
+    )
 
 
 class EventDecoder:
@@ -107,8 +123,16 @@ class EventDecoder:
             )
         except RecursionError:
             return DecodeFailure(INVALID_JSON, "JSON nested too deeply for the parser")
+        except Exception as exc:
+            # A struct hook failing in a way we did not foresee. The record goes to the
+            # dead-letter topic (replayable once fixed) instead of crashing the worker on
+            # every restart at the same offset.
+            return _unexpected(exc)
         if _NUL_ESCAPE in value:
-            path = _nul_field(event)
+            try:
+                path = _nul_field(event)
+            except Exception as exc:
+                return _unexpected(exc)
             if path is not None:
                 return DecodeFailure(
                     SCHEMA_VIOLATION, f"text contains a NUL character (\\u0000) at `{path}`"
@@ -116,10 +140,21 @@ class EventDecoder:
         return event
 
     def _classify(self, value: bytes, exc: msgspec.ValidationError) -> DecodeFailure:
+        """A typed decode failed. msgspec validates while it parses, so a document that is
+        both ill-typed early and malformed later reports the type error: check the syntax and
+        the encoding first, then whether the tag is one we know."""
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return DecodeFailure(INVALID_JSON, f"not valid UTF-8: {err.reason} at byte {err.start}")
         try:
             probe = _probe.decode(value)
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-            probe = None
+        except msgspec.ValidationError:
+            probe = None  # well-formed, but not an object: a schema violation
+        except msgspec.DecodeError as err:
+            return DecodeFailure(INVALID_JSON, truncate(f"not valid JSON: {err}"))
+        except RecursionError:
+            return DecodeFailure(INVALID_JSON, "JSON nested too deeply for the parser")
         if probe is not None:
             tag = getattr(probe, self._tag_field)
             if isinstance(tag, str) and tag not in self._known:
