@@ -39,5 +39,9 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## bench: the worker against its baselines and ceilings (bench/README.md); BENCH_ARGS="--scale 0.1"
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -107,9 +107,12 @@ async def test_worker_fenced_by_a_new_owner_skips_what_the_owner_applied(
             "UPDATE consumer_offsets SET next_offset = 10 WHERE group_id = $1", group
         )
         await infra.produce(kafka_bootstrap, proctoring, [event(i) for i in range(5, 15)])
-        while await conn.fetchval(
-            "SELECT next_offset FROM consumer_offsets WHERE group_id = $1", group
-        ) < 15:
+        while (
+            await conn.fetchval(
+                "SELECT next_offset FROM consumer_offsets WHERE group_id = $1", group
+            )
+            < 15
+        ):
             assert time.monotonic() < deadline + 30, "worker did not continue after fencing"
             await asyncio.sleep(0.1)
         stored = await conn.fetch(

@@ -66,6 +66,11 @@ class Settings:
     retry_max_s: float = 30.0
     db_pool_size: int = 2
     db_command_timeout_s: float = 60.0
+    # Group membership: a member that stops heartbeating for session_timeout_ms loses its
+    # partitions; that is also how long partitions of a SIGKILLed worker stay idle.
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
     # 0 turns the HTTP endpoint off. Built in code (tests, embedding) it is off by default;
     # from the environment it defaults to 9464 as the contract says.
     metrics_port: int = 0
@@ -118,12 +123,25 @@ class Settings:
             db_command_timeout_s=r.number(
                 "WORKER_DB_COMMAND_TIMEOUT_S", _default("db_command_timeout_s"), 1, 3600
             ),
+            session_timeout_ms=r.integer(
+                "KAFKA_SESSION_TIMEOUT_MS", _default("session_timeout_ms"), 1_000, 3_600_000
+            ),
+            heartbeat_interval_ms=r.integer(
+                "KAFKA_HEARTBEAT_INTERVAL_MS", _default("heartbeat_interval_ms"), 100, 3_600_000
+            ),
+            max_poll_interval_ms=r.integer(
+                "KAFKA_MAX_POLL_INTERVAL_MS", _default("max_poll_interval_ms"), 1_000, 86_400_000
+            ),
             metrics_port=r.integer("WORKER_METRICS_PORT", 9464, 0, 65535),
             metrics_host=r.text("WORKER_METRICS_HOST", _default("metrics_host")),
             ready_max_retry_s=r.number(
                 "WORKER_READY_MAX_RETRY_S", _default("ready_max_retry_s"), 1, 86400
             ),
         )
+        if settings.heartbeat_interval_ms >= settings.session_timeout_ms:
+            raise ConfigError(
+                "KAFKA_HEARTBEAT_INTERVAL_MS: must be lower than KAFKA_SESSION_TIMEOUT_MS"
+            )
         settings._check_security()
         if len({*settings.topics, settings.dlq_topic}) != 3:
             raise ConfigError(

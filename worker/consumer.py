@@ -147,6 +147,9 @@ class Worker:
             max_partition_fetch_bytes=4 << 20,
             fetch_max_bytes=32 << 20,
             isolation_level="read_committed",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
         )
         self._consumer = consumer
         self._dlq = DeadLetterPublisher(producer, s.dlq_topic, s.group_id)

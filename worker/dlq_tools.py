@@ -234,7 +234,7 @@ async def scan_dead_letters(
         auto_offset_reset="earliest",
         client_id="worker-dlq-tools",
     )
-    await consumer.start()
+    await _start(consumer)
     views: list[DeadLetterView] = []
     read = 0
     complete = True
@@ -307,6 +307,15 @@ async def read_dead_letters(
         settings, accept=filters.matches, limit=limit, timeout_s=timeout_s, idle_s=idle_s
     )
     return result.views
+
+
+async def _start(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Start a client; close it if starting fails, so no connection is left behind."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
 
 
 def _topic_deadline() -> float:
@@ -451,7 +460,7 @@ async def publish_replay(
         linger_ms=5,
         client_id="worker-dlq-replay",
     )
-    await producer.start()
+    await _start(producer)
     bar = tqdm(
         total=len(views), file=sys.stderr, unit="rec", desc="replaying", disable=not progress
     )
