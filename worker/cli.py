@@ -17,6 +17,7 @@ import structlog
 
 from worker import __version__
 from worker.config import ConfigError, Settings, redact_url
+from worker.dlq_tools import add_dlq_commands, run_dlq_command
 from worker.logs import configure_logging
 
 log = structlog.get_logger("worker")
@@ -116,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--pg-port", type=int, default=0, help="PostgreSQL port (0: pick a free one)")
     schema = sub.add_parser("schema", help="write JSON Schemas of the wire contract for producers")
     schema.add_argument("--out", default="schema", help="output directory (default: schema/)")
+    add_dlq_commands(sub)
     produce = sub.add_parser("produce", help="publish JSON values (arguments or stdin lines)")
     produce.add_argument("topic")
     produce.add_argument("values", nargs="*", help="record values; stdin lines if none")
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(run(_migrate(settings)))
         if args.command == "produce":
             return int(run(_produce(settings, args.topic, args.key, args.values)))
+        if args.command == "dlq":
+            return run_dlq_command(args, settings)
         if args.command == "dev":
             from worker.dev import run_dev
 

@@ -33,7 +33,10 @@ def describe(exc: BaseException) -> str:
         detail = getattr(exc, "detail", None)
         text = f"{type(exc).__name__} [{sqlstate}]: {exc}"
         return f"{text} ({detail})" if detail else text
-    return f"{type(exc).__name__}: {exc}"
+    text = str(exc)
+    name = type(exc).__name__
+    # Kafka errors already start with their class name.
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 @dataclass(slots=True)
