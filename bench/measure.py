@@ -1,0 +1,187 @@
+"""Figures computed in SQL from what the worker committed.
+
+Every row's `xmin` is the transaction that wrote it, and with `track_commit_timestamp=on`
+`pg_xact_commit_timestamp(xmin)` is when that transaction committed. So:
+
+* throughput = events committed after the first batch / (last commit - first commit): the
+  first batch's records were fetched before the clock could start, so they are excluded from
+  the numerator (counting them would overstate the rate by up to one batch);
+* latency = commit time of the row - the event's `createdAt` (its send time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+
+async def commit_timestamps(conn: asyncpg.Connection) -> tuple[bool, str]:
+    """Whether commit timestamps are recorded; if not, why (for the report)."""
+    value = await conn.fetchval("SHOW track_commit_timestamp")
+    if value == "on":
+        return True, ""
+    return False, (
+        "track_commit_timestamp is off on this PostgreSQL server (needs "
+        "`track_commit_timestamp = on` and a restart)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Committed work between the first and the last commit."""
+
+    events: int  # all events committed
+    first_batch: int  # events in the first committed transaction
+    batches: int  # committed transactions that moved offsets
+    first: float  # epoch seconds of the first commit
+    last: float  # epoch seconds of the last commit
+    method: str
+
+    @property
+    def seconds(self) -> float:
+        return self.last - self.first
+
+    @property
+    def rate(self) -> float | None:
+        """(events - first batch) / (last - first): the first batch is excluded."""
+        if self.seconds <= 0:
+            return None
+        return (self.events - self.first_batch) / self.seconds
+
+    @property
+    def rate_all(self) -> float | None:
+        """events / (last - first): includes the first batch (optimistic by one batch)."""
+        if self.seconds <= 0:
+            return None
+        return self.events / self.seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "events": self.events,
+            "first_batch_events": self.first_batch,
+            "batches": self.batches,
+            "mean_batch": round(self.events / self.batches, 1) if self.batches else None,
+            "seconds": round(self.seconds, 4),
+            "events_per_s": _round(self.rate),
+            "events_per_s_incl_first_batch": _round(self.rate_all),
+        }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+async def span_from_offset_log(conn: asyncpg.Connection, group_id: str) -> Span | None:
+    """Per committed batch: its commit time and how many records it moved the offsets by,
+    from `bench_offset_log` (one row per partition per batch, written by a trigger on
+    `consumer_offsets` inside the batch's transaction)."""
+    rows = await conn.fetch(
+        """
+        WITH l AS (
+            SELECT xmin::text AS x,
+                   extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 AS ts,
+                   next_offset - COALESCE(lag(next_offset) OVER (
+                       PARTITION BY topic, partition ORDER BY next_offset), 0) AS delta
+            FROM bench_offset_log WHERE group_id = $1)
+        SELECT x, min(ts) AS ts, sum(delta)::bigint AS n FROM l GROUP BY x ORDER BY 2
+        """,
+        group_id,
+    )
+    if not rows:
+        return None
+    return Span(
+        events=sum(r["n"] for r in rows),
+        first_batch=rows[0]["n"],
+        batches=len(rows),
+        first=rows[0]["ts"],
+        last=rows[-1]["ts"],
+        method="consumer_offsets progress per committed transaction",
+    )
+
+
+async def span_from_proctoring_rows(
+    conn: asyncpg.Connection, exclude_exam: str | None = None
+) -> Span | None:
+    """min/max of pg_xact_commit_timestamp(xmin) over proctoring_events (insert-only rows)."""
+    row = await conn.fetchrow(
+        """
+        WITH t AS (
+            SELECT xmin::text AS x,
+                   extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 AS ts
+            FROM proctoring_events WHERE exam_id IS DISTINCT FROM $1),
+        b AS (SELECT x, min(ts) AS ts, count(*) AS n FROM t GROUP BY x)
+        SELECT sum(n)::bigint AS events, count(*) AS batches, min(ts) AS first, max(ts) AS last,
+               (SELECT n FROM b ORDER BY ts LIMIT 1) AS first_batch
+        FROM b
+        """,
+        exclude_exam,
+    )
+    if row is None or not row["events"]:
+        return None
+    return Span(
+        events=row["events"],
+        first_batch=row["first_batch"],
+        batches=row["batches"],
+        first=row["first"],
+        last=row["last"],
+        method="pg_xact_commit_timestamp(xmin) over proctoring_events",
+    )
+
+
+def span_from_samples(samples: list[tuple[float, int]], method: str) -> Span | None:
+    """Fallback without commit timestamps: polled SUM(next_offset) (resolution: the poll)."""
+    moved = [(t, n) for t, n in samples if n > 0]
+    if len(moved) < 2:
+        return None
+    return Span(
+        events=moved[-1][1],
+        first_batch=moved[0][1],
+        batches=len(moved),
+        first=moved[0][0],
+        last=moved[-1][0],
+        method=method,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    count: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    min_ms: float
+
+
+async def latency(conn: asyncpg.Connection, exclude_exam: str) -> Latency | None:
+    row = await conn.fetchrow(
+        """
+        WITH l AS (
+            SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - created_at) * 1000 AS ms
+            FROM proctoring_events WHERE exam_id <> $1)
+        SELECT count(*) AS n,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+               percentile_cont(0.9) WITHIN GROUP (ORDER BY ms) AS p90,
+               percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
+               max(ms) AS max, min(ms) AS min
+        FROM l
+        """,
+        exclude_exam,
+    )
+    if row is None or not row["n"]:
+        return None
+    return Latency(
+        count=row["n"],
+        p50_ms=float(row["p50"]),
+        p90_ms=float(row["p90"]),
+        p99_ms=float(row["p99"]),
+        max_ms=float(row["max"]),
+        min_ms=float(row["min"]),
+    )
+
+
+async def table_counts(conn: asyncpg.Connection, tables: list[str]) -> dict[str, int]:
+    return {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in tables}
