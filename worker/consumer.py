@@ -93,6 +93,12 @@ class Worker:
         # Assigned but not yet positioned from the database; paused until they are.
         self._pending: set[TopicPartition] = set()
         self._commit_lock = asyncio.Lock()
+        # getmany is called by the main loop and, while a batch retries, by the backoff.
+        self._fetch_lock = asyncio.Lock()
+        self._fetch_backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+        # Bumped whenever a partition is (re)positioned: records fetched before that belong
+        # to an older reading of the partition and must not be committed.
+        self._epochs: dict[TopicPartition, int] = {}
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: DeadLetterPublisher | None = None
@@ -147,6 +153,9 @@ class Worker:
             max_partition_fetch_bytes=4 << 20,
             fetch_max_bytes=32 << 20,
             isolation_level="read_committed",
+            # How long the broker holds a fetch open waiting for data; also bounds how long
+            # a record can sit on the broker before this worker sees it.
+            fetch_max_wait_ms=s.fetch_wait_ms,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
@@ -263,6 +272,7 @@ class Worker:
             if tp in stored:
                 consumer.seek(tp, stored[tp])
             self._positions[tp] = stored.get(tp)
+            self._epochs[tp] = self._epochs.get(tp, 0) + 1
         self._pending -= still
         consumer.resume(*still)
         log.info(
@@ -273,32 +283,59 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
-        s = self.settings
-        backoff = Backoff(s.retry_initial_s, s.retry_max_s)
-        progress = _Progress(self.stats)
-        while not self._stop.is_set():
-            progress.maybe_log()
-            if self._pending:
-                await self._position_pending(consumer)
-            try:
-                fetched = await consumer.getmany(
-                    timeout_ms=s.fetch_wait_ms, max_records=s.max_batch_records
-                )
-            except KafkaError as exc:
-                if backoff.attempt == 0:
-                    log.warning("kafka fetch failed, retrying", error=describe(exc))
-                await self._sleep_or_stop(backoff.next_delay())
-                continue
-            if backoff.attempt:
-                log.info("kafka fetch recovered")
-                backoff.reset()
-            batch = self._accept(fetched)
-            if batch:
-                await self._handle(consumer, batch)
+        """Fetch and decode the next batch while the previous one commits.
 
-    def _accept(self, fetched: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
-        """Keep records of positioned partitions, from their stored offset on."""
-        batch: dict[TopicPartition, list[Any]] = {}
+        One batch is in flight at a time (offsets must advance in order); the next one
+        grows while it waits, so batches are small when traffic is light (low latency) and
+        large under load (few transactions)."""
+        s = self.settings
+        progress = _Progress(self.stats)
+        inflight: asyncio.Task[None] | None = None
+        try:
+            while not self._stop.is_set():
+                progress.maybe_log()
+                if self._pending:
+                    await self._position_pending(consumer)
+                batch: dict[TopicPartition, _Part] = {}
+                size = 0
+                while not self._stop.is_set():
+                    wait = s.fetch_wait_ms if inflight is None else min(s.fetch_wait_ms, 5)
+                    fetched = await self._fetch(consumer, wait, s.max_batch_records - size)
+                    size += self._prepare(fetched, batch)
+                    if size >= s.max_batch_records or inflight is None or inflight.done():
+                        break
+                if inflight is not None:
+                    await inflight
+                    inflight = None
+                if batch:
+                    inflight = asyncio.create_task(self._handle(consumer, batch))
+        finally:
+            if inflight is not None:
+                await inflight
+
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[Any]]:
+        async with self._fetch_lock:
+            try:
+                fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            except KafkaError as exc:
+                if self._fetch_backoff.attempt == 0:
+                    log.warning("kafka fetch failed, retrying", error=describe(exc))
+                self.metrics.retries.labels("kafka").inc()
+                await self._sleep_or_stop(self._fetch_backoff.next_delay())
+                return {}
+        if self._fetch_backoff.attempt:
+            log.info("kafka fetch recovered")
+            self._fetch_backoff.reset()
+        return fetched
+
+    def _prepare(
+        self, fetched: dict[TopicPartition, list[Any]], batch: dict[TopicPartition, _Part]
+    ) -> int:
+        """Decode the records of positioned partitions, from their stored offset on, into
+        `batch`; return how many records were added."""
+        added = 0
         for tp, records in fetched.items():
             if tp not in self._positions or not records:
                 continue
@@ -307,43 +344,44 @@ class Worker:
                 records = [r for r in records if r.offset >= start]
                 if not records:
                     continue
-            batch[tp] = records
-        return batch
-
-    async def _handle(
-        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
-    ) -> None:
-        started = time.perf_counter()
-        items: list[Item] = []
-        letters: list[DeadLetter] = []
-        for tp, records in batch.items():
+            epoch = self._epochs.get(tp, 0)
+            part = batch.get(tp)
+            if part is None or part.epoch != epoch:
+                part = batch[tp] = _Part(epoch)
             decode = self._decoders[tp.topic].decode
+            topic, partition = tp.topic, tp.partition
+            items, letters = part.items, part.letters
             for record in records:
                 result = decode(record.value)
                 if isinstance(result, DecodeFailure):
                     letters.append(DeadLetter(record, result))
                 else:
-                    items.append(Item(result, record.topic, record.partition, record.offset))
-        moves = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                    items.append(Item(result, topic, partition, record.offset))
+            part.records.extend(records)
+            added += len(records)
+        return added
+
+    async def _handle(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, _Part]) -> None:
+        started = time.perf_counter()
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         # Partitions another worker turned out to own: their records here are stale.
         fenced_out: set[TopicPartition] = set()
+        records = sum(len(part.records) for part in batch.values())
         while True:
-            live = {tp for tp in moves if tp in self._positions and tp not in fenced_out}
+            # A partition revoked, re-positioned or fenced since the fetch is not ours to
+            # commit any more: its records here may be stale.
+            live = {
+                tp
+                for tp, part in batch.items()
+                if tp in self._positions
+                and tp not in fenced_out
+                and self._epochs.get(tp, 0) == part.epoch
+            }
             if not live:
                 return
             try:
                 async with self._commit_lock:
-                    rejected = await self._commit(
-                        [i for i in items if TopicPartition(i.topic, i.partition) in live],
-                        [
-                            d
-                            for d in letters
-                            if TopicPartition(d.record.topic, d.record.partition) in live
-                        ],
-                        {tp: moves[tp] for tp in live},
-                        batch,
-                    )
+                    rejected = await self._commit(batch, live)
             except _Fenced as fenced:
                 fenced_out |= fenced.partitions
                 await self._retrying_call(
@@ -353,12 +391,12 @@ class Worker:
             except TRANSIENT as exc:
                 self.metrics.retries.labels(_dependency(exc)).inc()
                 if backoff.attempt == 0:
-                    log.warning("batch failed, retrying", error=describe(exc), records=len(items))
+                    log.warning("batch failed, retrying", error=describe(exc), records=records)
                     consumer.pause(*consumer.assignment())
                     self._retrying = True
                     self._failing_since = self._failing_since or time.monotonic()
                 if await self._wait_polling(consumer, backoff.next_delay()):
-                    log.info("stopping: batch abandoned uncommitted", records=len(items))
+                    log.info("stopping: batch abandoned uncommitted", records=records)
                     return
                 continue
             break
@@ -367,43 +405,37 @@ class Worker:
             self._retrying = False
             consumer.resume(*(consumer.assignment() - self._pending))
             log.info("batch committed after retries", attempts=backoff.attempt + 1)
-        for tp in live:
-            self._positions[tp] = moves[tp]
-        self._account(batch, live, items, letters, rejected, time.perf_counter() - started)
-        await self._commit_kafka(consumer, {tp: moves[tp] for tp in live})
+        moves = {tp: batch[tp].next_offset for tp in live}
+        self._positions.update(moves)
+        self._account(batch, live, rejected, time.perf_counter() - started)
+        await self._commit_kafka(consumer, moves)
 
     def _account(
         self,
-        batch: dict[TopicPartition, list[Any]],
+        batch: dict[TopicPartition, _Part],
         live: set[TopicPartition],
-        items: Sequence[Item],
-        letters: Sequence[DeadLetter],
         rejected: Sequence[DeadLetter],
         duration: float,
     ) -> None:
         """Counters and the batch log line, once per committed batch."""
         m = self.metrics
-        consumed = 0
-        for tp in live:
-            n = len(batch[tp])
-            consumed += n
-            m.consumed.labels(tp.topic).inc(n)
-            m.last_offset.labels(tp.topic, str(tp.partition)).set(batch[tp][-1].offset)
         rejected_at = {(d.record.topic, d.record.partition, d.record.offset) for d in rejected}
+        consumed = 0
         stored: dict[tuple[str, str], int] = {}
-        for item in items:
-            if TopicPartition(item.topic, item.partition) in live and (
-                not rejected_at or (item.topic, item.partition, item.offset) not in rejected_at
-            ):
+        dead: list[DeadLetter] = list(rejected)
+        for tp in live:
+            part = batch[tp]
+            consumed += len(part.records)
+            m.consumed.labels(tp.topic).inc(len(part.records))
+            m.last_offset.labels(tp.topic, str(tp.partition)).set(part.next_offset - 1)
+            for item in part.items:
+                if rejected_at and (item.topic, item.partition, item.offset) in rejected_at:
+                    continue
                 key = (item.topic, tag_of(item.event))
                 stored[key] = stored.get(key, 0) + 1
+            dead.extend(part.letters)
         for (topic, event_type), n in stored.items():
             m.stored.labels(topic, event_type).inc(n)
-        dead = [
-            d
-            for d in (*letters, *rejected)
-            if TopicPartition(d.record.topic, d.record.partition) in live
-        ]
         for d in dead:
             m.dead_letters.labels(d.failure.reason).inc()
         m.batch_duration.observe(duration)
@@ -473,25 +505,24 @@ class Worker:
             if self._stop.is_set():
                 return True
             with contextlib.suppress(KafkaError):
-                await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+                async with self._fetch_lock:
+                    await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
         return self._stop.is_set()
 
     async def _commit(
-        self,
-        items: Sequence[Item],
-        letters: Sequence[DeadLetter],
-        moves: dict[TopicPartition, int],
-        batch: dict[TopicPartition, list[Any]],
+        self, batch: dict[TopicPartition, _Part], live: set[TopicPartition]
     ) -> list[DeadLetter]:
         assert self._pool is not None and self._dlq is not None
+        items = [item for tp in sorted(live) for item in batch[tp].items]
+        letters = [letter for tp in sorted(live) for letter in batch[tp].letters]
         async with self._pool.acquire() as conn, conn.transaction():
-            expected = {tp: (self._positions[tp], nxt) for tp, nxt in moves.items()}
+            expected = {tp: (self._positions[tp], batch[tp].next_offset) for tp in live}
             done = await offsets.advance(conn, self.settings.group_id, expected)
-            if done != set(moves):
-                raise _Fenced(set(moves) - done)
+            if done != live:
+                raise _Fenced(live - done)
             rejected: list[DeadLetter] = []
             for item, message in await self._store(conn, items):
-                record = _record_of(batch, item)
+                record = _record_of(batch[TopicPartition(item.topic, item.partition)], item)
                 rejected.append(DeadLetter(record, DecodeFailure(REJECTED_BY_DATABASE, message)))
                 log.warning(
                     "record rejected by database",
@@ -544,6 +575,7 @@ class Worker:
         for tp in partitions:
             if tp in self._positions and tp in consumer.assignment():
                 self._positions[tp] = stored.get(tp)
+                self._epochs[tp] = self._epochs.get(tp, 0) + 1
                 if tp in stored:
                     consumer.seek(tp, stored[tp])
         log.warning("offsets fenced by another worker", partitions=_names(partitions))
@@ -562,8 +594,24 @@ class Worker:
             log.debug("kafka offset commit skipped", error=describe(exc))
 
 
-def _record_of(batch: dict[TopicPartition, list[Any]], item: Item) -> Any:
-    for record in batch[TopicPartition(item.topic, item.partition)]:
+class _Part:
+    """One partition's share of a batch: its records, decoded or dead-lettered."""
+
+    __slots__ = ("epoch", "items", "letters", "records")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.records: list[Any] = []
+        self.items: list[Item] = []
+        self.letters: list[DeadLetter] = []
+
+    @property
+    def next_offset(self) -> int:
+        return int(self.records[-1].offset) + 1
+
+
+def _record_of(part: _Part, item: Item) -> Any:
+    for record in part.records:
         if record.offset == item.offset:
             return record
     raise LookupError(f"no record at {item.topic}[{item.partition}]@{item.offset}")
