@@ -38,10 +38,18 @@ _MAX_DECIMAL = Decimal("1e12")
 
 
 def utc(value: dt.datetime) -> dt.datetime:
-    """Return `value` as an aware datetime; naive input is UTC by contract."""
+    """Return `value` in UTC; naive input is UTC by contract.
+
+    An instant whose UTC date falls outside years 1-9999 (say 9999-12-31T23:59:59-14:00) is
+    refused: PostgreSQL would store it, but no Python client could read the row back."""
     if value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
-    return value
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError(
+            f"timestamp {value.isoformat()} is out of range: in UTC it falls outside years 1-9999"
+        ) from None
 
 
 def utc_or_none(value: dt.datetime | None) -> dt.datetime | None:

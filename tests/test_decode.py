@@ -500,3 +500,16 @@ def test_every_failure_reason_is_a_contract_reason() -> None:
         assert isinstance(result, DecodeFailure)
         reasons.add(result.reason)
     assert reasons == REASONS
+
+
+def test_instant_beyond_year_9999_in_utc_is_a_schema_violation() -> None:
+    """PostgreSQL would store 9999-12-31T23:59:59-14:00, but no Python client could read it."""
+    from worker.decode import proctoring_decoder
+
+    value = (
+        b'{"examId": "e", "candidateId": "c", "type": "TAB_NOT_FOCUS", '
+        b'"createdAt": "9999-12-31T23:59:59-14:00"}'
+    )
+    failure = proctoring_decoder.decode(value)
+    assert getattr(failure, "reason", None) == "schema_violation"
+    assert "out of range" in failure.message  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 from e2e_support import (
@@ -31,6 +32,7 @@ from infra import Topics, consume_all, produce
 
 from worker import __version__
 from worker.decode import MAX_ERROR_BYTES
+from worker.migrate import migrate_url
 from worker.seeds import interview_samples, proctoring_samples, system_check_example
 
 pytestmark = pytest.mark.integration
@@ -377,11 +379,10 @@ async def test_seed_samples_stored_and_malformed_records_dead_lettered(
 # - jsonb numbers are PostgreSQL numerics, which end at about 1e131072: msgspec keeps the
 #   transcript block raw (it never converts the number) and PostgreSQL answers 22003
 #   "value overflows numeric format";
-# - 9999-12-31T23:59:59-14:00 is a valid RFC 3339 timestamp whose UTC instant lies past year
-#   9999, which the driver cannot encode as a timestamptz (DataError, "date value out of
-#   range"), so it can never be stored either.
+# - a proctoring event the database refuses through a CHECK constraint the test adds (an
+#   operator's rule, say), which exercises the COPY path's isolation.
 _NUMERIC_OVERFLOW = b'[{"timestamp": 1e999999, "role": "interviewer", "content": "hi"}]'
-_UNSTORABLE_TIME = "9999-12-31T23:59:59-14:00"
+_REFUSED_EXAM = "exam-refused"
 
 
 def _report(report_id: str, candidate: str, transcript: bytes = b"[]") -> bytes:
@@ -422,12 +423,21 @@ async def test_record_rejected_by_database_is_isolated_from_its_batch(
     ]
     bad_event = json.dumps(
         {
-            "examId": exam,
+            "examId": _REFUSED_EXAM,
             "candidateId": candidate,
             "type": "TAB_NOT_FOCUS",
-            "createdAt": _UNSTORABLE_TIME,
+            "createdAt": base.isoformat(),
         }
     ).encode()
+    await migrate_url(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "ALTER TABLE proctoring_events ADD CONSTRAINT refuse_exam "
+            f"CHECK (exam_id <> '{_REFUSED_EXAM}')"
+        )
+    finally:
+        await conn.close()
     p_values = [*events[:5], bad_event, *events[5:]]
 
     i_meta = await produce(

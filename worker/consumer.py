@@ -46,7 +46,7 @@ from worker.handlers.base import Item
 from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
 from worker.retry import Backoff, describe, is_record_error
-from worker.router import apply_batch
+from worker.router import Prepared, prepare_batch, write_batch
 
 log = structlog.get_logger("worker")
 
@@ -304,11 +304,18 @@ class Worker:
                     size += self._prepare(fetched, batch)
                     if size >= s.max_batch_records or inflight is None or inflight.done():
                         break
+                prepared: Prepared = []
+                if batch:
+                    # Rows encoded for COPY before waiting: this CPU work overlaps the
+                    # previous batch's time in PostgreSQL.
+                    prepared = prepare_batch(
+                        item for tp in sorted(batch) for item in batch[tp].items
+                    )
                 if inflight is not None:
                     await inflight
                     inflight = None
                 if batch:
-                    inflight = asyncio.create_task(self._handle(consumer, batch))
+                    inflight = asyncio.create_task(self._handle(consumer, batch, prepared))
         finally:
             if inflight is not None:
                 await inflight
@@ -361,7 +368,12 @@ class Worker:
             added += len(records)
         return added
 
-    async def _handle(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, _Part]) -> None:
+    async def _handle(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, _Part],
+        prepared: Prepared,
+    ) -> None:
         started = time.perf_counter()
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         # Partitions another worker turned out to own: their records here are stale.
@@ -381,7 +393,7 @@ class Worker:
                 return
             try:
                 async with self._commit_lock:
-                    rejected = await self._commit(batch, live)
+                    rejected = await self._commit(batch, live, prepared)
             except _Fenced as fenced:
                 fenced_out |= fenced.partitions
                 await self._retrying_call(
@@ -510,18 +522,24 @@ class Worker:
         return self._stop.is_set()
 
     async def _commit(
-        self, batch: dict[TopicPartition, _Part], live: set[TopicPartition]
+        self,
+        batch: dict[TopicPartition, _Part],
+        live: set[TopicPartition],
+        batch_prepared: Prepared,
     ) -> list[DeadLetter]:
         assert self._pool is not None and self._dlq is not None
-        items = [item for tp in sorted(live) for item in batch[tp].items]
+        items = [item for tp in sorted(batch) if tp in live for item in batch[tp].items]
         letters = [letter for tp in sorted(live) for letter in batch[tp].letters]
         async with self._pool.acquire() as conn, conn.transaction():
             expected = {tp: (self._positions[tp], batch[tp].next_offset) for tp in live}
             done = await offsets.advance(conn, self.settings.group_id, expected)
             if done != live:
                 raise _Fenced(live - done)
+            # The batch was prepared for all its partitions; if some were lost since, the
+            # rest is prepared again (rare: a rebalance during the previous commit).
+            prepared = batch_prepared if live == set(batch) else None
             rejected: list[DeadLetter] = []
-            for item, message in await self._store(conn, items):
+            for item, message in await self._store(conn, items, prepared):
                 record = _record_of(batch[TopicPartition(item.topic, item.partition)], item)
                 rejected.append(DeadLetter(record, DecodeFailure(REJECTED_BY_DATABASE, message)))
                 log.warning(
@@ -548,7 +566,7 @@ class Worker:
         return rejected
 
     async def _store(
-        self, conn: asyncpg.Connection, items: Sequence[Item]
+        self, conn: asyncpg.Connection, items: Sequence[Item], prepared: Prepared | None = None
     ) -> list[tuple[Item, str]]:
         """Write `items`; isolate records the database rejects by bisection under savepoints.
         Returns the rejected items with the database's reason."""
@@ -556,7 +574,7 @@ class Worker:
             return []
         try:
             async with conn.transaction():
-                await apply_batch(conn, items)
+                await write_batch(conn, prepare_batch(items) if prepared is None else prepared)
             return []
         except Exception as exc:
             if not is_record_error(exc):

@@ -7,6 +7,7 @@ batch by handler then turns, say, all 13 proctoring types into one statement.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -69,7 +70,20 @@ def group_by_handler(items: Iterable[Item]) -> dict[Handler, list[Item]]:
     return groups
 
 
+Prepared = list[tuple[Handler, Any]]
+
+
+def prepare_batch(items: Iterable[Item]) -> Prepared:
+    """The CPU part of writing a batch, done while the previous batch is still committing."""
+    return [(handler, handler.prepare(group)) for handler, group in group_by_handler(items).items()]
+
+
+async def write_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
+    """Write a prepared batch through its handlers, in the caller's transaction."""
+    for handler, payload in prepared:
+        await handler.write(conn, payload)
+
+
 async def apply_batch(conn: asyncpg.Connection, items: Sequence[Item]) -> None:
     """Write a batch of decoded events through their handlers, in the caller's transaction."""
-    for handler, group in group_by_handler(items).items():
-        await handler.apply(conn, group)
+    await write_batch(conn, prepare_batch(items))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from schemas.interview import ApplicantEvent
-from worker.handlers.base import Item, columns, newest
+from worker.handlers.base import BatchHandler, Item, columns, newest
 from worker.handlers.people import upsert_candidates, upsert_jobs
 
 STATUS_RANK = {"created": 1, "invited": 2, "updated": 3, "completed": 4}
@@ -56,12 +56,12 @@ def _rank(event: ApplicantEvent) -> tuple[dt.datetime, int]:
     return (event.data.date_modified or _OLDEST, STATUS_RANK[event.status])
 
 
-class ApplicantHandler:
+class ApplicantHandler(BatchHandler):
     """One instance serves the four applicant events: they write the same row."""
 
     name = "applicant"
 
-    async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         events: list[ApplicantEvent] = [item.event for item in items]
         await upsert_candidates(
             conn, ((e.data.candidate_id, e.data.candidate_name, e.data.email_id) for e in events)

@@ -26,9 +26,31 @@ class Item(NamedTuple):
 
 
 class Handler(Protocol):
+    """`prepare` is pure CPU work (the worker runs it while the previous batch commits);
+    `write` sends the prepared batch inside the caller's transaction."""
+
     name: str
 
+    def prepare(self, items: Sequence[Item]) -> Any: ...
+
+    async def write(self, conn: asyncpg.Connection, prepared: Any) -> None: ...
+
     async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None: ...
+
+
+class BatchHandler:
+    """A handler whose preparation is the items themselves."""
+
+    name: str
+
+    def prepare(self, items: Sequence[Item]) -> Any:
+        return items
+
+    async def write(self, conn: asyncpg.Connection, prepared: Any) -> None:
+        raise NotImplementedError
+
+    async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+        await self.write(conn, self.prepare(items))
 
 
 def last_non_null(

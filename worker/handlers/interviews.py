@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from schemas.interview import InterviewStartedData
-from worker.handlers.base import Item, columns, last_non_null
+from worker.handlers.base import BatchHandler, Item, columns, last_non_null
 from worker.handlers.people import upsert_candidates, upsert_jobs
 
 # interview.started is the interview's own event: its non-null values win over what a report
@@ -29,10 +29,10 @@ ON CONFLICT (interview_id) DO UPDATE SET
 """
 
 
-class InterviewStartedHandler:
+class InterviewStartedHandler(BatchHandler):
     name = "interview.started"
 
-    async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         data: list[InterviewStartedData] = [item.event.data for item in items]
         await upsert_candidates(
             conn, ((d.candidate_id, d.candidate_name, d.candidate_email_id) for d in data)

@@ -8,22 +8,48 @@ order-free aggregate (min, max, sum), so batches may arrive in any split.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import asyncpg
 
 from schemas.common import tag_of
-from schemas.proctoring import FLAG_TYPES, SystemCheckCompleted
+from schemas.proctoring import FLAG_TYPES, PROCTORING_STRUCTS, SystemCheckCompleted
 from worker.handlers.base import Item, columns, to_json
 
+# Rows arrive by COPY into a per-session staging table (text format, built while the previous
+# batch commits), then move in one statement: the DELETE ... RETURNING empties the stage for
+# the next batch (also under a savepoint that bisects a rejected batch).
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS stage_proctoring_events (
+    exam_id text, candidate_id text, type text, created_at timestamptz, description text,
+    media_url text, details jsonb, kafka_topic text, kafka_partition integer, kafka_offset bigint
+)
+"""
+_STAGE_COLUMNS = (
+    "exam_id",
+    "candidate_id",
+    "type",
+    "created_at",
+    "description",
+    "media_url",
+    "details",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+)
+
 _INSERT_EVENTS = """
-WITH ins AS (
+WITH staged AS (
+    DELETE FROM pg_temp.stage_proctoring_events RETURNING *
+), ins AS (
     INSERT INTO proctoring_events AS e (
         exam_id, candidate_id, type, created_at, description, media_url, details,
         kafka_topic, kafka_partition, kafka_offset)
-    SELECT * FROM unnest(
-        $1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
-        $7::jsonb[], $8::text[], $9::integer[], $10::bigint[])
+    SELECT exam_id, candidate_id, type, created_at, description, media_url, details,
+           kafka_topic, kafka_partition, kafka_offset
+    FROM staged
     ON CONFLICT DO NOTHING
     RETURNING e.exam_id, e.candidate_id, e.type, e.created_at
 )
@@ -33,7 +59,7 @@ SELECT exam_id, candidate_id,
        min(created_at) FILTER (WHERE type = 'STARTED'),
        max(created_at) FILTER (WHERE type = 'END_PROCTORING'),
        max(created_at),
-       count(*) FILTER (WHERE type = ANY($11::text[])),
+       count(*) FILTER (WHERE type = ANY($1::text[])),
        count(*)
 FROM ins
 GROUP BY exam_id, candidate_id
@@ -57,49 +83,68 @@ ON CONFLICT DO NOTHING
 _FLAG_TYPES = sorted(FLAG_TYPES)
 
 
+# COPY text format: backslash, tab, newline and carriage return are escaped; \\N is NULL.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
+_TAGS = {cls: tag_of(cls) for cls in PROCTORING_STRUCTS}
+
+
+class Prepared(NamedTuple):
+    copy: bytes
+    checks: list[tuple[object, ...]]
+
+
 class ProctoringHandler:
     """Stores all 13 proctoring event types; one instance serves them all so that a batch is
     one statement, not thirteen."""
 
     name = "proctoring"
 
-    async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
-        events: list[tuple[object, ...]] = []
+    def prepare(self, items: Sequence[Item]) -> Prepared:
+        lines: list[str] = []
         checks: list[tuple[object, ...]] = []
-        for item in items:
-            ev = item.event
-            details = None
-            if isinstance(ev, SystemCheckCompleted):
+        esc = _COPY_ESCAPES
+        tags = _TAGS
+        for ev, topic, partition, offset in items:
+            details = _NULL
+            if type(ev) is SystemCheckCompleted:
                 check = ev.systemCheck
-                results = to_json(check.data)
-                details = to_json(check)
+                details = to_json(check).translate(esc)
                 checks.append(
                     (
                         ev.examId,
                         ev.candidateId,
                         check.timestamp,
                         check.success,
-                        results,
+                        to_json(check.data),
                         ev.createdAt,
                     )
                 )
-            events.append(
-                (
-                    ev.examId,
-                    ev.candidateId,
-                    tag_of(ev),
-                    ev.createdAt,
-                    ev.description,
-                    ev.media_url,
-                    details,
-                    item.topic,
-                    item.partition,
-                    item.offset,
-                )
+            media = ev.media_url
+            media = _NULL if media is None else media.translate(esc)
+            lines.append(
+                f"{ev.examId.translate(esc)}\t{ev.candidateId.translate(esc)}\t{tags[type(ev)]}\t"
+                f"{ev.createdAt.isoformat()}\t{ev.description.translate(esc)}\t"
+                f"{media}\t{details}\t"
+                f"{topic.translate(esc)}\t{partition}\t{offset}\n"
             )
-        # Sorted by primary key so concurrent writers take row locks in one order.
-        events.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
-        await conn.execute(_INSERT_EVENTS, *columns(events, 10), _FLAG_TYPES)
-        if checks:
-            checks.sort(key=lambda r: (r[0], r[1], r[2]))
+        return Prepared("".join(lines).encode("utf-8"), checks)
+
+    async def write(self, conn: asyncpg.Connection, prepared: Prepared) -> None:
+        if not prepared.copy:
+            return
+        await conn.execute(_STAGE)
+        await conn.copy_to_table(
+            "stage_proctoring_events",
+            source=io.BytesIO(prepared.copy),
+            columns=_STAGE_COLUMNS,
+            schema_name="pg_temp",
+            format="text",
+        )
+        await conn.execute(_INSERT_EVENTS, _FLAG_TYPES)
+        if prepared.checks:
+            checks = sorted(prepared.checks, key=lambda r: (r[0], r[1], r[2]))
             await conn.execute(_INSERT_SYSTEM_CHECKS, *columns(checks, 6))
+
+    async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+        await self.write(conn, self.prepare(items))

@@ -17,7 +17,7 @@ from decimal import Decimal
 import asyncpg
 
 from schemas.interview import InterviewReportCreated, InterviewReportData, raw_or_none
-from worker.handlers.base import Item, columns, last_non_null, newest
+from worker.handlers.base import BatchHandler, Item, columns, last_non_null, newest
 from worker.handlers.people import upsert_candidates
 
 _OLDEST = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -93,10 +93,10 @@ def _report_rank(data: InterviewReportData) -> dt.datetime:
     return data.date_modified or _OLDEST
 
 
-class ReportCreatedHandler:
+class ReportCreatedHandler(BatchHandler):
     name = "interview_report.created"
 
-    async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         reports: list[InterviewReportData] = [
             item.event.data for item in items if isinstance(item.event, InterviewReportCreated)
         ]
@@ -180,7 +180,7 @@ def _json_text(raw: object) -> str | None:
     return None if body is None else body.decode()
 
 
-class ReportPartHandler:
+class ReportPartHandler(BatchHandler):
     """A recording, webcam-recording or proctoring-score event: sets its own columns only."""
 
     def __init__(self, name: str, fields: dict[str, str], casts: dict[str, str]) -> None:
@@ -205,7 +205,7 @@ WHERE (r.candidate_id IS NULL AND EXCLUDED.candidate_id IS NOT NULL)
    OR {changed}
 """
 
-    async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+    async def write(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         rows = last_non_null(
             (
                 (
