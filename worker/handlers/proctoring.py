@@ -8,6 +8,7 @@ order-free aggregate (min, max, sum), so batches may arrive in any split.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -23,7 +24,7 @@ from worker.handlers.base import Item, columns, to_json
 # the next batch (also under a savepoint that bisects a rejected batch).
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS stage_proctoring_events (
-    exam_id text, candidate_id text, type text, created_at timestamptz, description text,
+    exam_id text, candidate_id text, type text, created_us bigint, description text,
     media_url text, details jsonb, kafka_topic text, kafka_partition integer, kafka_offset bigint
 )
 """
@@ -31,7 +32,7 @@ _STAGE_COLUMNS = (
     "exam_id",
     "candidate_id",
     "type",
-    "created_at",
+    "created_us",
     "description",
     "media_url",
     "details",
@@ -47,8 +48,12 @@ WITH staged AS (
     INSERT INTO proctoring_events AS e (
         exam_id, candidate_id, type, created_at, description, media_url, details,
         kafka_topic, kafka_partition, kafka_offset)
-    SELECT exam_id, candidate_id, type, created_at, description, media_url, details,
-           kafka_topic, kafka_partition, kafka_offset
+    -- Microseconds since the epoch: exact, and ~5x cheaper to format than an ISO string.
+    -- Whole seconds and the rest separately: a float8 holds every second of years 1-9999
+    -- exactly, but not every microsecond.
+    SELECT exam_id, candidate_id, type,
+           to_timestamp(created_us / 1000000) + (created_us % 1000000) * interval '1 microsecond',
+           description, media_url, details, kafka_topic, kafka_partition, kafka_offset
     FROM staged
     ON CONFLICT DO NOTHING
     RETURNING e.exam_id, e.candidate_id, e.type, e.created_at
@@ -87,6 +92,16 @@ _FLAG_TYPES = sorted(FLAG_TYPES)
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _NULL = "\\N"
 _TAGS = {cls: tag_of(cls) for cls in PROCTORING_STRUCTS}
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _copy_text(value: str) -> str:
+    # translate() costs ~1.4 us a field; nearly every field needs nothing, which is cheap
+    # to see (tab, newline and CR are not printable; backslash is).
+    if value.isprintable() and "\\" not in value:
+        return value
+    return value.translate(_COPY_ESCAPES)
 
 
 class Prepared(NamedTuple):
@@ -103,13 +118,14 @@ class ProctoringHandler:
     def prepare(self, items: Sequence[Item]) -> Prepared:
         lines: list[str] = []
         checks: list[tuple[object, ...]] = []
-        esc = _COPY_ESCAPES
+        text = _copy_text
         tags = _TAGS
+        topics: dict[str, str] = {}
         for ev, topic, partition, offset in items:
             details = _NULL
             if type(ev) is SystemCheckCompleted:
                 check = ev.systemCheck
-                details = to_json(check).translate(esc)
+                details = text(to_json(check))
                 checks.append(
                     (
                         ev.examId,
@@ -121,12 +137,14 @@ class ProctoringHandler:
                     )
                 )
             media = ev.media_url
-            media = _NULL if media is None else media.translate(esc)
+            topic_text = topics.get(topic)
+            if topic_text is None:
+                topic_text = topics[topic] = text(topic)
             lines.append(
-                f"{ev.examId.translate(esc)}\t{ev.candidateId.translate(esc)}\t{tags[type(ev)]}\t"
-                f"{ev.createdAt.isoformat()}\t{ev.description.translate(esc)}\t"
-                f"{media}\t{details}\t"
-                f"{topic.translate(esc)}\t{partition}\t{offset}\n"
+                f"{text(ev.examId)}\t{text(ev.candidateId)}\t{tags[type(ev)]}\t"
+                f"{(ev.createdAt - _EPOCH) // _MICROSECOND}\t{text(ev.description)}\t"
+                f"{_NULL if media is None else text(media)}\t{details}\t"
+                f"{topic_text}\t{partition}\t{offset}\n"
             )
         return Prepared("".join(lines).encode("utf-8"), checks)
 
