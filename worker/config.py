@@ -64,7 +64,9 @@ class Settings:
     shutdown_timeout_s: float = 30.0
     retry_initial_s: float = 0.2
     retry_max_s: float = 30.0
-    db_pool_size: int = 2
+    # Concurrent commit lanes (one connection each); partitions are split between them.
+    db_lanes: int = 2
+    db_pool_size: int = 3
     db_command_timeout_s: float = 60.0
     # Group membership: a member that stops heartbeating for session_timeout_ms loses its
     # partitions; that is also how long partitions of a SIGKILLed worker stay idle.
@@ -119,6 +121,7 @@ class Settings:
                 "WORKER_RETRY_INITIAL_S", _default("retry_initial_s"), 0.01, 60
             ),
             retry_max_s=r.number("WORKER_RETRY_MAX_S", _default("retry_max_s"), 0.1, 3600),
+            db_lanes=r.integer("WORKER_DB_LANES", _default("db_lanes"), 1, 32),
             db_pool_size=r.integer("WORKER_DB_POOL_SIZE", _default("db_pool_size"), 1, 100),
             db_command_timeout_s=r.number(
                 "WORKER_DB_COMMAND_TIMEOUT_S", _default("db_command_timeout_s"), 1, 3600
@@ -141,6 +144,10 @@ class Settings:
         if settings.heartbeat_interval_ms >= settings.session_timeout_ms:
             raise ConfigError(
                 "KAFKA_HEARTBEAT_INTERVAL_MS: must be lower than KAFKA_SESSION_TIMEOUT_MS"
+            )
+        if settings.db_pool_size < settings.db_lanes:
+            raise ConfigError(
+                f"WORKER_DB_POOL_SIZE: must be at least WORKER_DB_LANES ({settings.db_lanes})"
             )
         settings._check_security()
         if len({*settings.topics, settings.dlq_topic}) != 3:

@@ -92,7 +92,11 @@ class Worker:
         self._positions: dict[TopicPartition, int | None] = {}
         # Assigned but not yet positioned from the database; paused until they are.
         self._pending: set[TopicPartition] = set()
-        self._commit_lock = asyncio.Lock()
+        # One commit lane per database connection: partitions are split between lanes, and
+        # each lane commits its share of a batch on its own connection, so PostgreSQL works on
+        # up to `db_lanes` transactions at once while a partition's batches stay in order.
+        self._lanes = settings.db_lanes
+        self._commit_locks = [asyncio.Lock() for _ in range(self._lanes)]
         # getmany is called by the main loop and, while a batch retries, by the backoff.
         self._fetch_lock = asyncio.Lock()
         self._fetch_backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
@@ -102,7 +106,7 @@ class Worker:
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: DeadLetterPublisher | None = None
-        self._retrying = False
+        self._retrying: set[int] = set()  # lanes retrying a transient failure
         # When the current run of transient failures began (None: healthy); drives /readyz.
         self._failing_since: float | None = None
         self._db_check: tuple[float, bool] = (0.0, False)
@@ -248,8 +252,9 @@ class Worker:
         # because the compare-and-set keeps us safe even if we cannot wait.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
-                await self._commit_lock.acquire()
-                self._commit_lock.release()
+                for lock in self._commit_locks:
+                    await lock.acquire()
+                    lock.release()
         for tp in revoked:
             self._positions.pop(tp, None)
             self._pending.discard(tp)
@@ -283,42 +288,62 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
-        """Fetch and decode the next batch while the previous one commits.
+        """Fetch and decode the next batch while the previous ones commit.
 
-        One batch is in flight at a time (offsets must advance in order); the next one
-        grows while it waits, so batches are small when traffic is light (low latency) and
-        large under load (few transactions)."""
+        Each lane has at most one batch in flight (a partition's offsets must advance in
+        order); the next batch grows while the lanes are busy, so batches are small when
+        traffic is light (low latency) and large under load (few transactions)."""
         s = self.settings
         progress = _Progress(self.stats)
-        inflight: asyncio.Task[None] | None = None
+        inflight: dict[int, asyncio.Task[None]] = {}
         try:
             while not self._stop.is_set():
                 progress.maybe_log()
+                if self._retrying and inflight:
+                    # A lane is backing off with every partition paused: nothing to fetch
+                    # until it recovers (the lane keeps polling for group membership).
+                    await asyncio.wait(inflight.values(), return_when=asyncio.FIRST_COMPLETED)
+                    for lane, task in list(inflight.items()):
+                        if task.done():
+                            del inflight[lane]
+                            task.result()
+                    continue
                 if self._pending:
                     await self._position_pending(consumer)
                 batch: dict[TopicPartition, _Part] = {}
                 size = 0
                 while not self._stop.is_set():
-                    wait = s.fetch_wait_ms if inflight is None else min(s.fetch_wait_ms, 5)
+                    busy = bool(inflight) and not any(t.done() for t in inflight.values())
+                    wait = min(s.fetch_wait_ms, 5) if busy else s.fetch_wait_ms
                     fetched = await self._fetch(consumer, wait, s.max_batch_records - size)
                     size += self._prepare(fetched, batch)
-                    if size >= s.max_batch_records or inflight is None or inflight.done():
+                    if size >= s.max_batch_records or not busy:
                         break
-                prepared: Prepared = []
-                if batch:
+                for lane, share in self._split(batch).items():
                     # Rows encoded for COPY before waiting: this CPU work overlaps the
-                    # previous batch's time in PostgreSQL.
+                    # lane's previous batch's time in PostgreSQL.
                     prepared = prepare_batch(
-                        item for tp in sorted(batch) for item in batch[tp].items
+                        item for tp in sorted(share) for item in share[tp].items
                     )
-                if inflight is not None:
-                    await inflight
-                    inflight = None
-                if batch:
-                    inflight = asyncio.create_task(self._handle(consumer, batch, prepared))
+                    previous = inflight.pop(lane, None)
+                    if previous is not None:
+                        await previous
+                    inflight[lane] = asyncio.create_task(
+                        self._handle(consumer, share, prepared, lane)
+                    )
+                for lane, task in list(inflight.items()):
+                    if task.done():
+                        del inflight[lane]
+                        task.result()  # a bug in a lane stops the worker here
         finally:
-            if inflight is not None:
-                await inflight
+            for task in inflight.values():
+                await task
+
+    def _split(self, batch: dict[TopicPartition, _Part]) -> dict[int, dict[TopicPartition, _Part]]:
+        lanes: dict[int, dict[TopicPartition, _Part]] = {}
+        for tp, part in batch.items():
+            lanes.setdefault(tp.partition % self._lanes, {})[tp] = part
+        return lanes
 
     async def _fetch(
         self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int
@@ -373,6 +398,7 @@ class Worker:
         consumer: AIOKafkaConsumer,
         batch: dict[TopicPartition, _Part],
         prepared: Prepared,
+        lane: int = 0,
     ) -> None:
         started = time.perf_counter()
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
@@ -392,7 +418,7 @@ class Worker:
             if not live:
                 return
             try:
-                async with self._commit_lock:
+                async with self._commit_locks[lane]:
                     rejected = await self._commit(batch, live, prepared)
             except _Fenced as fenced:
                 fenced_out |= fenced.partitions
@@ -405,18 +431,20 @@ class Worker:
                 if backoff.attempt == 0:
                     log.warning("batch failed, retrying", error=describe(exc), records=records)
                     consumer.pause(*consumer.assignment())
-                    self._retrying = True
+                    self._retrying.add(lane)
                     self._failing_since = self._failing_since or time.monotonic()
                 if await self._wait_polling(consumer, backoff.next_delay()):
                     log.info("stopping: batch abandoned uncommitted", records=records)
                     return
                 continue
             break
-        self._failing_since = None
-        if self._retrying:
-            self._retrying = False
-            consumer.resume(*(consumer.assignment() - self._pending))
+        if lane in self._retrying:
+            self._retrying.discard(lane)
             log.info("batch committed after retries", attempts=backoff.attempt + 1)
+            if not self._retrying:
+                consumer.resume(*(consumer.assignment() - self._pending))
+        if not self._retrying:
+            self._failing_since = None
         moves = {tp: batch[tp].next_offset for tp in live}
         self._positions.update(moves)
         self._account(batch, live, rejected, time.perf_counter() - started)
