@@ -59,7 +59,7 @@ class Settings:
     sasl_password: str | None = field(default=None, repr=False)
     ssl_cafile: str | None = None
     # Tuning. Defaults suit the 2-core machine the benchmark runs on.
-    max_batch_records: int = 5000
+    max_batch_records: int = 20000
     fetch_wait_ms: int = 50
     shutdown_timeout_s: float = 30.0
     retry_initial_s: float = 0.2

@@ -46,7 +46,7 @@ from worker.handlers.base import Item
 from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
 from worker.retry import Backoff, describe, is_record_error
-from worker.router import Prepared, prepare_batch, write_batch
+from worker.router import Prepared, prepare_batch, prepare_batch_cooperatively, write_batch
 
 log = structlog.get_logger("worker")
 
@@ -316,13 +316,13 @@ class Worker:
                     busy = bool(inflight) and not any(t.done() for t in inflight.values())
                     wait = min(s.fetch_wait_ms, 5) if busy else s.fetch_wait_ms
                     fetched = await self._fetch(consumer, wait, s.max_batch_records - size)
-                    size += self._prepare(fetched, batch)
+                    size += await self._prepare(fetched, batch)
                     if size >= s.max_batch_records or not busy:
                         break
                 for lane, share in self._split(batch).items():
                     # Rows encoded for COPY before waiting: this CPU work overlaps the
                     # lane's previous batch's time in PostgreSQL.
-                    prepared = prepare_batch(
+                    prepared = await prepare_batch_cooperatively(
                         item for tp in sorted(share) for item in share[tp].items
                     )
                     previous = inflight.pop(lane, None)
@@ -362,7 +362,7 @@ class Worker:
             self._fetch_backoff.reset()
         return fetched
 
-    def _prepare(
+    async def _prepare(
         self, fetched: dict[TopicPartition, list[Any]], batch: dict[TopicPartition, _Part]
     ) -> int:
         """Decode the records of positioned partitions, from their stored offset on, into
@@ -383,7 +383,9 @@ class Worker:
             decode = self._decoders[tp.topic].decode
             topic, partition = tp.topic, tp.partition
             items, letters = part.items, part.letters
-            for record in records:
+            for n, record in enumerate(records, 1):
+                if not n % 500:
+                    await asyncio.sleep(0)  # let in-flight commits take their next step
                 result = decode(record.value)
                 if isinstance(result, DecodeFailure):
                     letters.append(DeadLetter(record, result))

@@ -33,6 +33,10 @@ class Handler(Protocol):
 
     def prepare(self, items: Sequence[Item]) -> Any: ...
 
+    def combine(self, parts: Sequence[Any]) -> Any:
+        """One prepared batch from the preparations of consecutive slices of it."""
+        ...
+
     async def write(self, conn: asyncpg.Connection, prepared: Any) -> None: ...
 
     async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None: ...
@@ -45,6 +49,9 @@ class BatchHandler:
 
     def prepare(self, items: Sequence[Item]) -> Any:
         return items
+
+    def combine(self, parts: Sequence[Any]) -> Any:
+        return [item for part in parts for item in part]
 
     async def write(self, conn: asyncpg.Connection, prepared: Any) -> None:
         raise NotImplementedError

@@ -148,6 +148,9 @@ class ProctoringHandler:
             )
         return Prepared("".join(lines).encode("utf-8"), checks)
 
+    def combine(self, parts: Sequence[Prepared]) -> Prepared:
+        return Prepared(b"".join(p.copy for p in parts), [c for p in parts for c in p.checks])
+
     async def write(self, conn: asyncpg.Connection, prepared: Prepared) -> None:
         if not prepared.copy:
             return
