@@ -29,22 +29,10 @@ from infra import Topics
 
 from worker.config import Settings
 from worker.consumer import Worker
+from worker.migrate import CONTRACT_TABLES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# The tables of CONTRACT §4 in a fixed order; consumer_offsets last (progress, not content).
-CONTRACT_TABLES: tuple[str, ...] = (
-    "proctoring_events",
-    "proctoring_sessions",
-    "system_checks",
-    "candidates",
-    "jobs",
-    "applicants",
-    "interviews",
-    "interview_reports",
-    "proctoring_violations",
-    "consumer_offsets",
-)
 # Columns whose value depends on when (not what) the worker wrote.
 VOLATILE_COLUMNS: frozenset[str] = frozenset({"updated_at", "ingested_at"})
 # Where a proctoring event came from: differs between two runs over the same data only if the

@@ -16,25 +16,12 @@ import pytest
 
 from worker.decode import DecodeFailure, EventDecoder, interview_decoder, proctoring_decoder
 from worker.handlers.base import Item
-from worker.migrate import migrate
+from worker.migrate import CONTENT_TABLES, migrate
 from worker.router import apply_batch
 
 PROCTORING_TOPIC = "proctoring.events"
 INTERVIEW_TOPIC = "interview.events"
 
-# The tables of CONTRACT §4 whose contents are the worker's output (consumer_offsets is
-# progress, not content).
-CONTENT_TABLES: tuple[str, ...] = (
-    "proctoring_events",
-    "proctoring_sessions",
-    "system_checks",
-    "candidates",
-    "jobs",
-    "applicants",
-    "interviews",
-    "interview_reports",
-    "proctoring_violations",
-)
 VOLATILE_COLUMNS: frozenset[str] = frozenset({"updated_at", "ingested_at"})
 KAFKA_COLUMNS: frozenset[str] = frozenset({"kafka_topic", "kafka_partition", "kafka_offset"})
 

@@ -4,19 +4,14 @@ database; /healthz answers. Real broker, real PostgreSQL, the worker in-process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import infra
 import pytest
+from e2e_support import running_worker, settings_for, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.config import Settings
-from worker.consumer import Worker
 from worker.devstack import free_port
 from worker.seeds import interview_samples, proctoring_samples
 
@@ -43,43 +38,13 @@ def _total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     return sum(v for (n, _), v in samples.items() if n == name)
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@contextlib.asynccontextmanager
-async def _running(settings: Settings) -> AsyncIterator[Worker]:
-    worker = Worker(settings)
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(worker.ready.wait(), 60)
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 60)
-
-
 async def test_metrics_count_exactly_what_was_stored_and_dead_lettered(
     kafka_bootstrap: str, database_url: str, topics: infra.Topics
 ) -> None:
-    settings = dataclasses.replace(
-        Settings(),
-        bootstrap_servers=kafka_bootstrap,
-        database_url=database_url,
-        group_id=topics.group_id,
-        proctoring_topic=topics.proctoring,
-        interview_topic=topics.interview,
-        dlq_topic=topics.dlq,
-        fetch_wait_ms=50,
-        metrics_port=free_port(),
-        metrics_host="127.0.0.1",
+    settings = settings_for(
+        kafka_bootstrap, database_url, topics, metrics_port=free_port(), metrics_host="127.0.0.1"
     )
-    async with _running(settings) as worker:
+    async with running_worker(settings) as worker:
         port = settings.metrics_port
         status, _ = await _get(port, "/healthz")
         assert status == 200
@@ -99,7 +64,7 @@ async def test_metrics_count_exactly_what_was_stored_and_dead_lettered(
         async def consumed_all() -> bool:
             return worker.stats["consumed"] >= produced
 
-        await _until(consumed_all, 90, "the worker to consume every record")
+        await wait_for(consumed_all, 90, "the worker to consume every record")
         after = _samples((await _get(port, "/metrics"))[1])
 
         stored = _total(after, "worker_records_stored_total")
@@ -137,20 +102,10 @@ async def test_readyz_follows_the_database(
 ) -> None:
     if pg_stack.server is None:
         pytest.skip("PostgreSQL is external here; this test must stop and start it")
-    settings = dataclasses.replace(
-        Settings(),
-        bootstrap_servers=kafka_bootstrap,
-        database_url=database_url,
-        group_id=topics.group_id,
-        proctoring_topic=topics.proctoring,
-        interview_topic=topics.interview,
-        dlq_topic=topics.dlq,
-        fetch_wait_ms=50,
-        retry_max_s=1.0,
-        metrics_port=free_port(),
-        metrics_host="127.0.0.1",
+    settings = settings_for(
+        kafka_bootstrap, database_url, topics, metrics_port=free_port(), metrics_host="127.0.0.1"
     )
-    async with _running(settings):
+    async with running_worker(settings):
         port = settings.metrics_port
 
         async def ready() -> bool:
@@ -159,13 +114,13 @@ async def test_readyz_follows_the_database(
         async def unready() -> bool:
             return (await _get(port, "/readyz"))[0] == 503
 
-        await _until(ready, 60, "/readyz to report ready")
+        await wait_for(ready, 60, "/readyz to report ready")
         pg_stack.server.stop()
         try:
-            await _until(unready, 30, "/readyz to report unready while PostgreSQL is down")
+            await wait_for(unready, 30, "/readyz to report unready while PostgreSQL is down")
             _, body = await _get(port, "/readyz")
             assert json.loads(body)["database"] is False
             assert (await _get(port, "/healthz"))[0] == 200
         finally:
             pg_stack.server.start()
-        await _until(ready, 60, "/readyz to report ready again")
+        await wait_for(ready, 60, "/readyz to report ready again")

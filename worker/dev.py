@@ -24,25 +24,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from worker.config import Settings
-from worker.migrate import migrate_url
+from worker.migrate import CONTRACT_TABLES, migrate_url
 from worker.seeds import interview_samples, proctoring_samples
 
 PARTITIONS = {"proctoring": 4, "interview": 4, "dlq": 1}
 MALFORMED = (
     b'{"examId": "exam-demo", "candidateId": "cand-demo", "type": "TAB_NOT_FOCUS", '
     b'"createdAt": "yesterday"}'
-)
-TABLES = (
-    "proctoring_events",
-    "proctoring_sessions",
-    "system_checks",
-    "candidates",
-    "jobs",
-    "applicants",
-    "interviews",
-    "interview_reports",
-    "proctoring_violations",
-    "consumer_offsets",
 )
 
 
@@ -158,7 +146,7 @@ async def _report_when_done(settings: Settings, worker: Any, published: int) -> 
         await asyncio.sleep(0.2)
     conn = await asyncpg.connect(settings.database_url)
     try:
-        counts = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
+        counts = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in CONTRACT_TABLES}
     finally:
         await conn.close()
     letters = await _read_dead_letters(settings, worker.stats["dead_lettered"])

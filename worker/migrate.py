@@ -18,6 +18,20 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+# The tables of CONTRACT §4 whose rows are the worker's output, and its progress table.
+CONTENT_TABLES: tuple[str, ...] = (
+    "proctoring_events",
+    "proctoring_sessions",
+    "system_checks",
+    "candidates",
+    "jobs",
+    "applicants",
+    "interviews",
+    "interview_reports",
+    "proctoring_violations",
+)
+CONTRACT_TABLES: tuple[str, ...] = (*CONTENT_TABLES, "consumer_offsets")
+
 # Any fixed 64-bit number works; this one is "event-worker migrations" hashed, so it will not
 # collide with advisory locks other software on the same database takes.
 MIGRATION_LOCK_ID = 0x6576_656E_7477_6B01
