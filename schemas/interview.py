@@ -31,7 +31,12 @@ OptUrl = Url | None
 
 
 def _raw_kind(raw: msgspec.Raw, field: str, opener: bytes) -> None:
-    """Demand that a raw JSON block is `null`, absent, or starts with `opener` (`[` or `{`)."""
+    """Demand that a raw JSON block is `null`, absent, or starts with `opener` (`[` or `{`),
+    and is UTF-8: msgspec does not check the bytes of a block it keeps raw."""
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"`{field}` is not valid UTF-8 ({exc.reason})") from None
     head = bytes(memoryview(raw)[:64]).lstrip()[:1]
     if head in (b"", b"n") or head == opener:
         return

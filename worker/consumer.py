@@ -35,6 +35,7 @@ from worker import offsets
 from worker.config import Settings
 from worker.decode import (
     REJECTED_BY_DATABASE,
+    SCHEMA_VIOLATION,
     DecodeFailure,
     EventDecoder,
     interview_decoder,
@@ -46,7 +47,13 @@ from worker.handlers.base import Item
 from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
 from worker.retry import Backoff, describe, is_record_error
-from worker.router import Prepared, prepare_batch, prepare_batch_cooperatively, write_batch
+from worker.router import (
+    Prepared,
+    PrepareError,
+    prepare_batch,
+    prepare_batch_cooperatively,
+    write_batch,
+)
 
 log = structlog.get_logger("worker")
 
@@ -54,6 +61,9 @@ log = structlog.get_logger("worker")
 TRANSIENT = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A connection whose query was cancelled mid-flight (a client timeout during an outage)
+    # refuses the next command with this; the pool replaces it.
+    asyncpg.InternalClientError,
     OSError,
     asyncio.TimeoutError,
     KafkaError,
@@ -103,6 +113,8 @@ class Worker:
         # Bumped whenever a partition is (re)positioned: records fetched before that belong
         # to an older reading of the partition and must not be committed.
         self._epochs: dict[TopicPartition, int] = {}
+        # Partitions read again from the start because their log was lost, by stored offset.
+        self._rewound: dict[TopicPartition, int] = {}
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: DeadLetterPublisher | None = None
@@ -146,6 +158,10 @@ class Worker:
             enable_idempotence=False,  # idempotence needs InitProducerId, which some brokers lack
             linger_ms=5,
             max_batch_size=1 << 20,
+            # A dead letter carries a record the consumer could fetch (up to
+            # max_partition_fetch_bytes) plus headers; the broker's topic limit still
+            # applies, and dlq.py truncates what it refuses.
+            max_request_size=8 << 20,
             client_id=f"{s.group_id}-dlq",
         )
         consumer = AIOKafkaConsumer(
@@ -296,9 +312,13 @@ class Worker:
         s = self.settings
         progress = _Progress(self.stats)
         inflight: dict[int, asyncio.Task[None]] = {}
+        next_reset_check = time.monotonic()
         try:
             while not self._stop.is_set():
                 progress.maybe_log()
+                if time.monotonic() >= next_reset_check:
+                    self._rewind_reset_logs(consumer)
+                    next_reset_check = time.monotonic() + 5.0
                 if self._retrying and inflight:
                     # A lane is backing off with every partition paused: nothing to fetch
                     # until it recovers (the lane keeps polling for group membership).
@@ -322,9 +342,13 @@ class Worker:
                 for lane, share in self._split(batch).items():
                     # Rows encoded for COPY before waiting: this CPU work overlaps the
                     # lane's previous batch's time in PostgreSQL.
-                    prepared = await prepare_batch_cooperatively(
-                        item for tp in sorted(share) for item in share[tp].items
-                    )
+                    prepared: Prepared | None
+                    try:
+                        prepared = await prepare_batch_cooperatively(
+                            item for tp in sorted(share) for item in share[tp].items
+                        )
+                    except PrepareError:
+                        prepared = None  # prepared again at commit, bisecting to the record
                     previous = inflight.pop(lane, None)
                     if previous is not None:
                         await previous
@@ -338,6 +362,32 @@ class Worker:
         finally:
             for task in inflight.values():
                 await task
+
+    def _rewind_reset_logs(self, consumer: AIOKafkaConsumer) -> None:
+        """A stored offset beyond the broker's log end means the log was lost (topic deleted
+        and recreated, a broker without its data). Kafka answers such a fetch with
+        OffsetOutOfRange and the consumer resets to the earliest offset; some brokers just
+        return nothing, forever. Either way the records now in the log are new: read them
+        from the start (the compare-and-set still expects the stored offset)."""
+        for tp, position in list(self._positions.items()):
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # revoked meanwhile
+                continue
+            if position is None or highwater is None or position <= highwater:
+                continue
+            if self._rewound.get(tp) == position:
+                continue  # already reading it again from the start
+            self._rewound[tp] = position
+            log.warning(
+                "stored offset is beyond the partition's log end; reading it from the start",
+                topic=tp.topic,
+                partition=tp.partition,
+                stored_offset=position,
+                log_end=highwater,
+            )
+            consumer.seek(tp, 0)
+            self._epochs[tp] = self._epochs.get(tp, 0) + 1
 
     def _split(self, batch: dict[TopicPartition, _Part]) -> dict[int, dict[TopicPartition, _Part]]:
         lanes: dict[int, dict[TopicPartition, _Part]] = {}
@@ -373,9 +423,18 @@ class Worker:
                 continue
             start = self._positions[tp]
             if start is not None and records[0].offset < start:
-                records = [r for r in records if r.offset >= start]
-                if not records:
-                    continue
+                # After a seek the fetcher only returns records from the new position, so
+                # lower offsets mean the broker no longer has the stored one (topic deleted
+                # and recreated, or a broker that lost its log) and reset to earliest. Skipping
+                # them would drop every new record below the old offset without a trace:
+                # process them (upserts are idempotent) and say so.
+                log.warning(
+                    "partition restarts below its stored offset; the log was reset",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    stored_offset=start,
+                    first_offset=records[0].offset,
+                )
             epoch = self._epochs.get(tp, 0)
             part = batch.get(tp)
             if part is None or part.epoch != epoch:
@@ -399,8 +458,26 @@ class Worker:
         self,
         consumer: AIOKafkaConsumer,
         batch: dict[TopicPartition, _Part],
-        prepared: Prepared,
+        prepared: Prepared | None,
         lane: int = 0,
+    ) -> None:
+        try:
+            await self._handle_batch(consumer, batch, prepared, lane)
+        finally:
+            # However the batch ended (committed, fenced away, revoked, abandoned at stop),
+            # this lane no longer holds the partitions paused.
+            if lane in self._retrying:
+                self._retrying.discard(lane)
+                if not self._retrying:
+                    consumer.resume(*(consumer.assignment() - self._pending))
+                    self._failing_since = None
+
+    async def _handle_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, _Part],
+        prepared: Prepared | None,
+        lane: int,
     ) -> None:
         started = time.perf_counter()
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
@@ -440,12 +517,9 @@ class Worker:
                     return
                 continue
             break
-        if lane in self._retrying:
-            self._retrying.discard(lane)
+        if backoff.attempt:
             log.info("batch committed after retries", attempts=backoff.attempt + 1)
-            if not self._retrying:
-                consumer.resume(*(consumer.assignment() - self._pending))
-        if not self._retrying:
+        if not self._retrying - {lane}:
             self._failing_since = None
         moves = {tp: batch[tp].next_offset for tp in live}
         self._positions.update(moves)
@@ -555,7 +629,7 @@ class Worker:
         self,
         batch: dict[TopicPartition, _Part],
         live: set[TopicPartition],
-        batch_prepared: Prepared,
+        batch_prepared: Prepared | None,
     ) -> list[DeadLetter]:
         assert self._pool is not None and self._dlq is not None
         items = [item for tp in sorted(batch) if tp in live for item in batch[tp].items]
@@ -569,11 +643,13 @@ class Worker:
             # rest is prepared again (rare: a rebalance during the previous commit).
             prepared = batch_prepared if live == set(batch) else None
             rejected: list[DeadLetter] = []
-            for item, message in await self._store(conn, items, prepared):
+            for item, reason, message in await self._store(conn, items, prepared):
                 record = _record_of(batch[TopicPartition(item.topic, item.partition)], item)
-                rejected.append(DeadLetter(record, DecodeFailure(REJECTED_BY_DATABASE, message)))
+                rejected.append(DeadLetter(record, DecodeFailure(reason, message)))
                 log.warning(
-                    "record rejected by database",
+                    "record rejected by database"
+                    if reason == REJECTED_BY_DATABASE
+                    else "record could not be prepared for storage",
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
@@ -597,20 +673,24 @@ class Worker:
 
     async def _store(
         self, conn: asyncpg.Connection, items: Sequence[Item], prepared: Prepared | None = None
-    ) -> list[tuple[Item, str]]:
-        """Write `items`; isolate records the database rejects by bisection under savepoints.
-        Returns the rejected items with the database's reason."""
+    ) -> list[tuple[Item, str, str]]:
+        """Write `items`; isolate records the database rejects (or a handler cannot prepare)
+        by bisection under savepoints. Returns the rejected items, dead-letter reason and
+        message."""
         if not items:
             return []
         try:
             async with conn.transaction():
                 await write_batch(conn, prepare_batch(items) if prepared is None else prepared)
             return []
+        except PrepareError as exc:
+            if len(items) == 1:
+                return [(items[0], SCHEMA_VIOLATION, truncate(str(exc)))]
         except Exception as exc:
             if not is_record_error(exc):
                 raise
             if len(items) == 1:
-                return [(items[0], truncate(describe(exc)))]
+                return [(items[0], REJECTED_BY_DATABASE, truncate(describe(exc)))]
         mid = len(items) // 2
         return await self._store(conn, items[:mid]) + await self._store(conn, items[mid:])
 

@@ -13,10 +13,18 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 
 from worker import __version__
 from worker.decode import DecodeFailure, truncate
+
+log = structlog.get_logger("worker.dlq")
+
+# What is kept of a value that does not fit the dead-letter topic (Kafka's default limit for
+# a topic is 1 MiB; this leaves room for the key and headers).
+TRUNCATED_VALUE_BYTES = 256 * 1024
 
 
 class DeadLetter(NamedTuple):
@@ -50,17 +58,52 @@ class DeadLetterPublisher:
         self._group_id = group_id
 
     async def publish(self, letters: Sequence[DeadLetter]) -> None:
-        """Send every letter, then wait until the broker has acknowledged all of them."""
+        """Send every letter, then wait until the broker has acknowledged all of them.
+
+        A letter too large for the producer or the dead-letter topic is sent again with its
+        value cut to TRUNCATED_VALUE_BYTES and `dlq.value.truncated`/`dlq.original.size`
+        headers: a partial copy beats a partition stuck forever on one record."""
         if not letters:
             return
         failed_at = dt.datetime.now(dt.UTC)
-        pending = [
-            await self._producer.send(
-                self.topic,
-                value=letter.record.value,
-                key=letter.record.key,
-                headers=dead_letter_headers(letter, self._group_id, failed_at),
+        pending: list[tuple[DeadLetter, asyncio.Future[Any] | None]] = []
+        for letter in letters:
+            pending.append((letter, await self._send(letter, failed_at, truncate_value=False)))
+        results = await asyncio.gather(
+            *(f for _, f in pending if f is not None), return_exceptions=True
+        )
+        outcome = iter(results)
+        too_large: list[DeadLetter] = []
+        for letter, future in pending:
+            result = None if future is None else next(outcome)
+            if future is None or isinstance(result, MessageSizeTooLargeError):
+                too_large.append(letter)
+            elif isinstance(result, BaseException):
+                raise result
+        if too_large:
+            log.warning(
+                "dead letters too large for the topic; values truncated", count=len(too_large)
             )
-            for letter in letters
-        ]
-        await asyncio.gather(*pending)
+            resent = [await self._send(d, failed_at, truncate_value=True) for d in too_large]
+            await asyncio.gather(*(f for f in resent if f is not None))
+
+    async def _send(
+        self, letter: DeadLetter, failed_at: dt.datetime, *, truncate_value: bool
+    ) -> asyncio.Future[Any] | None:
+        """Queue one letter; None if the producer refuses it as too large before sending."""
+        value = letter.record.value
+        headers = dead_letter_headers(letter, self._group_id, failed_at)
+        if truncate_value and value is not None:
+            headers += [
+                ("dlq.value.truncated", b"true"),
+                ("dlq.original.size", str(len(value)).encode()),
+            ]
+            value = value[:TRUNCATED_VALUE_BYTES]
+        try:
+            return await self._producer.send(
+                self.topic, value=value, key=letter.record.key, headers=headers
+            )
+        except MessageSizeTooLargeError:
+            if truncate_value:
+                raise
+            return None

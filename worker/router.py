@@ -74,9 +74,24 @@ def group_by_handler(items: Iterable[Item]) -> dict[Handler, list[Item]]:
 Prepared = list[tuple[Handler, Any]]
 
 
+class PrepareError(Exception):
+    """A handler could not turn an event into rows: the record's content is at fault (a gap
+    in validation), not the database. The worker isolates and dead-letters such a record
+    rather than stopping on it at every restart."""
+
+
+def _prepare(handler: Handler, items: Sequence[Item]) -> Any:
+    try:
+        return handler.prepare(items)
+    except Exception as exc:
+        raise PrepareError(f"{handler.name}: {type(exc).__name__}: {exc}") from exc
+
+
 def prepare_batch(items: Iterable[Item]) -> Prepared:
     """The CPU part of writing a batch, done while the previous batch is still committing."""
-    return [(handler, handler.prepare(group)) for handler, group in group_by_handler(items).items()]
+    return [
+        (handler, _prepare(handler, group)) for handler, group in group_by_handler(items).items()
+    ]
 
 
 async def prepare_batch_cooperatively(items: Iterable[Item], slice_size: int = 500) -> Prepared:
@@ -86,7 +101,7 @@ async def prepare_batch_cooperatively(items: Iterable[Item], slice_size: int = 5
     for handler, group in group_by_handler(items).items():
         parts = []
         for start in range(0, len(group), slice_size):
-            parts.append(handler.prepare(group[start : start + slice_size]))
+            parts.append(_prepare(handler, group[start : start + slice_size]))
             await asyncio.sleep(0)
         prepared.append((handler, parts[0] if len(parts) == 1 else handler.combine(parts)))
     return prepared
