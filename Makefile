@@ -39,6 +39,10 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## chaos: the fault-injection campaigns (tests/chaos) at full size; `make test` runs them small
+chaos: $(VENV)/.installed-test
+	CHAOS_SCALE=full $(BIN)/pytest tests/chaos -v -s -p no:cacheprovider
+
 ## bench: the worker against its baselines and ceilings (bench/README.md); BENCH_ARGS="--scale 0.1"
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,193 @@
+"""Campaign 2, rebalance storm: three production processes in one group on 6-partition topics,
+members joining and leaving every few seconds (SIGTERM and SIGKILL mixed) while events flow.
+
+Each record's effect must be committed by exactly one member: the tables equal the
+reference, the dead letters are exactly the malformed records, the committed offsets account
+for every record produced, and every graceful leave exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import infra
+import pytest
+from chaos_support import (
+    FAST_GROUP_ENV,
+    SCALE,
+    SEED,
+    SIZES,
+    Clock,
+    Publisher,
+    build_reference,
+    check_dlq,
+    check_offsets,
+    compare_with_reference,
+    count_in_log,
+    generate_stream,
+    items_of,
+    make_topics,
+    offsets_total,
+    paced_publish,
+    read_dlq,
+    report,
+    topic_map,
+    wait_until,
+)
+from e2e_support import WorkerProcess, settings_for, worker_process
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(SIZES.test_timeout_s)]
+
+MEMBERS = 3
+PARTITIONS = 6
+
+
+async def test_rebalance_storm_commits_each_record_once(
+    kafka_bootstrap: str,
+    database_url: str,
+    topic_factory: infra.TopicFactory,
+    fresh_database: Callable[[], Awaitable[str]],
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    rng = random.Random(SEED + 2)
+    stream = generate_stream(SEED + 2, SIZES.storm_events, tag="s")
+    topics = await make_topics(topic_factory, PARTITIONS)
+    settings = settings_for(kafka_bootstrap, database_url, topics, max_batch_records=500)
+    logs = [tmp_path / f"member-{i}.log" for i in range(MEMBERS)]
+    slots: list[WorkerProcess | None] = [None] * MEMBERS
+    procs: list[WorkerProcess] = []
+    leaving: dict[int, asyncio.Task[int]] = {}  # pid -> graceful stop in flight
+    killed: set[int] = set()
+    actions: Counter[str] = Counter()
+    population: list[int] = []
+
+    booted_after: dict[int, tuple[int, int]] = {}  # pid -> (slot, "worker running" lines)
+
+    def start(slot: int) -> None:
+        baseline = count_in_log(logs[slot], "worker running")
+        proc = worker_process(settings, logs[slot], FAST_GROUP_ENV)
+        booted_after[proc.pid] = (slot, baseline)
+        slots[slot] = proc
+        procs.append(proc)
+
+    def booted(proc: WorkerProcess) -> bool:
+        """Past start-up (signal handlers installed): a SIGTERM now is a graceful leave."""
+        slot, baseline = booted_after[proc.pid]
+        return count_in_log(logs[slot], "worker running") > baseline
+
+    def running() -> list[int]:
+        """Slots whose member runs and has not been told to leave."""
+        return [
+            i
+            for i, p in enumerate(slots)
+            if p is not None and p.poll() is None and p.pid not in leaving and p.pid not in killed
+        ]
+
+    def check_members() -> None:
+        for p in procs:
+            if p.poll() is not None and p.pid not in killed and p.pid not in leaving:
+                raise AssertionError(f"member died on its own ({p.returncode}):\n{p.log_tail()}")
+
+    async with Publisher(kafka_bootstrap, topic_map(topics)) as publisher:
+        producing = asyncio.create_task(
+            paced_publish(publisher, stream.records, SIZES.storm_seconds)
+        )
+        try:
+            for slot in range(MEMBERS):
+                start(slot)
+            storm_ends = time.monotonic() + SIZES.storm_seconds
+            while time.monotonic() < storm_ends:
+                await asyncio.sleep(rng.uniform(2.0, 5.0))
+                check_members()
+                up = running()
+                free = [i for i in range(MEMBERS) if i not in up]
+                if len(up) <= 1:
+                    action = "join"
+                elif not free:
+                    action = rng.choice(("leave", "kill"))
+                else:
+                    action = rng.choice(("join", "leave", "kill"))
+                if action == "leave":
+                    up = [i for i in up if booted(slots[i])]  # type: ignore[arg-type]
+                    if not up:
+                        action = "kill"
+                        up = running()
+                if action == "join":
+                    start(rng.choice(free))
+                else:
+                    proc = slots[rng.choice(up)]
+                    assert proc is not None
+                    if action == "kill":
+                        killed.add(proc.pid)
+                        proc.kill()
+                    else:
+                        leaving[proc.pid] = asyncio.create_task(
+                            asyncio.to_thread(proc.terminate_and_wait, 60)
+                        )
+                actions[action] += 1
+                population.append(len(running()))
+            await producing
+            storm_end = clock()
+
+            # Calm: a full group drains the rest.
+            for i in range(MEMBERS):
+                if i not in running():
+                    start(i)
+
+            async def drained() -> bool:
+                check_members()
+                members = [slots[i] for i in running()]
+                return all(booted(p) for p in members if p is not None) and (
+                    await offsets_total(database_url, topics.group_id) >= publisher.produced
+                )
+
+            await wait_until(drained, SIZES.test_timeout_s / 2, "the group to drain")
+            drained_at = clock()
+            final = [slots[i] for i in running()]
+            codes = await asyncio.gather(
+                *(asyncio.to_thread(p.terminate_and_wait, 60) for p in final if p is not None)
+            )
+            leave_codes = await asyncio.gather(*leaving.values())
+        finally:
+            if not producing.done():
+                producing.cancel()
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(30)
+
+    assert all(c == 0 for c in codes), (codes, [p.log_tail() for p in procs if p.returncode])
+    assert all(c == 0 for c in leave_codes), leave_codes
+    committed = await check_offsets(database_url, topics.group_id, publisher)
+    reference_url = await fresh_database()
+    assert await build_reference(reference_url, items_of(stream.events)) == []
+    tables = await compare_with_reference(database_url, reference_url)
+    malformed = publisher.malformed()
+    dlq = check_dlq(await read_dlq(kafka_bootstrap, topics.dlq, set(malformed)), malformed)
+    report(
+        "2 rebalance storm",
+        scale=SCALE,
+        produced=publisher.produced,
+        distinct_valid=len(stream.events),
+        duplicates=stream.duplicates,
+        malformed=stream.malformed,
+        actions=dict(actions),
+        member_processes=len(procs),
+        members_over_time="".join(map(str, population)),
+        assignments=sum(count_in_log(p, "partitions assigned") for p in logs),
+        fenced_batches=sum(count_in_log(p, "offsets fenced") for p in logs),
+        batches_retried=sum(count_in_log(p, "batch failed, retrying") for p in logs),
+        tracebacks=sum(count_in_log(p, "Traceback") for p in logs),
+        storm_s=storm_end,
+        drained_after_s=drained_at,
+        committed_offsets_sum=committed,
+        **tables,
+        **dlq,
+        total_s=clock(),
+    )
