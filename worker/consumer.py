@@ -352,6 +352,8 @@ class Worker:
                     previous = inflight.pop(lane, None)
                     if previous is not None:
                         await previous
+                    if self._stop.is_set():
+                        break  # never start a batch after stop: the one before may be abandoned
                     inflight[lane] = asyncio.create_task(
                         self._handle(consumer, share, prepared, lane)
                     )
@@ -514,6 +516,10 @@ class Worker:
                     self._failing_since = self._failing_since or time.monotonic()
                 if await self._wait_polling(consumer, backoff.next_delay()):
                     log.info("stopping: batch abandoned uncommitted", records=records)
+                    # Batches fetched behind this one start after records that were never
+                    # stored: they must not commit (their offsets would skip these).
+                    for tp in live:
+                        self._epochs[tp] = self._epochs.get(tp, 0) + 1
                     return
                 continue
             break

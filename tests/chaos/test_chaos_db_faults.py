@@ -10,6 +10,7 @@ malformed records.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from chaos_support import (
     SIZES,
     Clock,
     Publisher,
+    World,
     build_reference,
     check_dlq,
     check_offsets,
@@ -48,6 +50,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(SIZES.test_timeout_s)
 COMMAND_TIMEOUT_S = 1.0
 LOCK_HOLD_S = 4 * COMMAND_TIMEOUT_S
 STATEMENT_TIMEOUT_HOLD_S = 3.0
+BATCH = 50
 TERMINATE = (
     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -363,4 +366,72 @@ async def test_batch_fenced_out_while_retrying_does_not_stall_the_worker(
     reference_url = await fresh_database()
     events = [e for w in waves for e in w.events]
     assert await build_reference(reference_url, items_of(events)) == []
+    await compare_with_reference(database_url, reference_url)
+
+
+async def test_batch_abandoned_at_shutdown_is_not_skipped_by_the_next_one(
+    kafka_bootstrap: str,
+    database_url: str,
+    topic_factory: infra.TopicFactory,
+    fresh_database: Callable[[], Awaitable[str]],
+) -> None:
+    """Regression (found by the rebalance storm): batches are fetched and decoded while the
+    previous one commits. A batch retrying a transient failure when the worker is told to
+    stop is abandoned uncommitted; the batch behind it, for the same partition, must then
+    not be committed (its compare-and-set still expects the offset before the abandoned
+    batch, so it would succeed and move the partition past records never stored)."""
+    rng = random.Random(SEED + 9)
+    world = World(rng, 200, tag="a")
+    warmup = [world._part().planned for _ in range(10)]
+    blocked = [world._applicant().planned for _ in range(BATCH)]  # waits on the lock
+    behind = [world._part().planned for _ in range(BATCH)]  # would commit without it
+    topics = await make_topics(topic_factory, 1)
+    settings = settings_for(
+        kafka_bootstrap,
+        database_url,
+        topics,
+        max_batch_records=BATCH,
+        retry_max_s=0.5,
+        db_command_timeout_s=COMMAND_TIMEOUT_S,
+    )
+    async with Publisher(kafka_bootstrap, topic_map(topics)) as publisher:
+        async with running_worker(settings) as worker:
+
+            async def stored(n: int) -> bool:
+                assert not task_of(worker).done(), "worker task ended"
+                return await offsets_total(database_url, topics.group_id) >= n
+
+            await publisher.publish(warmup)
+            await wait_until(lambda: stored(len(warmup)), 90, "the warm-up stored")
+            holder = await asyncpg.connect(database_url)
+            try:
+                async with holder.transaction():
+                    await holder.execute("LOCK TABLE applicants IN ACCESS EXCLUSIVE MODE")
+                    before = retries(worker)
+                    await publisher.publish(blocked)
+                    await publisher.publish(behind)
+
+                    async def retrying() -> bool:
+                        return retries(worker) > before
+
+                    await wait_until(retrying, 30, "the blocked batch to retry")
+                    await asyncio.sleep(1.0)  # the batch behind it is fetched meanwhile
+                    worker.stop()  # leaving running_worker waits for the worker to end
+                    await asyncio.wait({task_of(worker)}, timeout=60)
+            finally:
+                await holder.close()
+        after_stop = await offsets_total(database_url, topics.group_id)
+        # A new worker picks up from whatever was committed.
+        async with running_worker(settings) as worker:
+            await wait_until(lambda: stored(publisher.produced), 90, "the restarted worker")
+    report(
+        "3e abandoned batch at shutdown",
+        committed_at_stop=after_stop,
+        warmup=len(warmup),
+        blocked=len(blocked),
+        behind=len(behind),
+    )
+    await check_offsets(database_url, topics.group_id, publisher)
+    reference_url = await fresh_database()
+    assert await build_reference(reference_url, items_of(warmup + blocked + behind)) == []
     await compare_with_reference(database_url, reference_url)
