@@ -44,8 +44,12 @@ chaos: $(VENV)/.installed-test
 	CHAOS_SCALE=full $(BIN)/pytest tests/chaos -v -s -p no:cacheprovider
 
 ## bench: the worker against its baselines and ceilings (bench/README.md); BENCH_ARGS="--scale 0.1"
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+$(VENV)/.installed-bench: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[bench]'
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .ruff_cache .hypothesis *.egg-info
