@@ -61,10 +61,13 @@ class BatchHandler:
 
 
 def last_non_null(
-    rows: Iterable[tuple[Hashable, list[Any]]], keep_first: frozenset[int] = frozenset()
+    rows: Iterable[tuple[Hashable, list[Any]]],
+    keep_first: frozenset[int] = frozenset(),
+    keep_least: frozenset[int] = frozenset(),
 ) -> list[list[Any]]:
     """Fold rows by key: for each column, the last non-null value wins (SQL: COALESCE(new, old)),
-    except columns in `keep_first`, where the first non-null wins (SQL: COALESCE(old, new)).
+    except columns in `keep_first`, where the first non-null wins (SQL: COALESCE(old, new)),
+    and columns in `keep_least`, where the smallest wins (SQL: LEAST(old, new)).
 
     Each row is `(key, values)`; the key's columns are part of `values`. Output is sorted by key.
     """
@@ -75,7 +78,13 @@ def last_non_null(
             merged[key] = list(values)
         else:
             for i, value in enumerate(values):
-                if value is not None and (current[i] is None or i not in keep_first):
+                if value is None:
+                    continue
+                if current[i] is None:
+                    current[i] = value
+                elif i in keep_least:
+                    current[i] = min(current[i], value)
+                elif i not in keep_first:
                     current[i] = value
     return [merged[k] for k in sorted(merged, key=_sort_key)]
 

@@ -193,15 +193,18 @@ class ReportPartHandler(BatchHandler):
         changed = "\n   OR ".join(
             f"(EXCLUDED.{c} IS NOT NULL AND EXCLUDED.{c} IS DISTINCT FROM r.{c})" for c in cols
         )
-        # candidate_id: the report event's value is authoritative; these only fill a gap.
+        # candidate_id: the report event's value is authoritative. Until it arrives, events
+        # that disagree settle on the smallest value, which no arrival order can change.
         self._sql = f"""
 INSERT INTO interview_reports AS r (report_id, candidate_id, {", ".join(cols)})
 SELECT * FROM unnest($1::text[], $2::text[], {params})
 ON CONFLICT (report_id) DO UPDATE SET
-    candidate_id = COALESCE(r.candidate_id, EXCLUDED.candidate_id),
+    candidate_id = CASE WHEN r.has_report THEN r.candidate_id
+                        ELSE LEAST(r.candidate_id, EXCLUDED.candidate_id) END,
     {updates},
     updated_at = now()
-WHERE (r.candidate_id IS NULL AND EXCLUDED.candidate_id IS NOT NULL)
+WHERE (NOT r.has_report AND EXCLUDED.candidate_id IS NOT NULL
+       AND EXCLUDED.candidate_id IS DISTINCT FROM r.candidate_id)
    OR {changed}
 """
 
@@ -214,7 +217,7 @@ WHERE (r.candidate_id IS NULL AND EXCLUDED.candidate_id IS NOT NULL)
                 )
                 for d in (item.event.data for item in items)
             ),
-            keep_first=frozenset({1}),
+            keep_least=frozenset({1}),
         )
         await conn.execute(self._sql, *columns(rows, 2 + len(self._attrs)))
 
