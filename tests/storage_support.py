@@ -108,3 +108,20 @@ def utc(
     year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
 ) -> dt.datetime:
     return dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
+
+
+# The timestamp notations the contract allows, for generators of test events.
+NOTATIONS = ("Z", "millis", "+05:30", "naive_T", "naive_space")
+
+
+def notate(moment: dt.datetime, notation: str) -> str:
+    if notation == "Z":
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if notation == "millis":
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    if notation == "+05:30":
+        shifted = moment + dt.timedelta(hours=5, minutes=30)
+        return shifted.strftime("%Y-%m-%dT%H:%M:%S+05:30")
+    if notation == "naive_T":
+        return moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M:%S")

@@ -34,11 +34,13 @@ from hypothesis import strategies as st
 from storage_support import (
     INTERVIEW_TOPIC,
     KAFKA_COLUMNS,
+    NOTATIONS,
     PROCTORING_TOPIC,
     Snapshot,
     apply,
     db,  # noqa: F401  (fixture)
     decode_ok,
+    notate,
     snapshot,
     truncate_all,
 )
@@ -83,20 +85,6 @@ APPLICATIONS = ("a-1", "a-2")
 I_INSTANTS = tuple(
     dt.datetime(2024, 1, 1, 10, tzinfo=dt.UTC) + dt.timedelta(hours=h) for h in (0, 1, 5)
 )
-NOTATIONS = ("Z", "millis", "+05:30", "naive_T", "naive_space")
-
-
-def notate(moment: dt.datetime, notation: str) -> str:
-    if notation == "Z":
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if notation == "millis":
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    if notation == "+05:30":
-        shifted = moment + dt.timedelta(hours=5, minutes=30)
-        return shifted.strftime("%Y-%m-%dT%H:%M:%S+05:30")
-    if notation == "naive_T":
-        return moment.strftime("%Y-%m-%dT%H:%M:%S")
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 @dataclass(frozen=True)

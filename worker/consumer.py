@@ -323,10 +323,7 @@ class Worker:
                     # A lane is backing off with every partition paused: nothing to fetch
                     # until it recovers (the lane keeps polling for group membership).
                     await asyncio.wait(inflight.values(), return_when=asyncio.FIRST_COMPLETED)
-                    for lane, task in list(inflight.items()):
-                        if task.done():
-                            del inflight[lane]
-                            task.result()
+                    _reap(inflight)
                     continue
                 if self._pending:
                     await self._position_pending(consumer)
@@ -357,10 +354,7 @@ class Worker:
                     inflight[lane] = asyncio.create_task(
                         self._handle(consumer, share, prepared, lane)
                     )
-                for lane, task in list(inflight.items()):
-                    if task.done():
-                        del inflight[lane]
-                        task.result()  # a bug in a lane stops the worker here
+                _reap(inflight)
         finally:
             for task in inflight.values():
                 await task
@@ -543,7 +537,7 @@ class Worker:
         m = self.metrics
         rejected_at = {(d.record.topic, d.record.partition, d.record.offset) for d in rejected}
         consumed = 0
-        stored: dict[tuple[str, str], int] = {}
+        stored_by_class: dict[tuple[str, type], int] = {}
         dead: list[DeadLetter] = list(rejected)
         for tp in live:
             part = batch[tp]
@@ -553,9 +547,11 @@ class Worker:
             for item in part.items:
                 if rejected_at and (item.topic, item.partition, item.offset) in rejected_at:
                     continue
-                key = (item.topic, tag_of(item.event))
-                stored[key] = stored.get(key, 0) + 1
+                key = (item.topic, type(item.event))
+                stored_by_class[key] = stored_by_class.get(key, 0) + 1
             dead.extend(part.letters)
+        # Counted by struct class per record, named (tag_of) once per class and batch.
+        stored = {(topic, tag_of(cls)): n for (topic, cls), n in stored_by_class.items()}
         for (topic, event_type), n in stored.items():
             m.stored.labels(topic, event_type).inc(n)
         for d in dead:
@@ -749,6 +745,14 @@ def _record_of(part: _Part, item: Item) -> Any:
         if record.offset == item.offset:
             return record
     raise LookupError(f"no record at {item.topic}[{item.partition}]@{item.offset}")
+
+
+def _reap(inflight: dict[int, asyncio.Task[None]]) -> None:
+    """Forget finished lanes; a bug in a lane (its exception) stops the worker here."""
+    for lane, task in list(inflight.items()):
+        if task.done():
+            del inflight[lane]
+            task.result()
 
 
 class _Progress:

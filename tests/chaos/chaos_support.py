@@ -38,6 +38,7 @@ import infra
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from e2e_support import committed_offsets, snapshot_diff, table_snapshot
+from storage_support import NOTATIONS, notate
 
 from schemas.proctoring import EVENT_TYPES, FLAG_TYPES
 from worker.decode import DecodeFailure, EventDecoder, interview_decoder, proctoring_decoder
@@ -166,7 +167,6 @@ P_BASE = dt.datetime(2025, 9, 21, 8, tzinfo=dt.UTC)
 I_INSTANTS = tuple(
     dt.datetime(2024, 1, 1, 10, tzinfo=dt.UTC) + dt.timedelta(hours=h) for h in (0, 1, 5, 26)
 )
-NOTATIONS = ("Z", "millis", "+05:30", "naive_T", "naive_space")
 CHECK_DATA = (
     [{"name": "webcam", "status": "success", "finished": True}],
     [
@@ -187,19 +187,6 @@ REPORT_PARTS = (
     "interview_webcam_recording.completed",
     "proctoring_score.completed",
 )
-
-
-def notate(moment: dt.datetime, notation: str) -> str:
-    if notation == "Z":
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if notation == "millis":
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    if notation == "+05:30":
-        shifted = moment + dt.timedelta(hours=5, minutes=30)
-        return shifted.strftime("%Y-%m-%dT%H:%M:%S+05:30")
-    if notation == "naive_T":
-        return moment.strftime("%Y-%m-%dT%H:%M:%S")
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 @dataclass(frozen=True)

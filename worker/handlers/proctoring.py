@@ -17,7 +17,7 @@ import asyncpg
 
 from schemas.common import tag_of
 from schemas.proctoring import FLAG_TYPES, PROCTORING_STRUCTS, SystemCheckCompleted
-from worker.handlers.base import Item, columns, to_json
+from worker.handlers.base import BatchHandler, Item, columns, to_json
 
 # Rows arrive by COPY into a per-session staging table (text format, built while the previous
 # batch commits), then move in one statement. The stage empties itself at commit (ON COMMIT
@@ -109,7 +109,7 @@ class Prepared(NamedTuple):
     checks: list[tuple[object, ...]]
 
 
-class ProctoringHandler:
+class ProctoringHandler(BatchHandler):
     """Stores all 13 proctoring event types; one instance serves them all so that a batch is
     one statement, not thirteen."""
 
@@ -170,6 +170,3 @@ class ProctoringHandler:
         if prepared.checks:
             checks = sorted(prepared.checks, key=lambda r: (r[0], r[1], r[2]))
             await conn.execute(_INSERT_SYSTEM_CHECKS, *columns(checks, 6))
-
-    async def apply(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
-        await self.write(conn, self.prepare(items))
