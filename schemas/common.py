@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 
@@ -16,15 +16,22 @@ import msgspec
 # hostile producer from making the primary-key indexes carry megabyte entries.
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=512, description="Opaque identifier")]
 
-# Free text and URLs: bounded so one record cannot exceed what a btree or a log line can bear.
-Text = Annotated[str, msgspec.Meta(max_length=65_536)]
-Url = Annotated[str, msgspec.Meta(min_length=1, max_length=8_192)]
+# Free text and URLs have no bound of their own (CONTRACT §3): whatever the broker carries is
+# stored. The broker's record size limit is the only limit.
+Text = str
+Url = Annotated[str, msgspec.Meta(min_length=1)]
 
-# Scores are percentages in the micro1 events (`85`); a wider value is a producer bug.
-Score = Annotated[float, msgspec.Meta(ge=0, le=100, description="Score from 0 to 100")]
+# A Decimal decoded from the JSON number's own digits, so `85` stays `85` and `72.30` stays
+# `72.30` all the way into the numeric column. msgspec cannot put ge/le on a Decimal, so the
+# 0-100 range is checked by `check_score` in the structs' __post_init__.
+Score = Annotated[
+    Decimal, msgspec.Meta(description="Score from 0 to 100, stored exactly as written")
+]
 
-# msgspec parses RFC 3339 and also `2024-01-01 10:00:00` (space separator, no offset), which is
-# exactly the micro1 format; naive values are UTC by contract and are made aware in __post_init__.
+# msgspec's C parser takes RFC 3339 and `2024-01-01 10:00:00` (space, no offset, the micro1
+# format). The contract accepts more (`12:05Z`, `+02`, basic format...): a record msgspec
+# refuses for its timestamp is decoded again by worker.decode with `parse_timestamp`. Naive
+# values are UTC by contract and are made aware by `utc` in __post_init__, on both paths.
 Timestamp = Annotated[
     dt.datetime,
     msgspec.Meta(description="ISO 8601 timestamp; `Z` or an offset; no offset means UTC"),
@@ -34,10 +41,25 @@ Timestamp = Annotated[
 # accepts "NaN" and "Infinity"; those are rejected by `check_decimal`.
 DecimalValue = Annotated[Decimal, msgspec.Meta(description="Decimal number or decimal string")]
 
+SCORE_MIN: Final = Decimal(0)
+SCORE_MAX: Final = Decimal(100)
 _MAX_DECIMAL = Decimal("1e12")
 
 
-def utc(value: dt.datetime) -> dt.datetime:
+def parse_timestamp(text: str) -> dt.datetime:
+    """A timestamp in any form `datetime.fromisoformat` accepts (CONTRACT §3); naive if the
+    text has no offset. `utc` still has to be applied, as for msgspec's own datetimes."""
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        reason = str(exc)
+        # fromisoformat's generic message repeats the whole text: say it once, shortened.
+        shown = repr(text) if len(text) <= 64 else repr(text[:64]) + "..."
+        detail = "" if reason.startswith("Invalid isoformat string") else f": {reason}"
+        raise ValueError(f"Invalid ISO 8601 timestamp {shown}{detail}") from None
+
+
+def utc(value: dt.datetime, field: str = "timestamp") -> dt.datetime:
     """Return `value` in UTC; naive input is UTC by contract.
 
     An instant whose UTC date falls outside years 1-9999 (say 9999-12-31T23:59:59-14:00) is
@@ -48,12 +70,21 @@ def utc(value: dt.datetime) -> dt.datetime:
         return value.astimezone(dt.UTC)
     except OverflowError:
         raise ValueError(
-            f"timestamp {value.isoformat()} is out of range: in UTC it falls outside years 1-9999"
+            f"`{field}` {value.isoformat()} is out of range: in UTC it falls outside years 1-9999"
         ) from None
 
 
-def utc_or_none(value: dt.datetime | None) -> dt.datetime | None:
-    return None if value is None else utc(value)
+def utc_or_none(value: dt.datetime | None, field: str = "timestamp") -> dt.datetime | None:
+    return None if value is None else utc(value, field)
+
+
+def check_score(value: Decimal | None, field: str) -> None:
+    """Scores are percentages in the micro1 events; anything else is a producer bug."""
+    if value is None:
+        return
+    # is_finite first: ordering a NaN raises InvalidOperation instead of answering.
+    if not value.is_finite() or not SCORE_MIN <= value <= SCORE_MAX:
+        raise ValueError(f"`{field}` must be a number from 0 to 100, got {value}")
 
 
 def check_decimal(value: Decimal | None, field: str) -> None:

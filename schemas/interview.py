@@ -9,7 +9,6 @@ including fields a newer producer adds, and are never re-encoded on the hot path
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
 
 import msgspec
 
@@ -21,6 +20,7 @@ from schemas.common import (
     Timestamp,
     Url,
     check_decimal,
+    check_score,
     tag_of,
     utc_or_none,
 )
@@ -65,18 +65,38 @@ class InterviewStartedData(msgspec.Struct, kw_only=True, gc=False):
     date_started: Timestamp | None = None
 
     def __post_init__(self) -> None:
-        self.date_started = utc_or_none(self.date_started)
+        self.date_started = utc_or_none(self.date_started, "date_started")
+
+
+def _raw_scalar(raw: msgspec.Raw, field: str) -> None:
+    """Demand that a raw JSON value is absent, `null`, a string or a number."""
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"`{field}` is not valid UTF-8 ({exc.reason})") from None
+    head = bytes(memoryview(raw)[:1])
+    if head not in (b"", b"n", b'"', b"-") and not head.isdigit():
+        raise ValueError(f"`{field}` must be a string, a number or null")
 
 
 class ProctoringViolation(msgspec.Struct, kw_only=True, gc=False):
     type: Id
-    # The seed sends "3"; numbers are accepted and kept as their decimal text.
-    value: Text | int | float | None = None
+    # The seed sends "3"; a number is stored as the text the producer wrote (`1.10`, not
+    # `1.1`), and only the raw JSON still has that text.
+    value: msgspec.Raw = msgspec.Raw()
     description: OptText = None
+
+    def __post_init__(self) -> None:
+        _raw_scalar(self.value, "value")
 
     @property
     def value_text(self) -> str | None:
-        return None if self.value is None else str(self.value)
+        body = bytes(self.value)
+        if body in (b"", b"null"):
+            return None
+        if body[:1] == b'"':
+            return msgspec.json.decode(body, type=str)
+        return body.decode("ascii")
 
 
 class InterviewReportData(msgspec.Struct, kw_only=True, gc=False):
@@ -95,9 +115,8 @@ class InterviewReportData(msgspec.Struct, kw_only=True, gc=False):
     interview_recording_url: OptUrl = None
     proctoring_score: Score | None = None
     ai_match_score: Score | None = None
-    proctoring_violations: (
-        Annotated[list[ProctoringViolation], msgspec.Meta(max_length=1000)] | None
-    ) = None
+    # No bound on the count either: the contract bounds only identity keys.
+    proctoring_violations: list[ProctoringViolation] | None = None
     interview_transcript: msgspec.Raw = msgspec.Raw()
     technical_skills_evaluation: msgspec.Raw = msgspec.Raw()
     soft_skills_evaluation: msgspec.Raw = msgspec.Raw()
@@ -109,8 +128,10 @@ class InterviewReportData(msgspec.Struct, kw_only=True, gc=False):
     date_modified: Timestamp | None = None
 
     def __post_init__(self) -> None:
-        self.date_created = utc_or_none(self.date_created)
-        self.date_modified = utc_or_none(self.date_modified)
+        check_score(self.proctoring_score, "proctoring_score")
+        check_score(self.ai_match_score, "ai_match_score")
+        self.date_created = utc_or_none(self.date_created, "date_created")
+        self.date_modified = utc_or_none(self.date_modified, "date_modified")
         _raw_kind(self.interview_transcript, "interview_transcript", b"[")
         _raw_kind(self.technical_skills_evaluation, "technical_skills_evaluation", b"[")
         _raw_kind(self.soft_skills_evaluation, "soft_skills_evaluation", b"[")
@@ -138,6 +159,9 @@ class ProctoringScoreData(msgspec.Struct, kw_only=True, gc=False):
     candidate_id: Id
     proctoring_score: Score | None = None
 
+    def __post_init__(self) -> None:
+        check_score(self.proctoring_score, "proctoring_score")
+
 
 class ApplicantData(msgspec.Struct, kw_only=True, gc=False):
     micro1_job_application_id: Id
@@ -156,8 +180,8 @@ class ApplicantData(msgspec.Struct, kw_only=True, gc=False):
 
     def __post_init__(self) -> None:
         check_decimal(self.resume_score, "resume_score")
-        self.date_created = utc_or_none(self.date_created)
-        self.date_modified = utc_or_none(self.date_modified)
+        self.date_created = utc_or_none(self.date_created, "date_created")
+        self.date_modified = utc_or_none(self.date_modified, "date_modified")
 
 
 class InterviewEvent(msgspec.Struct, tag_field="event", gc=False):

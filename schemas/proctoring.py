@@ -6,7 +6,7 @@ single decode call yields the right class and routing is a dictionary lookup on 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
 
@@ -43,7 +43,7 @@ class ProctoringEvent(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     description: Text = ""
 
     def __post_init__(self) -> None:
-        self.createdAt = utc(self.createdAt)
+        self.createdAt = utc(self.createdAt, "createdAt")
 
     @property
     def media_url(self) -> str | None:
@@ -69,10 +69,11 @@ class SystemCheckItem(msgspec.Struct):
 class SystemCheck(msgspec.Struct):
     success: bool
     timestamp: Timestamp
-    data: Annotated[list[SystemCheckItem], msgspec.Meta(max_length=64)]
+    # Unbounded like every list of the contract; four checks are what the widget runs.
+    data: list[SystemCheckItem]
 
     def __post_init__(self) -> None:
-        self.timestamp = utc(self.timestamp)
+        self.timestamp = utc(self.timestamp, "timestamp")
 
 
 class Started(ProctoringEvent, kw_only=True, tag="STARTED"):

@@ -210,7 +210,10 @@ def test_word_proctoring_score_is_a_schema_violation() -> None:
     assert "proctoring_score" in failure.message
 
 
-@pytest.mark.parametrize("created_at", ["yesterday", "", "2025-13-01T00:00:00Z", 1758456000])
+@pytest.mark.parametrize(
+    "created_at",
+    ["yesterday", "", "2025-13-01T00:00:00Z", "2025-13-01T00:00Z", "2025-09-21T12:05z", 1758456000],
+)
 def test_bad_created_at_is_a_schema_violation(created_at: Any) -> None:
     failure = expect_failure(
         proctoring_decoder, encode(proctoring(createdAt=created_at)), SCHEMA_VIOLATION
@@ -237,6 +240,22 @@ def test_resume_score_as_decimal_string_or_number(score: Any) -> None:
     assert isinstance(event, iv.ApplicantCreated)
     assert event.data.resume_score is not None
     assert event.data.resume_score == msgspec.convert(str(score), type=iv.DecimalValue)
+
+
+@pytest.mark.parametrize("score", [100.5, -1, "NaN"])
+def test_score_out_of_range_is_a_schema_violation_naming_the_range(score: Any) -> None:
+    failure = expect_failure(
+        interview_decoder, sample(SCORE, proctoring_score=score), SCHEMA_VIOLATION
+    )
+    assert "`proctoring_score` must be a number from 0 to 100" in failure.message
+
+
+def test_score_is_the_decimal_as_written() -> None:
+    value = SCORE.replace(b'"proctoring_score": 85', b'"proctoring_score": 72.30')
+    assert value != SCORE
+    event = expect_event(interview_decoder, value)
+    assert isinstance(event, iv.ProctoringScoreCompleted)
+    assert str(event.data.proctoring_score) == "72.30"
 
 
 @pytest.mark.parametrize("field", ["examId", "candidateId"])
@@ -454,6 +473,10 @@ def test_unknown_extra_fields_in_interview_envelope_and_data_are_ignored() -> No
         "2024-01-01T10:00:00",
         "2024-01-01T10:00:00Z",
         "2024-01-01T15:30:00+05:30",
+        "2024-01-01T10:00Z",
+        "2024-01-01T10:00",
+        "2024-01-01 12:00+02",
+        "20240101T100000Z",
     ],
 )
 def test_interview_timestamps_decode_as_utc_aware(text: str) -> None:

@@ -175,8 +175,24 @@ def test_absent_description_means_empty() -> None:
         ("2025-09-21T12:00:00", utc(2025, 9, 21, 12)),
         ("2025-09-21T12:00:00.123456Z", dt.datetime(2025, 9, 21, 12, 0, 0, 123456, tzinfo=dt.UTC)),
         ("2025-09-21T08:00:00-04:00", utc(2025, 9, 21, 12)),
+        # CONTRACT §3: Java's OffsetDateTime/LocalDateTime drop zero seconds; short offsets;
+        # the basic format.
+        ("2025-09-21T12:00Z", utc(2025, 9, 21, 12)),
+        ("2025-09-21T12:00", utc(2025, 9, 21, 12)),
+        ("2025-09-21T14:00+02", utc(2025, 9, 21, 12)),
+        ("20250921T120000Z", utc(2025, 9, 21, 12)),
     ],
-    ids=["Z", "plus0530", "no_offset", "micros", "minus0400"],
+    ids=[
+        "Z",
+        "plus0530",
+        "no_offset",
+        "micros",
+        "minus0400",
+        "minutes_Z",
+        "minutes_no_offset",
+        "plus02_short",
+        "basic",
+    ],
 )
 async def test_created_at_is_stored_as_the_utc_instant(
     db: asyncpg.Connection,  # noqa: F811
@@ -316,8 +332,16 @@ def test_system_check_completed_without_system_check_is_a_schema_violation() -> 
         lambda c: c["data"].append({"name": "gpu", "status": "success", "finished": True}),
         lambda c: c["data"].append({"name": "webcam", "status": "pending", "finished": True}),
         lambda c: c.update(timestamp="not a time"),
+        lambda c: c.update(timestamp="2025-09-21T12:60Z"),
     ],
-    ids=["no_data", "success_not_bool", "unknown_check_name", "unknown_status", "bad_timestamp"],
+    ids=[
+        "no_data",
+        "success_not_bool",
+        "unknown_check_name",
+        "unknown_status",
+        "bad_timestamp",
+        "bad_short_timestamp",
+    ],
 )
 def test_malformed_system_check_is_a_schema_violation(mutate: Any) -> None:
     value = json.loads(record("SYSTEM_CHECK_COMPLETED"))
@@ -325,6 +349,25 @@ def test_malformed_system_check_is_a_schema_violation(mutate: Any) -> None:
     failure = proctoring_decoder.decode(json.dumps(value).encode())
     assert isinstance(failure, DecodeFailure)
     assert failure.reason == SCHEMA_VIOLATION
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [("2025-09-21T12:05Z", utc(2025, 9, 21, 12, 5)), ("20250921T1405+02", utc(2025, 9, 21, 12, 5))],
+)
+async def test_system_check_timestamp_in_short_forms_is_stored(
+    db: asyncpg.Connection,  # noqa: F811
+    stamp: str,
+    expected: dt.datetime,
+) -> None:
+    value = json.loads(record("SYSTEM_CHECK_COMPLETED"))
+    value["systemCheck"]["timestamp"] = stamp
+    await apply(db, [proctoring_item(json.dumps(value).encode())])
+    assert await db.fetchval("SELECT checked_at FROM system_checks") == expected
+    # The details keep the check as stored: its instant in UTC, in one notation.
+    assert await db.fetchval("SELECT details->>'timestamp' FROM proctoring_events") == (
+        "2025-09-21T12:05:00Z"
+    )
 
 
 def test_media_url_is_ignored_on_types_without_media() -> None:

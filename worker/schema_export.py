@@ -8,20 +8,25 @@ The structs stay the single source of truth; a few types need help to say in JSO
 the decoder (`worker.decode`) actually accepts, so the structs are mirrored with marker types
 before `msgspec.json.schema_components` sees them:
 
-- timestamps: msgspec also takes `2024-01-01 10:00:00` (space, no offset), which is not RFC 3339,
-  so `format: date-time` would reject the seed samples; a `pattern` states the accepted grammar.
-  That a timestamp without an offset means UTC is a meaning, not a shape: it is in `description`.
+- timestamps: the decoder takes every ISO 8601 form `datetime.fromisoformat` takes (`12:05Z`,
+  `+02`, basic format, a space separator), far beyond RFC 3339, so `format: date-time` would
+  reject the seed samples; a `pattern` states the grammar. That a timestamp without an offset
+  means UTC is a meaning, not a shape: it is in `description`.
+- scores: Decimals (exact as written) in the structs, numbers from 0 to 100 in the schema.
 - `resume_score`: a decimal string or a JSON number, finite, below 1e12 in magnitude.
 - `msgspec.Raw` blocks (transcript, evaluations) are stored verbatim as jsonb; the schema says
   array-or-null or object-or-null, exactly as the decoder checks them. msgspec cannot generate a
   schema for them at all (it fails on their `msgspec.Raw()` default), another reason for mirrors.
+  A violation's `value` is raw too (a string or a number, kept as written).
 - NUL (U+0000): PostgreSQL text and jsonb cannot hold it, the decoder dead-letters it. It is
   expressed as a `pattern` on every free-text string, and recursively inside the raw blocks.
 
 Where the two differ, the schema is the stricter: a value valid against it decodes. The decoder
-also tolerates decimal strings with spaces, `_`, an exponent or non-ASCII digits, and the schema
-does not; producers should send plain decimals. Not-JSON, invalid UTF-8, empty values and
-absurd nesting are outside JSON Schema's reach: a validator only ever sees a parsed document.
+also tolerates decimal strings with spaces, `_`, an exponent or non-ASCII digits, scores as
+decimal strings, and fromisoformat's exotic timestamps (a date alone, week dates, any separator
+character, offsets with seconds), and the schema does not; producers should send plain forms.
+Not-JSON, invalid UTF-8, empty values and absurd nesting are outside JSON Schema's reach: a
+validator only ever sees a parsed document.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import Annotated, Any, Final
 import msgspec
 import msgspec.structs
 
-from schemas.common import tag_of
+from schemas.common import SCORE_MAX, SCORE_MIN, Score, tag_of
 from schemas.interview import INTERVIEW_STRUCTS
 from schemas.proctoring import PROCTORING_STRUCTS
 from worker import __version__
@@ -57,19 +62,39 @@ INTERVIEW_TOPIC: Final = _DEFAULTS.interview_topic
 
 # Regular expressions in the subset that ECMA-262 and Python's `re` agree on.
 NO_NUL_PATTERN: Final = r"^[^\u0000]*$"
-# A real calendar date, February 29 in leap years only; year 0000 is not one (msgspec agrees).
-_DATE = (
-    r"(?!0000)(?:[0-9]{4}-(?:"
-    r"(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
-    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
-    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
-    r"|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)-02-29)"
+
+
+def _date(sep: str) -> str:
+    """A real calendar date, Feb 29 in leap years only, its fields joined by `sep` (`-` for
+    the extended format, nothing for the basic one); year 0000 is not one (Python agrees)."""
+    return (
+        rf"(?!0000)(?:[0-9]{{4}}{sep}(?:"
+        rf"(?:0[13578]|1[02]){sep}(?:0[1-9]|[12][0-9]|3[01])"
+        rf"|(?:0[469]|11){sep}(?:0[1-9]|[12][0-9]|30)"
+        rf"|02{sep}(?:0[1-9]|1[0-9]|2[0-8]))"
+        rf"|(?:[0-9]{{2}}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+        rf"{sep}02{sep}29)"
+    )
+
+
+_DATE = _date("-")
+_HOUR = r"(?:[01][0-9]|2[0-3])"
+_SIXTY = r"[0-5][0-9]"
+# Hours, then optionally minutes, then optionally seconds and a fraction (`.` or `,`), all
+# extended (`12:05:00`) or all basic (`120500`), as `datetime.fromisoformat` reads them.
+_FRACTION = r"(?:[.,][0-9]+)?"
+_TIME = (
+    rf"(?:{_HOUR}(?::{_SIXTY}(?::{_SIXTY}{_FRACTION})?)?"
+    rf"|{_HOUR}(?:{_SIXTY}(?:{_SIXTY}{_FRACTION})?)?)"
 )
-_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
-_OFFSET = r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])"
+_OFFSET = rf"(?:Z|[+-]{_HOUR}(?::?{_SIXTY})?)"
+# msgspec's RFC 3339 parser also takes a lower-case `z`, which fromisoformat does not.
+_RFC3339_LOWER_Z = rf"{_DATE}[Tt ]{_HOUR}:{_SIXTY}:{_SIXTY}(?:\.[0-9]+)?z"
 # `$(?!\n)`: Python's `$` also matches before a final newline, ECMA-262's does not; now neither.
 _END = r"$(?!\n)"
-TIMESTAMP_PATTERN: Final = rf"^{_DATE}[Tt ]{_TIME}{_OFFSET}?{_END}"
+TIMESTAMP_PATTERN: Final = (
+    rf"^(?:(?:{_DATE}|{_date('')})[Tt ]{_TIME}{_OFFSET}?|{_RFC3339_LOWER_Z}){_END}"
+)
 DATE_PATTERN: Final = rf"^{_DATE}{_END}"
 # At most 12 integer digits keeps |value| < 1e12, the bound `check_decimal` enforces.
 DECIMAL_PATTERN: Final = rf"^[+-]?[0-9]{{1,12}}(?:\.[0-9]+)?{_END}"
@@ -81,9 +106,12 @@ NUL_RULE: Final = (
     "rule as `pattern` on every free-text string and inside the raw JSON blocks."
 )
 UTC_RULE: Final = (
-    "Timestamps are ISO 8601 / RFC 3339 date-times; the date and time may be separated by `T` "
-    "or a space (`2024-01-01 10:00:00`), and the offset is `Z` or `+hh:mm`/`+hhmm`. A timestamp "
-    "without an offset means UTC: JSON Schema cannot express that meaning, the worker applies it."
+    "Timestamps are ISO 8601 date-times: extended (`2025-09-21T12:05:00Z`) or basic "
+    "(`20250921T120500Z`) format, with or without seconds and a fraction (`.` or `,`), the date "
+    "and time separated by `T` or a space (`2024-01-01 10:00:00`), and an optional offset `Z`, "
+    "`+hh:mm`, `+hhmm` or `+hh`. The worker accepts every form Python's `datetime.fromisoformat` "
+    "accepts, a few more exotic ones than this pattern. A timestamp without an offset means "
+    "UTC: JSON Schema cannot express that meaning, the worker applies it."
 )
 WIRE_RULES: Final = (
     "One UTF-8 JSON document per Kafka record. Unknown extra fields are ignored. A record that "
@@ -99,7 +127,10 @@ RAW_BLOCK_KINDS: Final[dict[str, str]] = {
     "coding_skills_evaluation": "object",
     "custom_exercise_evaluation": "object",
 }
-"""Every `msgspec.Raw` field of the structs and the JSON kind the decoder demands of it."""
+"""Every `msgspec.Raw` block of the structs and the JSON kind the decoder demands of it."""
+
+RAW_SCALAR_FIELDS: Final = frozenset({"value"})
+"""The `msgspec.Raw` fields that hold one string or number, kept raw to keep its exact text."""
 
 _NUL_FREE_JSON: Final = "NulFreeJson"
 _NUL_FREE_REF: Final = f"#/$defs/{_NUL_FREE_JSON}"
@@ -115,6 +146,14 @@ class _Date:
 
 
 class _Decimal:
+    pass
+
+
+class _Score:
+    pass
+
+
+class _RawScalar:
     pass
 
 
@@ -158,6 +197,20 @@ def _schema_hook(tp: type) -> dict[str, Any]:
                 {"type": "string", "pattern": DECIMAL_PATTERN},
             ],
         }
+    if tp is _Score:
+        return {
+            "description": "Score from 0 to 100, stored exactly as written (`72.30` stays "
+            "`72.30`).",
+            "type": "number",
+            "minimum": int(SCORE_MIN),
+            "maximum": int(SCORE_MAX),
+        }
+    if tp is _RawScalar:
+        return {
+            "description": "A string, or a number stored as the text it is written with.",
+            "type": ["string", "number", "null"],
+            "pattern": NO_NUL_PATTERN,
+        }
     if tp is _RawArray:
         return _raw_schema("array")
     if tp is _RawObject:
@@ -173,10 +226,15 @@ _mirrors: dict[type[msgspec.Struct], type[msgspec.Struct]] = {}
 def _rewrite(tp: Any, field: str) -> Any:
     """`tp` with the types JSON Schema needs help with replaced by marker types."""
     if tp is msgspec.Raw:
+        if field in RAW_SCALAR_FIELDS:
+            return _RawScalar
         kind = RAW_BLOCK_KINDS.get(field)
         if kind is None:
             raise RuntimeError(f"raw field `{field}`: add it to RAW_BLOCK_KINDS")
         return _RawArray if kind == "array" else _RawObject
+    # Score and resume_score are both Decimals; only the score has a range.
+    if tp == Score:
+        return _Score
     # datetime is a subclass of date: compare identities, never issubclass.
     if tp is dt.datetime:
         return _Timestamp

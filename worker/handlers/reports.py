@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from decimal import Decimal
 
 import asyncpg
 
@@ -135,8 +134,8 @@ class ReportCreatedHandler(BatchHandler):
                 d.report_date,
                 d.report_url,
                 d.interview_recording_url,
-                exact(d.proctoring_score),
-                exact(d.ai_match_score),
+                d.proctoring_score,
+                d.ai_match_score,
                 d.status,
                 d.date_created,
                 d.date_modified,
@@ -167,12 +166,6 @@ class ReportCreatedHandler(BatchHandler):
         if violations:
             vrows = [violations[k] for k in sorted(violations)]
             await conn.execute(_INSERT_VIOLATIONS, *columns(vrows, 4))
-
-
-def exact(value: object) -> object:
-    """A float score as the decimal the producer wrote: repr() is the shortest round-trip
-    text, so 72.3 stores as 72.3 in numeric, not as its binary expansion."""
-    return Decimal(repr(value)) if isinstance(value, float) else value
 
 
 def _json_text(raw: object) -> str | None:
@@ -213,7 +206,7 @@ WHERE (NOT r.has_report AND EXCLUDED.candidate_id IS NOT NULL
             (
                 (
                     d.report_id,
-                    [d.report_id, d.candidate_id, *(exact(getattr(d, a)) for a in self._attrs)],
+                    [d.report_id, d.candidate_id, *(getattr(d, a) for a in self._attrs)],
                 )
                 for d in (item.event.data for item in items)
             ),
