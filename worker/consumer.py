@@ -43,6 +43,7 @@ from worker.decode import (
     truncate,
 )
 from worker.dlq import DeadLetter, DeadLetterPublisher
+from worker.fetch import PartitionReader
 from worker.handlers.base import Item
 from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
@@ -394,9 +395,12 @@ class Worker:
     async def _fetch(
         self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[Any]]:
+        if not hasattr(self, "_reader"):
+            # Partition by partition, so an undecodable batch stalls only its own partition.
+            self._reader = PartitionReader(self.metrics)
         async with self._fetch_lock:
             try:
-                fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+                fetched = await self._reader.fetch(consumer, timeout_ms, max_records)
             except KafkaError as exc:
                 if self._fetch_backoff.attempt == 0:
                     log.warning("kafka fetch failed, retrying", error=describe(exc))
@@ -591,14 +595,17 @@ class Worker:
         database = await self._database_answers()
         failing_s = None if self._failing_since is None else time.monotonic() - self._failing_since
         stuck = failing_s is not None and failing_s > self.settings.ready_max_retry_s
+        # Paused on a record batch that cannot be decoded (worker/fetch.py).
+        unreadable = self._reader.stuck() if hasattr(self, "_reader") else []
         detail = {
             "running": started,
             "database": database,
             "failing_for_s": None if failing_s is None else round(failing_s, 1),
             "partitions_owned": len(self._positions),
             "partitions_pending": len(self._pending),
+            "partitions_stuck": _names(set(unreadable)),
         }
-        return (started and database and not stuck), detail
+        return (started and database and not stuck and not unreadable), detail
 
     async def _database_answers(self) -> bool:
         checked_at, ok = self._db_check

@@ -34,7 +34,11 @@ class DeadLetter(NamedTuple):
 
 def dead_letter_headers(
     letter: DeadLetter, group_id: str, failed_at: dt.datetime
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, bytes | None]]:
+    """The original headers exactly as received, then the `dlq.*` context.
+
+    A null header value stays None: aiokafka writes it as a null (length -1) header, which
+    a producer may mean differently from an empty one."""
     record = letter.record
     added = [
         ("dlq.original.topic", record.topic),
@@ -47,7 +51,7 @@ def dead_letter_headers(
         ("dlq.consumer_group", group_id),
         ("dlq.worker_version", __version__),
     ]
-    original = [(k, v if v is not None else b"") for k, v in (record.headers or ())]
+    original: list[tuple[str, bytes | None]] = list(record.headers or ())
     return original + [(k, v.encode("utf-8")) for k, v in added]
 
 

@@ -66,6 +66,19 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.partition_stuck = Gauge(
+            "worker_partition_stuck",
+            "1 while a partition is paused on a record batch the consumer cannot decode",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.unreadable_batches = Counter(
+            "worker_unreadable_batches",
+            "Failed reads of record batches the consumer could not decode (corrupt, unknown "
+            "codec), by partition; a stuck partition's retries count again",
+            ["topic", "partition"],
+            registry=r,
+        )
 
 
 class LagCollector(Collector):

@@ -1,0 +1,108 @@
+"""Dead letters keep the original key and headers byte for byte (CONTRACT §6), null included.
+
+Kafka's header value is NULLABLE_BYTES: a null value (length -1) and an empty one (length 0)
+are different things on the wire, and a producer may rely on the difference. These tests pin
+both ends the worker depends on: what dead_letter_headers() hands the producer, and that
+aiokafka's record builder writes a None value as a null header rather than an empty one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+
+from worker.decode import DecodeFailure
+from worker.dlq import DeadLetter, DeadLetterPublisher, dead_letter_headers
+
+ORIGINAL: list[tuple[str, bytes | None]] = [
+    ("trace-id", b"abc"),
+    ("null", None),
+    ("empty", b""),
+    ("binary", b"\x00\xff\xfe\x80"),
+    ("null", None),  # repeated keys are legal and keep their order
+]
+
+
+def _record(key: bytes | None, headers: list[tuple[str, bytes | None]]) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic="t",
+        partition=3,
+        offset=17,
+        timestamp=1_700_000_000_000,
+        timestamp_type=0,
+        key=key,
+        value=b"not json",
+        checksum=None,
+        serialized_key_size=-1 if key is None else len(key),
+        serialized_value_size=8,
+        headers=tuple(headers),
+    )
+
+
+def _letter(key: bytes | None = b"k") -> DeadLetter:
+    return DeadLetter(_record(key, ORIGINAL), DecodeFailure("invalid_json", "bad"))
+
+
+def test_original_headers_come_first_unchanged_with_null_values_still_null() -> None:
+    headers = dead_letter_headers(_letter(), "g", dt.datetime.now(dt.UTC))
+    assert headers[: len(ORIGINAL)] == ORIGINAL
+    added = headers[len(ORIGINAL) :]
+    assert all(k.startswith("dlq.") and isinstance(v, bytes) for k, v in added), added
+
+
+def test_a_record_without_headers_gets_only_the_dlq_headers() -> None:
+    letter = DeadLetter(_record(b"k", []), DecodeFailure("empty_payload", "empty"))
+    headers = dead_letter_headers(letter, "g", dt.datetime.now(dt.UTC))
+    assert headers and all(k.startswith("dlq.") for k, _ in headers)
+
+
+def test_aiokafka_writes_a_none_header_value_as_a_null_header() -> None:
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    builder.append(0, timestamp=None, key=None, value=b"v", headers=[("n", None), ("e", b"")])
+    raw = bytes(builder.build())
+    # Header wire format: varint key length, key, varint value length, value. Zig-zag -1 is
+    # 0x01 (null); 0 is 0x00 (empty).
+    assert b"\x02n\x01" in raw
+    assert b"\x02e\x00" in raw
+    records = MemoryRecords(raw)
+    batch = records.next_batch()
+    assert batch is not None
+    (record,) = list(batch)
+    assert record.headers == [("n", None), ("e", b"")]
+    assert record.key is None
+
+
+class _Producer:
+    """Records what the publisher asks aiokafka to send; every send succeeds."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+        self.sent.append({"topic": topic, **kwargs})
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def test_publisher_keeps_null_key_and_null_header_values() -> None:
+    producer = _Producer()
+    publisher = DeadLetterPublisher(producer, "dlq", "g")  # type: ignore[arg-type]
+    await publisher.publish([_letter(key=None), _letter(key=b"")])
+    assert [s["key"] for s in producer.sent] == [None, b""]
+    for sent in producer.sent:
+        assert sent["value"] == b"not json"
+        assert sent["headers"][: len(ORIGINAL)] == ORIGINAL

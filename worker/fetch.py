@@ -1,0 +1,284 @@
+"""Fetching so that a record batch the worker cannot decode stalls only its own partition.
+
+What aiokafka does (0.12 to 0.14, `aiokafka/consumer/fetcher.py`): a fetch response is kept per
+partition undecoded, and `getmany` decodes while it drains (`Fetcher.fetched_records` ->
+`FetchResult.getall` -> `PartitionRecords._unpack_records`). An exception from one partition's
+batch (UnsupportedCodecError, CorruptRecordException, a decompressor's error, a header key
+that is not UTF-8) leaves `getmany` without naming the partition, and:
+
+- the records already drained from *other* partitions in that call are dropped, although the
+  fetcher has moved their positions past them: lost without a trace;
+- the failing partition's position does not move: the next fetch reads the same batch and
+  raises again. It is retried forever, never skipped.
+
+So no `getmany` here can mix an unreadable batch with another partition's records:
+
+- each partition is drained by its own call, `getmany(tp)`: an error names its partition and
+  loses nothing;
+- with nothing buffered, the wait for data is `getmany(max_records=1)`, which can only raise
+  before it has drained a record. That error names no partition, so for a few seconds waits
+  become polls of single partitions, until the batch (fetched again) fails in one of them;
+- a partition that failed is drained one record per call: the records before the unreadable
+  batch are delivered and the position stops exactly at it. Failing there too, the partition
+  is paused, reported once, and read again with backoff until it can be read (the codec
+  installed, the data replaced) or is revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
+
+from worker.metrics import Metrics
+from worker.retry import Backoff, describe
+
+log = structlog.get_logger("worker.fetch")
+
+Records = dict[TopicPartition, list[Any]]
+
+# How often a stuck partition is read again: it may become readable without a restart only if
+# its data changes, so a minute apart at most is plenty and costs one fetch each.
+STUCK_RETRY_INITIAL_S = 1.0
+STUCK_RETRY_MAX_S = 60.0
+# After an unreadable batch met while waiting (which names no partition), waits are polls of
+# single partitions for this long; the batch is fetched again within a broker round trip.
+POLL_WINDOW_S = 5.0
+POLL_INTERVAL_S = 0.01
+
+# Errors of decoding records that are aiokafka's own; any other exception out of getmany
+# comes from decoding too (gzip, cramjam, UTF-8 of a header key), since getmany does no I/O.
+_RECORD_ERRORS = (UnsupportedCodecError, CorruptRecordException)
+
+
+def is_unreadable(exc: Exception) -> bool:
+    """The error is about the records of a partition, not about the consumer or the group."""
+    return isinstance(exc, _RECORD_ERRORS) or not isinstance(exc, KafkaError)
+
+
+@dataclass(slots=True)
+class _Failing:
+    """A partition whose records could not be read; drained one record per call."""
+
+    error: str
+    backoff: Backoff
+    stuck_since: float | None = None  # None: failed once, not yet confirmed where
+    paused: bool = False  # paused by us, until `retry_at`
+    retry_at: float = 0.0
+    offset: int | None = field(default=None)
+
+
+class PartitionReader:
+    """getmany for the worker: same records and waits, one partition per call."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        retry_initial_s: float = STUCK_RETRY_INITIAL_S,
+        retry_max_s: float = STUCK_RETRY_MAX_S,
+    ) -> None:
+        self._metrics = metrics
+        self._retry = (retry_initial_s, retry_max_s)
+        self._failing: dict[TopicPartition, _Failing] = {}
+        self._poll_until = 0.0
+        self._turn = 0
+        # A consumer error met after other partitions were drained: raised by the next call,
+        # so the drained records are not dropped with it.
+        self._deferred: Exception | None = None
+
+    def stuck(self) -> list[TopicPartition]:
+        """Partitions held on a batch that cannot be read (for readiness)."""
+        return sorted(tp for tp, f in self._failing.items() if f.stuck_since is not None)
+
+    async def fetch(self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> Records:
+        """Up to `max_records` records, waiting up to `timeout_ms` if none is buffered."""
+        if self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
+        self._forget_revoked(consumer)
+        self._pause_or_retry(consumer)
+        fetched = await self._drain(consumer, max_records)
+        if fetched or timeout_ms <= 0:
+            return fetched
+        if time.monotonic() < self._poll_until:
+            return await self._poll(consumer, timeout_ms, max_records)
+        try:
+            first = await consumer.getmany(timeout_ms=timeout_ms, max_records=1)
+        except Exception as exc:
+            if not is_unreadable(exc):
+                raise
+            log.debug("unreadable batch met while waiting; polling partitions", error=describe(exc))
+            self._poll_until = time.monotonic() + POLL_WINDOW_S
+            return await self._drain(consumer, max_records)
+        got = sum(len(records) for records in first.values())
+        rest = await self._drain(consumer, max_records - got) if max_records > got else {}
+        for tp, records in rest.items():
+            first.setdefault(tp, []).extend(records)
+        return first
+
+    # -- draining ----------------------------------------------------------------------
+
+    async def _drain(self, consumer: AIOKafkaConsumer, budget: int) -> Records:
+        """What is buffered, partition by partition, starting with a different one each time
+        so that a busy partition cannot take every batch's whole budget."""
+        fetched: Records = {}
+        for tp in self._rotation(consumer):
+            if budget <= 0:
+                break
+            failing = self._failing.get(tp)
+            if failing is None:
+                records, exc = await _drain_partition(consumer, tp, budget)
+                exhausted = False
+            else:
+                records, exc, exhausted = await _drain_one_by_one(consumer, tp, budget)
+            if records:
+                fetched[tp] = records
+                budget -= len(records)
+            if exc is None:
+                if failing is not None and records and exhausted:
+                    self._readable_again(tp, failing)
+                continue
+            if is_unreadable(exc):
+                await self._unreadable(consumer, tp, exc)
+            elif fetched:
+                self._deferred = exc
+                break
+            else:
+                raise exc
+        return fetched
+
+    async def _poll(self, consumer: AIOKafkaConsumer, timeout_ms: int, budget: int) -> Records:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            fetched = await self._drain(consumer, budget)
+            remaining = deadline - time.monotonic()
+            if fetched or remaining <= 0:
+                return fetched
+            await asyncio.sleep(min(POLL_INTERVAL_S, remaining))
+
+    def _rotation(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        fetchable = sorted(consumer.assignment() - consumer.paused())
+        if not fetchable:
+            return []
+        self._turn = (self._turn + 1) % len(fetchable)
+        return fetchable[self._turn :] + fetchable[: self._turn]
+
+    # -- failing partitions ------------------------------------------------------------
+
+    async def _unreadable(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, exc: Exception
+    ) -> None:
+        labels = (tp.topic, str(tp.partition))
+        self._metrics.unreadable_batches.labels(*labels).inc()
+        self._poll_until = 0.0  # found the partition
+        failing = self._failing.get(tp)
+        if failing is None:
+            # Records before the bad batch may have shared its fetch response and gone down
+            # with it: read it again one record at a time to stop exactly at the batch.
+            self._failing[tp] = _Failing(describe(exc), Backoff(*self._retry))
+            return
+        failing.error = describe(exc)
+        delay = failing.backoff.next_delay()
+        failing.retry_at = time.monotonic() + delay
+        failing.paused = True
+        consumer.pause(tp)
+        if failing.stuck_since is not None:
+            log.debug("partition still unreadable", partition=_name(tp), error=failing.error)
+            return
+        failing.stuck_since = time.monotonic()
+        failing.offset = await _position(consumer, tp)
+        self._metrics.partition_stuck.labels(*labels).set(1)
+        log.error(
+            "partition stuck: a record batch cannot be read; the partition is paused, "
+            "the others go on",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=failing.offset,
+            error=failing.error,
+            retry_in_s=round(delay, 1),
+        )
+
+    def _readable_again(self, tp: TopicPartition, failing: _Failing) -> None:
+        del self._failing[tp]
+        if failing.stuck_since is None:
+            return  # failed once, then read: a batch damaged on the way, fetched again
+        self._metrics.partition_stuck.labels(tp.topic, str(tp.partition)).set(0)
+        log.info(
+            "partition readable again",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=failing.offset,
+            stuck_for_s=round(time.monotonic() - failing.stuck_since, 1),
+        )
+
+    def _pause_or_retry(self, consumer: AIOKafkaConsumer) -> None:
+        """Keep stuck partitions paused (the worker resumes every partition after a retried
+        batch) and resume each when its next read is due, unless the worker holds others
+        paused: then it is positioning partitions or backing off, and reads nothing."""
+        now = time.monotonic()
+        paused = consumer.paused()
+        held = {tp for tp, f in self._failing.items() if f.paused}
+        others_held = bool(paused - held)
+        for tp in held:
+            failing = self._failing[tp]
+            if now >= failing.retry_at and not others_held:
+                failing.paused = False
+                consumer.resume(tp)
+            elif tp not in paused:
+                consumer.pause(tp)
+
+    def _forget_revoked(self, consumer: AIOKafkaConsumer) -> None:
+        owned = consumer.assignment()
+        for tp in [tp for tp in self._failing if tp not in owned]:
+            del self._failing[tp]
+            self._metrics.partition_stuck.labels(tp.topic, str(tp.partition)).set(0)
+
+
+async def _drain_partition(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, budget: int
+) -> tuple[list[Any], Exception | None]:
+    try:
+        chunk = await consumer.getmany(tp, max_records=budget)
+    except Exception as exc:  # sorted by the caller: the partition's records, or the consumer
+        return [], exc
+    return chunk.get(tp, []), None
+
+
+async def _drain_one_by_one(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, budget: int
+) -> tuple[list[Any], Exception | None, bool]:
+    """Records of `tp` until the buffer is empty (True), the budget is used or one fails.
+
+    The fetcher moves the position after every call, so the records returned before a
+    failure are kept and the position is left at the unreadable batch."""
+    got: list[Any] = []
+    while len(got) < budget:
+        try:
+            chunk = await consumer.getmany(tp, max_records=1)
+        except Exception as exc:  # sorted by the caller
+            return got, exc, False
+        records = chunk.get(tp)
+        if not records:
+            return got, None, True
+        got.extend(records)
+        if not len(got) % 500:
+            await asyncio.sleep(0)  # a fetch response holds thousands: let commits run
+    return got, None, False
+
+
+async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The first offset not delivered, if the consumer knows it now (for the log line)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1):
+            return int(await consumer.position(tp))
+    return None
+
+
+def _name(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
