@@ -1,7 +1,7 @@
 """`worker run | migrate | dev | produce`: the console script of pyproject.toml.
 
 Exit codes: 0 after a clean stop, 1 after a failure, 2 for a bad configuration (one line on
-stderr naming the variable).
+stderr naming the variable), including a topic the broker does not have.
 """
 
 from __future__ import annotations
@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             from worker.dev import run_dev
 
             return run_dev(settings, args.data_dir, args.kafka_port, args.pg_port)
+    except ConfigError as exc:  # found at start, e.g. a topic the broker does not have
+        print(f"worker: configuration error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

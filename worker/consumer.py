@@ -32,7 +32,8 @@ from aiokafka.structs import OffsetAndMetadata
 
 from schemas.common import tag_of
 from worker import offsets
-from worker.config import Settings
+from worker.batching import BatchBudget
+from worker.config import ConfigError, Settings
 from worker.decode import (
     REJECTED_BY_DATABASE,
     SCHEMA_VIOLATION,
@@ -47,7 +48,7 @@ from worker.fetch import PartitionReader
 from worker.handlers.base import Item
 from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
-from worker.retry import Backoff, describe, is_record_error
+from worker.retry import Backoff, describe, is_record_error, is_size_error
 from worker.router import (
     Prepared,
     PrepareError,
@@ -69,6 +70,14 @@ TRANSIENT = (
     asyncio.TimeoutError,
     KafkaError,
 )
+
+
+class _Rejected(Exception):
+    """The database rejected records of a batch: roll back, dead-letter them, store the rest."""
+
+    def __init__(self, found: list[tuple[Item, str, str]]) -> None:
+        super().__init__(f"{len(found)} records rejected")
+        self.found = found
 
 
 class _Fenced(Exception):
@@ -111,6 +120,10 @@ class Worker:
         # getmany is called by the main loop and, while a batch retries, by the backoff.
         self._fetch_lock = asyncio.Lock()
         self._fetch_backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+        self._budget = BatchBudget(settings.max_batch_records, settings.max_batch_bytes)
+        self.metrics = Metrics()
+        # Partition by partition, so an undecodable batch stalls only its own partition.
+        self._reader = PartitionReader(self.metrics)
         # Bumped whenever a partition is (re)positioned: records fetched before that belong
         # to an older reading of the partition and must not be committed.
         self._epochs: dict[TopicPartition, int] = {}
@@ -125,7 +138,6 @@ class Worker:
         self._db_check: tuple[float, bool] = (0.0, False)
         self.stats: dict[str, int] = {"consumed": 0, "stored": 0, "dead_lettered": 0, "batches": 0}
         self.ready = asyncio.Event()
-        self.metrics = Metrics()
         self.metrics.registry.register(LagCollector(self._lag))
         self.health: HealthServer | None = None
 
@@ -171,8 +183,10 @@ class Worker:
             client_id=s.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 << 20,
-            fetch_max_bytes=32 << 20,
+            # What the fetcher buffers ahead of the batch counts towards memory too: no more
+            # than one batch's worth of bytes.
+            max_partition_fetch_bytes=min(4 << 20, self._budget.max_bytes),
+            fetch_max_bytes=min(32 << 20, self._budget.max_bytes),
             isolation_level="read_committed",
             # How long the broker holds a fetch open waiting for data; also bounds how long
             # a record can sit on the broker before this worker sees it.
@@ -186,6 +200,7 @@ class Worker:
         try:
             await self._retrying_call("kafka producer", producer.start)
             await self._retrying_call("kafka consumer", consumer.start)
+            await self._check_topics(consumer)
             consumer.subscribe(list(s.topics), listener=_Listener(self))
             log.info("worker running", topics=list(s.topics), group_id=s.group_id)
             self.ready.set()
@@ -208,6 +223,18 @@ class Worker:
                 log.warning("close failed", component="database pool", error=describe(exc))
                 self._pool.terminate()
         log.info("worker stopped", **self.stats)
+
+    async def _check_topics(self, consumer: AIOKafkaConsumer) -> None:
+        """Refuse to start without the three topics: a missing dead-letter topic would
+        otherwise surface at the first bad record, with every partition stuck behind it."""
+        # Metadata for all topics: asking for these by name could auto-create them.
+        existing = await self._retrying_call("kafka metadata", consumer.topics)
+        for name in ("proctoring_topic", "interview_topic", "dlq_topic"):
+            topic = getattr(self.settings, name)
+            if topic not in existing:
+                raise ConfigError(
+                    f"{Settings.env_name(name)}: topic {topic!r} does not exist on the broker"
+                )
 
     async def _until_connected(self) -> asyncpg.Pool:
         async def connect() -> asyncpg.Pool:
@@ -329,13 +356,13 @@ class Worker:
                 if self._pending:
                     await self._position_pending(consumer)
                 batch: dict[TopicPartition, _Part] = {}
-                size = 0
+                budget = self._budget.start()
                 while not self._stop.is_set():
                     busy = bool(inflight) and not any(t.done() for t in inflight.values())
                     wait = min(s.fetch_wait_ms, 5) if busy else s.fetch_wait_ms
-                    fetched = await self._fetch(consumer, wait, s.max_batch_records - size)
-                    size += await self._prepare(fetched, batch)
-                    if size >= s.max_batch_records or not busy:
+                    fetched = await self._fetch(consumer, wait, budget.room())
+                    budget.add(*await self._prepare(fetched, batch))
+                    if budget.full or not busy:
                         break
                 for lane, share in self._split(batch).items():
                     # Rows encoded for COPY before waiting: this CPU work overlaps the
@@ -395,9 +422,6 @@ class Worker:
     async def _fetch(
         self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int
     ) -> dict[TopicPartition, list[Any]]:
-        if not hasattr(self, "_reader"):
-            # Partition by partition, so an undecodable batch stalls only its own partition.
-            self._reader = PartitionReader(self.metrics)
         async with self._fetch_lock:
             try:
                 fetched = await self._reader.fetch(consumer, timeout_ms, max_records)
@@ -414,10 +438,10 @@ class Worker:
 
     async def _prepare(
         self, fetched: dict[TopicPartition, list[Any]], batch: dict[TopicPartition, _Part]
-    ) -> int:
+    ) -> tuple[int, int]:
         """Decode the records of positioned partitions, from their stored offset on, into
-        `batch`; return how many records were added."""
-        added = 0
+        `batch`; return how many records were added and their bytes (keys and values)."""
+        added = nbytes = 0
         for tp, records in fetched.items():
             if tp not in self._positions or not records:
                 continue
@@ -442,17 +466,21 @@ class Worker:
             decode = self._decoders[tp.topic].decode
             topic, partition = tp.topic, tp.partition
             items, letters = part.items, part.letters
+            size = 0
             for n, record in enumerate(records, 1):
                 if not n % 500:
                     await asyncio.sleep(0)  # let in-flight commits take their next step
+                size += _size(record)
                 result = decode(record.value)
                 if isinstance(result, DecodeFailure):
                     letters.append(DeadLetter(record, result))
                 else:
                     items.append(Item(result, topic, partition, record.offset))
             part.records.extend(records)
+            part.nbytes += size
             added += len(records)
-        return added
+            nbytes += size
+        return added, nbytes
 
     async def _handle(
         self,
@@ -483,6 +511,7 @@ class Worker:
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         # Partitions another worker turned out to own: their records here are stale.
         fenced_out: set[TopicPartition] = set()
+        letters = _Letters()
         records = sum(len(part.records) for part in batch.values())
         while True:
             # A partition revoked, re-positioned or fenced since the fetch is not ours to
@@ -498,7 +527,7 @@ class Worker:
                 return
             try:
                 async with self._commit_locks[lane]:
-                    rejected = await self._commit(batch, live, prepared)
+                    await self._commit(batch, live, prepared, letters)
             except _Fenced as fenced:
                 fenced_out |= fenced.partitions
                 await self._retrying_call(
@@ -507,6 +536,18 @@ class Worker:
                 continue
             except TRANSIENT as exc:
                 self.metrics.retries.labels(_dependency(exc)).inc()
+                halves = _halves({tp: batch[tp] for tp in live}) if is_size_error(exc) else None
+                if halves is not None:
+                    # Retrying the same batch would fail the same way: commit it in two
+                    # parts, in order (the second one's compare-and-set expects the first's).
+                    log.warning(
+                        "batch failed for its size or duration; splitting it",
+                        error=describe(exc),
+                        records=records,
+                    )
+                    for half in halves:
+                        await self._handle_batch(consumer, half, None, lane)
+                    return
                 if backoff.attempt == 0:
                     log.warning("batch failed, retrying", error=describe(exc), records=records)
                     consumer.pause(*consumer.assignment())
@@ -527,7 +568,7 @@ class Worker:
             self._failing_since = None
         moves = {tp: batch[tp].next_offset for tp in live}
         self._positions.update(moves)
-        self._account(batch, live, rejected, time.perf_counter() - started)
+        self._account(batch, live, letters.rejected, time.perf_counter() - started)
         await self._commit_kafka(consumer, moves)
 
     def _account(
@@ -540,12 +581,13 @@ class Worker:
         """Counters and the batch log line, once per committed batch."""
         m = self.metrics
         rejected_at = {(d.record.topic, d.record.partition, d.record.offset) for d in rejected}
-        consumed = 0
+        consumed = nbytes = 0
         stored_by_class: dict[tuple[str, type], int] = {}
         dead: list[DeadLetter] = list(rejected)
         for tp in live:
             part = batch[tp]
             consumed += len(part.records)
+            nbytes += part.nbytes
             m.consumed.labels(tp.topic).inc(len(part.records))
             m.last_offset.labels(tp.topic, str(tp.partition)).set(part.next_offset - 1)
             for item in part.items:
@@ -569,6 +611,7 @@ class Worker:
         log.debug(
             "batch committed",
             records=consumed,
+            bytes=nbytes,
             stored=sum(stored.values()),
             dead_lettered=len(dead),
             partitions=len(live),
@@ -596,7 +639,7 @@ class Worker:
         failing_s = None if self._failing_since is None else time.monotonic() - self._failing_since
         stuck = failing_s is not None and failing_s > self.settings.ready_max_retry_s
         # Paused on a record batch that cannot be decoded (worker/fetch.py).
-        unreadable = self._reader.stuck() if hasattr(self, "_reader") else []
+        unreadable = self._reader.stuck()
         detail = {
             "running": started,
             "database": database,
@@ -639,46 +682,55 @@ class Worker:
         batch: dict[TopicPartition, _Part],
         live: set[TopicPartition],
         batch_prepared: Prepared | None,
-    ) -> list[DeadLetter]:
-        assert self._pool is not None and self._dlq is not None
-        items = [item for tp in sorted(batch) if tp in live for item in batch[tp].items]
-        letters = [letter for tp in sorted(live) for letter in batch[tp].letters]
-        async with self._pool.acquire() as conn, conn.transaction():
-            expected = {tp: (self._positions[tp], batch[tp].next_offset) for tp in live}
-            done = await offsets.advance(conn, self.settings.group_id, expected)
-            if done != live:
-                raise _Fenced(live - done)
-            # The batch was prepared for all its partitions; if some were lost since, the
-            # rest is prepared again (rare: a rebalance during the previous commit).
-            prepared = batch_prepared if live == set(batch) else None
-            rejected: list[DeadLetter] = []
-            for item, reason, message in await self._store(conn, items, prepared):
-                record = _record_of(batch[TopicPartition(item.topic, item.partition)], item)
-                rejected.append(DeadLetter(record, DecodeFailure(reason, message)))
-                log.warning(
-                    "record rejected by database"
-                    if reason == REJECTED_BY_DATABASE
-                    else "record could not be prepared for storage",
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    event_type=tag_of(item.event),
-                    error=message,
-                )
-            dead = sorted(
-                [*letters, *rejected], key=lambda d: (d.record.partition, d.record.offset)
+        letters: _Letters,
+    ) -> None:
+        """Publish the dead letters, then store the rest and move the offsets in one
+        transaction.
+
+        The broker acknowledges every dead letter before a transaction opens, so a slow or
+        refusing broker never holds row locks, and the offset that passes a dead letter
+        commits only after its acknowledgement. Records the database rejects are found by
+        bisection inside the transaction; it is rolled back, their dead letters published,
+        and the batch stored again without them."""
+        assert self._pool is not None
+        items = [item for tp in sorted(live) for item in batch[tp].items]
+        decoded_out = [letter for tp in sorted(live) for letter in batch[tp].letters]
+        while True:
+            pending = letters.unsent(decoded_out)
+            await self._publish(pending)
+            letters.sent(pending)
+            storable = letters.storable(items)
+            # The batch was prepared for all its records; if some were lost since (a
+            # rebalance during the previous commit, a rejected record), they are prepared again.
+            prepared = batch_prepared if live == set(batch) and not letters.rejected else None
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    expected = {tp: (self._positions[tp], batch[tp].next_offset) for tp in live}
+                    done = await offsets.advance(conn, self.settings.group_id, expected)
+                    if done != live:
+                        raise _Fenced(live - done)
+                    found = await self._store(conn, storable, prepared)
+                    if found:
+                        raise _Rejected(found)  # rolls the transaction back
+                return
+            except _Rejected as rejected:
+                for item, reason, message in rejected.found:
+                    part = batch[TopicPartition(item.topic, item.partition)]
+                    letters.reject(part, item, reason, message)
+
+    async def _publish(self, letters: Sequence[DeadLetter]) -> None:
+        """Send dead letters and wait for the broker's acknowledgement of all of them."""
+        assert self._dlq is not None
+        for letter in letters:
+            r = letter.record
+            log.debug(
+                "dead letter",
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                reason=letter.failure.reason,
             )
-            for letter in letters:
-                r = letter.record
-                log.debug(
-                    "dead letter",
-                    topic=r.topic,
-                    partition=r.partition,
-                    offset=r.offset,
-                    reason=letter.failure.reason,
-                )
-            await self._dlq.publish(dead)
-        return rejected
+        await self._dlq.publish(letters)
 
     async def _store(
         self, conn: asyncpg.Connection, items: Sequence[Item], prepared: Prepared | None = None
@@ -734,24 +786,106 @@ class Worker:
 class _Part:
     """One partition's share of a batch: its records, decoded or dead-lettered."""
 
-    __slots__ = ("epoch", "items", "letters", "records")
+    __slots__ = ("_by_offset", "epoch", "items", "letters", "nbytes", "records")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
         self.records: list[Any] = []
+        self.nbytes = 0  # keys and values, as fetched
         self.items: list[Item] = []
         self.letters: list[DeadLetter] = []
+        self._by_offset: dict[int, Any] | None = None
 
     @property
     def next_offset(self) -> int:
         return int(self.records[-1].offset) + 1
 
+    def record_at(self, offset: int) -> Any:
+        """The record at `offset`, in constant time (the index is built on first use: only
+        batches with records the database rejected need it)."""
+        if self._by_offset is None:
+            self._by_offset = {record.offset: record for record in self.records}
+        return self._by_offset[offset]
 
-def _record_of(part: _Part, item: Item) -> Any:
-    for record in part.records:
-        if record.offset == item.offset:
-            return record
-    raise LookupError(f"no record at {item.topic}[{item.partition}]@{item.offset}")
+    def split(self) -> tuple[_Part, _Part]:
+        """The first half of the records (with their items and letters) and the rest."""
+        cut = self.records[(len(self.records) + 1) // 2].offset
+        head, tail = _Part(self.epoch), _Part(self.epoch)
+        for part, keep in ((head, lambda o: o < cut), (tail, lambda o: o >= cut)):
+            part.records = [r for r in self.records if keep(r.offset)]
+            part.nbytes = sum(_size(r) for r in part.records)
+            part.items = [i for i in self.items if keep(i.offset)]
+            part.letters = [d for d in self.letters if keep(d.record.offset)]
+        return head, tail
+
+
+def _halves(
+    batch: dict[TopicPartition, _Part],
+) -> tuple[dict[TopicPartition, _Part], dict[TopicPartition, _Part]] | None:
+    """`batch` in two smaller batches to commit one after the other, or None for a single
+    record. Whole partitions go to either half while there are several; a lone partition is
+    cut in two, its first records first."""
+    tps = sorted(batch)
+    if len(tps) > 1:
+        mid = len(tps) // 2
+        return {tp: batch[tp] for tp in tps[:mid]}, {tp: batch[tp] for tp in tps[mid:]}
+    (tp,) = tps
+    if len(batch[tp].records) < 2:
+        return None
+    head, tail = batch[tp].split()
+    return {tp: head}, {tp: tail}
+
+
+class _Letters:
+    """A batch's dead letters across its attempts: which the broker has acknowledged, and
+    which records the database rejected (they stay out of every later attempt)."""
+
+    __slots__ = ("_rejected_at", "_sent", "rejected")
+
+    def __init__(self) -> None:
+        self._sent: set[tuple[str, int, int]] = set()
+        self._rejected_at: set[tuple[str, int, int]] = set()
+        self.rejected: list[DeadLetter] = []
+
+    def unsent(self, decoded_out: Sequence[DeadLetter]) -> list[DeadLetter]:
+        """The letters the broker has not acknowledged yet, in partition and offset order."""
+        pending = [
+            d for d in (*decoded_out, *self.rejected) if _coordinates(d.record) not in self._sent
+        ]
+        pending.sort(key=lambda d: (d.record.partition, d.record.offset))
+        return pending
+
+    def sent(self, letters: Sequence[DeadLetter]) -> None:
+        self._sent.update(_coordinates(d.record) for d in letters)
+
+    def storable(self, items: list[Item]) -> list[Item]:
+        if not self._rejected_at:
+            return items
+        return [i for i in items if (i.topic, i.partition, i.offset) not in self._rejected_at]
+
+    def reject(self, part: _Part, item: Item, reason: str, message: str) -> None:
+        record = part.record_at(item.offset)
+        self._rejected_at.add((item.topic, item.partition, item.offset))
+        self.rejected.append(DeadLetter(record, DecodeFailure(reason, message)))
+        log.warning(
+            "record rejected by database"
+            if reason == REJECTED_BY_DATABASE
+            else "record could not be prepared for storage",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            event_type=tag_of(item.event),
+            error=message,
+        )
+
+
+def _size(record: Any) -> int:
+    """A record's key and value bytes (aiokafka gives -1 for a null one)."""
+    return max(record.serialized_value_size, 0) + max(record.serialized_key_size, 0)
+
+
+def _coordinates(record: Any) -> tuple[str, int, int]:
+    return (record.topic, record.partition, record.offset)
 
 
 def _reap(inflight: dict[int, asyncio.Task[None]]) -> None:

@@ -152,8 +152,16 @@ class EmbeddedBroker:
     The port is kept across stop()/start() so clients can reconnect to the same address.
     """
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port: int = port if port is not None else free_port()
+        # Clients connect to the advertised address after bootstrap: a test puts a proxy
+        # there to stand between every client and the broker.
+        self.advertised_port = advertised_port if advertised_port is not None else self.port
         self.log_path: Path | None = Path(log_path).resolve() if log_path is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -199,7 +207,7 @@ class EmbeddedBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    f"tcp://{_HOST}:{self.advertised_port}",
                     "--storage-engine",
                     "memory://tansu/",
                 ],

@@ -21,9 +21,26 @@ RECORD_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Failures a smaller batch avoids: a statement cut off by statement_timeout or by the client's
+# command timeout, a message over PostgreSQL's 1 GB protocol limit (the server answers it as a
+# protocol violation), memory the server ran out of for this much data. The batch is
+# split and its halves committed in turn; a single record that still fails is retried.
+SIZE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.ProtocolViolationError,
+    asyncpg.exceptions.OutOfMemoryError,
+    TimeoutError,
+)
+
+
 def is_record_error(exc: BaseException) -> bool:
     """The database refused this data; retrying the same data can never succeed."""
     return isinstance(exc, RECORD_ERRORS)
+
+
+def is_size_error(exc: BaseException) -> bool:
+    """The batch failed for its size or duration: a smaller one may succeed."""
+    return isinstance(exc, SIZE_ERRORS)
 
 
 def describe(exc: BaseException) -> str:
