@@ -157,30 +157,11 @@ def worker_env(settings: Settings, extra: Mapping[str, str] | None = None) -> di
         for k, v in os.environ.items()
         if not k.startswith(("WORKER_", "KAFKA_")) and k != "DATABASE_URL"
     }
-    env.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-            "DATABASE_URL": settings.database_url,
-            "WORKER_GROUP_ID": settings.group_id,
-            "WORKER_PROCTORING_TOPIC": settings.proctoring_topic,
-            "WORKER_INTERVIEW_TOPIC": settings.interview_topic,
-            "WORKER_DLQ_TOPIC": settings.dlq_topic,
-            "WORKER_LOG_FORMAT": "json",
-            "WORKER_LOG_LEVEL": settings.log_level,
-            "WORKER_AUTO_MIGRATE": "true" if settings.auto_migrate else "false",
-            "WORKER_MAX_BATCH_RECORDS": str(settings.max_batch_records),
-            "WORKER_FETCH_WAIT_MS": str(settings.fetch_wait_ms),
-            "WORKER_SHUTDOWN_TIMEOUT_S": str(settings.shutdown_timeout_s),
-            "WORKER_RETRY_INITIAL_S": str(settings.retry_initial_s),
-            "WORKER_RETRY_MAX_S": str(settings.retry_max_s),
-            "WORKER_DB_POOL_SIZE": str(settings.db_pool_size),
-            "WORKER_DB_COMMAND_TIMEOUT_S": str(settings.db_command_timeout_s),
-            # The HTTP endpoint defaults to a fixed port from the environment; tests run
-            # several workers (and other suites) at once, so it stays off unless asked for.
-            "WORKER_METRICS_PORT": str(getattr(settings, "metrics_port", 0)),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env.update(settings.to_env())
+    # JSON lines, whatever the settings say, so that tests can parse the log. The HTTP
+    # endpoint is written out too (to_env gives 0 when built in code): from the environment it
+    # would default to a fixed port, and tests run several workers at once.
+    env.update({"WORKER_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
     env.update(extra or {})
     return env
 

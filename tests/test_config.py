@@ -304,3 +304,24 @@ def test_readme_configuration_table_is_generated_from_the_declarations() -> None
 def _field_of(variable: str) -> str:
     (name,) = [name for name, (env, _) in KNOWN.items() if env == variable]
     return name
+
+
+def test_to_env_gives_back_the_same_settings() -> None:
+    """What a test or supervisor writes into a worker process's environment reads back as
+    the settings it came from, field for field."""
+    settings = dataclasses.replace(
+        Settings(),
+        group_id="g",
+        max_batch_bytes=1 << 20,
+        db_lanes=3,
+        db_pool_size=4,
+        shutdown_timeout_s=2.5,
+        auto_migrate=False,
+        metrics_port=0,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="u",
+        sasl_password="p",
+    )
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.env_name("dlq_topic") == "WORKER_DLQ_TOPIC"

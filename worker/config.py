@@ -277,6 +277,24 @@ class Settings:
         return (self.proctoring_topic, self.interview_topic)
 
     @classmethod
+    def env_name(cls, name: str) -> str:
+        """The environment variable of the field `name`, for messages about its value."""
+        return setting_of(cls.__dataclass_fields__[name]).env
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` return these settings (None values left
+        out): how a test or a supervisor starts a worker process with them."""
+        env: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            env[setting_of(f).env] = str(value)
+        return env
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values = {f.name: _read(f, env) for f in dataclasses.fields(cls)}
