@@ -448,12 +448,13 @@ async def test_oversized_malformed_record_is_dead_lettered(
     database_url: str,
     topic_factory: infra.TopicFactory,
 ) -> None:
-    """Regression: a record of just over 1 MiB that fails validation (a description beyond
-    the 64 KiB Text limit) must reach the dead-letter topic and the partition move on; the
-    records behind it must be stored."""
+    """Regression: a record of just over 1 MiB that fails validation (a 1 MiB description,
+    which is valid, beside a `createdAt` that is not a timestamp) must reach the dead-letter
+    topic and the partition move on; the records behind it must be stored."""
     fuzzer = Fuzzer(random.Random(SEED + 51))
     _, doc = fuzzer.fresh(PROCTORING)
     doc["description"] = "x" * MIB
+    doc["createdAt"] = "not a timestamp"
     big = json.dumps(doc).encode()
     assert isinstance(DECODERS[PROCTORING].decode(big), DecodeFailure)
     followers = [json.dumps(fuzzer.fresh(PROCTORING)[1]).encode() for _ in range(5)]
