@@ -18,6 +18,7 @@ from schemas.common import tag_of
 from worker.handlers.applicants import ApplicantHandler
 from worker.handlers.base import Handler, Item
 from worker.handlers.interviews import InterviewStartedHandler
+from worker.handlers.people import Registers
 from worker.handlers.proctoring import ProctoringHandler
 from worker.handlers.reports import (
     ReportCreatedHandler,
@@ -108,9 +109,12 @@ async def prepare_batch_cooperatively(items: Iterable[Item], slice_size: int = 5
 
 
 async def write_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
-    """Write a prepared batch through its handlers, in the caller's transaction."""
+    """Write a prepared batch through its handlers, in the caller's transaction; then the
+    registers they all contributed to, once."""
+    registers = Registers()
     for handler, payload in prepared:
-        await handler.write(conn, payload)
+        await handler.write(conn, payload, registers)
+    await registers.write(conn)
 
 
 async def apply_batch(conn: asyncpg.Connection, items: Sequence[Item]) -> None:

@@ -8,8 +8,8 @@ tests/test_properties.py spells it out:
   type, createdAt instant) always carries one payload;
 - the four report events of one report_id arrive in any order, except that two events of the
   same type for the same report keep their relative order;
-- applicant events of one application arrive in any order when their (date_modified, status)
-  ranks differ; equal-rank events keep their order;
+- applicant events of one application keep their order (a stale event changes nothing, so
+  their order decides what is stored);
 - interview.started events of one interview keep their order;
 - values the handlers merge last-writer-wins across event types (a candidate's name and email,
   a job's name and ATS id, what a report says about its interview) are fixed per ID.
@@ -400,8 +400,9 @@ class World:
             "date_modified": None if modified is None else self.when(modified),
             "resume_url": self.opt(f"https://example.com/{candidate}.pdf"),
         }
-        # Equal (date_modified, status) ranks fall back to stream order: keep theirs.
-        order_key = ("applicant", application, modified, event)
+        # An application's events share a partition (by its candidate) and keep their stream
+        # order: a stale event changes nothing, so their order decides what is stored.
+        order_key = ("applicant", application)
         return self._interview_gen(event, data, candidate, order_key)
 
     def _interview_gen(

@@ -1,59 +1,60 @@
 """`applicant.created|invited|updated|completed`: the application, its candidate and its job.
 
-Each applicant event carries the applicant's whole state, so the newest event replaces the row
-and an older one changes nothing. "Newest" is `date_modified` (absent counts as oldest); on
-equal timestamps the later lifecycle status wins (created < invited < updated < completed), and
-only a full tie falls back to stream order. That makes the final row independent of the order
-in which different events for one application arrive.
+An application is a gated row (worker/handlers/merge.py): its version is (`date_modified`,
+lifecycle rank created < invited < updated < completed), a missing `date_modified` being the
+oldest. A stale event (lower version than the row) changes nothing anywhere, not even the
+candidate's or the job's names; a current one replaces each field it carries non-null and
+gives the row its status and version.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
 from schemas.interview import ApplicantEvent
-from worker.handlers.base import BatchHandler, Item, columns, newest
-from worker.handlers.people import upsert_candidates, upsert_jobs
+from worker.handlers.base import BatchHandler, Item
+from worker.handlers.merge import Column, GatedFold, GatedTable, Rule, time_order
+from worker.handlers.people import Registers
 
-STATUS_RANK = {"created": 1, "invited": 2, "updated": 3, "completed": 4}
-_OLDEST = dt.datetime.min.replace(tzinfo=dt.UTC)
-
-_UPSERT_APPLICANTS = """
-INSERT INTO applicants AS a (
-    job_application_id, candidate_id, job_id, ats_job_application_id, ats_job_id, email,
-    candidate_name, job_name, stage, resume_score, resume_url, status, date_created,
-    date_modified)
-SELECT * FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::text[], $9::text[], $10::numeric[], $11::text[], $12::text[], $13::timestamptz[],
-    $14::timestamptz[])
-ON CONFLICT (job_application_id) DO UPDATE SET
-    candidate_id = EXCLUDED.candidate_id,
-    job_id = EXCLUDED.job_id,
-    ats_job_application_id = EXCLUDED.ats_job_application_id,
-    ats_job_id = EXCLUDED.ats_job_id,
-    email = EXCLUDED.email,
-    candidate_name = EXCLUDED.candidate_name,
-    job_name = EXCLUDED.job_name,
-    stage = EXCLUDED.stage,
-    resume_score = EXCLUDED.resume_score,
-    resume_url = EXCLUDED.resume_url,
-    status = EXCLUDED.status,
-    date_created = EXCLUDED.date_created,
-    date_modified = EXCLUDED.date_modified,
-    updated_at = now()
-WHERE (COALESCE(EXCLUDED.date_modified, '-infinity'),
-       array_position(ARRAY['created', 'invited', 'updated', 'completed'], EXCLUDED.status))
-   >= (COALESCE(a.date_modified, '-infinity'),
-       array_position(ARRAY['created', 'invited', 'updated', 'completed'], a.status))
-"""
+STATUSES = ("created", "invited", "updated", "completed")
+STATUS_RANK = {status: rank for rank, status in enumerate(STATUSES, 1)}
 
 
-def _rank(event: ApplicantEvent) -> tuple[dt.datetime, int]:
-    return (event.data.date_modified or _OLDEST, STATUS_RANK[event.status])
+def version(date_modified: dt.datetime | None, status: str) -> tuple[Any, int]:
+    return (time_order(date_modified), STATUS_RANK[status])
+
+
+_STATUS_ARRAY = "ARRAY[" + ", ".join(f"'{s}'" for s in STATUSES) + "]"
+
+APPLICANTS = GatedTable(
+    "applicants",
+    Column("job_application_id", "text", Rule.KEY),
+    (
+        Column("candidate_id", "text"),
+        Column("job_id", "text"),
+        Column("ats_job_application_id", "text"),
+        Column("ats_job_id", "text"),
+        Column("email", "text"),
+        Column("candidate_name", "text"),
+        Column("job_name", "text"),
+        Column("stage", "text"),
+        Column("resume_score", "numeric"),
+        Column("resume_url", "text"),
+        Column("status", "text"),
+        Column("date_created", "timestamptz"),
+        Column("date_modified", "timestamptz"),
+    ),
+    version=(
+        "(COALESCE({ref}.date_modified, '-infinity'), "
+        f"array_position({_STATUS_ARRAY}, {{ref}}.status))"
+    ),
+    version_columns=("date_modified", "status"),
+    order=version,
+)
 
 
 class ApplicantHandler(BatchHandler):
@@ -61,33 +62,41 @@ class ApplicantHandler(BatchHandler):
 
     name = "applicant"
 
-    async def write(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+    async def write(
+        self, conn: asyncpg.Connection, items: Sequence[Item], registers: Registers
+    ) -> None:
         events: list[ApplicantEvent] = [item.event for item in items]
-        await upsert_candidates(
-            conn, ((e.data.candidate_id, e.data.candidate_name, e.data.email_id) for e in events)
+        stored = await APPLICANTS.stored_versions(
+            conn, (e.data.micro1_job_application_id for e in events)
         )
-        await upsert_jobs(
-            conn, ((e.data.micro1_job_id, e.data.job_name, e.data.ats_job_id) for e in events)
-        )
-        chosen = newest(((e.data.micro1_job_application_id, e) for e in events), _rank)
-        rows = [
-            (
+        fold = GatedFold(APPLICANTS, stored)
+        for e in events:
+            d = e.data
+            current = fold.offer(
                 d.micro1_job_application_id,
-                d.candidate_id,
-                d.micro1_job_id,
-                d.ats_job_application_id,
-                d.ats_job_id,
-                d.email_id,
-                d.candidate_name,
-                d.job_name,
-                d.stage,
-                d.resume_score,
-                d.resume_url,
-                e.status,
-                d.date_created,
-                d.date_modified,
+                version(d.date_modified, e.status),
+                {
+                    "candidate_id": d.candidate_id,
+                    "job_id": d.micro1_job_id,
+                    "ats_job_application_id": d.ats_job_application_id,
+                    "ats_job_id": d.ats_job_id,
+                    "email": d.email_id,
+                    "candidate_name": d.candidate_name,
+                    "job_name": d.job_name,
+                    "stage": d.stage,
+                    "resume_score": d.resume_score,
+                    "resume_url": d.resume_url,
+                    "status": e.status,
+                    "date_created": d.date_created,
+                    "date_modified": d.date_modified,
+                },
             )
-            for e in chosen
-            for d in (e.data,)
-        ]
-        await conn.execute(_UPSERT_APPLICANTS, *columns(rows, 14))
+            if current:
+                at = d.date_modified
+                registers.candidates.add(
+                    d.candidate_id, at, {"name": d.candidate_name, "email": d.email_id}
+                )
+                registers.jobs.add(
+                    d.micro1_job_id, at, {"name": d.job_name, "ats_job_id": d.ats_job_id}
+                )
+        await fold.write(conn)

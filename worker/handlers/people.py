@@ -1,54 +1,58 @@
-"""Candidates and jobs: side tables several interview events fill in.
+"""The register tables several handlers fill: candidates, jobs and interviews.
 
-Any event that names a candidate or a job may carry its name; a later non-null value wins and
-a null never erases one. The WHERE clause skips rows that would not change, so replays do not
-rewrite (and lock) hot rows such as a popular job.
+Every interview or applicant event that names a candidate, a job or an interview contributes
+to its row; a batch's contributions from all handlers are folded into one row per key and
+written once per transaction, after the handlers' own tables, in key order. One fold makes
+the batch's result independent of the order handlers run in, and one statement per table,
+in the same table order in every transaction, keeps two commit lanes from deadlocking on a
+shared job or candidate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import asyncpg
 
-from worker.handlers.base import columns, last_non_null
+from worker.handlers.merge import Column, RegisterTable, Rule
 
-_UPSERT_CANDIDATES = """
-INSERT INTO candidates AS c (candidate_id, name, email)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-ON CONFLICT (candidate_id) DO UPDATE SET
-    name = COALESCE(EXCLUDED.name, c.name),
-    email = COALESCE(EXCLUDED.email, c.email),
-    updated_at = now()
-WHERE (EXCLUDED.name IS NOT NULL AND EXCLUDED.name IS DISTINCT FROM c.name)
-   OR (EXCLUDED.email IS NOT NULL AND EXCLUDED.email IS DISTINCT FROM c.email)
-"""
+_NEWEST_TEXT = ("text", Rule.NEWEST)
 
-_UPSERT_JOBS = """
-INSERT INTO jobs AS j (job_id, name, ats_job_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-ON CONFLICT (job_id) DO UPDATE SET
-    name = COALESCE(EXCLUDED.name, j.name),
-    ats_job_id = COALESCE(EXCLUDED.ats_job_id, j.ats_job_id),
-    updated_at = now()
-WHERE (EXCLUDED.name IS NOT NULL AND EXCLUDED.name IS DISTINCT FROM j.name)
-   OR (EXCLUDED.ats_job_id IS NOT NULL AND EXCLUDED.ats_job_id IS DISTINCT FROM j.ats_job_id)
-"""
-
-
-async def upsert_candidates(
-    conn: asyncpg.Connection, rows: Iterable[tuple[str, str | None, str | None]]
-) -> None:
-    """Rows are (candidate_id, name, email) in stream order."""
-    folded = last_non_null((row[0], list(row)) for row in rows)
-    if folded:
-        await conn.execute(_UPSERT_CANDIDATES, *columns(folded, 3))
+CANDIDATES = RegisterTable(
+    "candidates",
+    Column("candidate_id", "text", Rule.KEY),
+    (Column("name", *_NEWEST_TEXT), Column("email", *_NEWEST_TEXT)),
+)
+JOBS = RegisterTable(
+    "jobs",
+    Column("job_id", "text", Rule.KEY),
+    (Column("name", *_NEWEST_TEXT), Column("ats_job_id", *_NEWEST_TEXT)),
+)
+INTERVIEWS = RegisterTable(
+    "interviews",
+    Column("interview_id", "text", Rule.KEY),
+    (
+        Column("interview_name", *_NEWEST_TEXT),
+        Column("candidate_id", *_NEWEST_TEXT),
+        Column("job_id", *_NEWEST_TEXT),
+        Column("ats_job_id", *_NEWEST_TEXT),
+        Column("ats_job_application_id", *_NEWEST_TEXT),
+        # Only interview.started carries it, at its own time: the greatest value is the
+        # newest, and no version column is needed.
+        Column("date_started", "timestamptz", Rule.GREATEST),
+    ),
+)
 
 
-async def upsert_jobs(
-    conn: asyncpg.Connection, rows: Iterable[tuple[str | None, str | None, str | None]]
-) -> None:
-    """Rows are (job_id, name, ats_job_id) in stream order; rows without a job_id are skipped."""
-    folded = last_non_null((row[0], list(row)) for row in rows if row[0] is not None)
-    if folded:
-        await conn.execute(_UPSERT_JOBS, *columns(folded, 3))
+class Registers:
+    """A transaction's contributions to the shared register tables."""
+
+    __slots__ = ("candidates", "interviews", "jobs")
+
+    def __init__(self) -> None:
+        self.interviews = INTERVIEWS.fold()
+        self.candidates = CANDIDATES.fold()
+        self.jobs = JOBS.fold()
+
+    async def write(self, conn: asyncpg.Connection) -> None:
+        # Always this order: every transaction locks shared rows table by table, key by key.
+        for fold in (self.interviews, self.candidates, self.jobs):
+            await fold.write(conn)

@@ -18,6 +18,7 @@ import asyncpg
 from schemas.common import tag_of
 from schemas.proctoring import FLAG_TYPES, PROCTORING_STRUCTS, SystemCheckCompleted
 from worker.handlers.base import BatchHandler, Item, columns, to_json
+from worker.handlers.people import Registers
 
 # Rows arrive by COPY into a per-session staging table (text format, built while the previous
 # batch commits), then move in one statement. The stage empties itself at commit (ON COMMIT
@@ -151,7 +152,9 @@ class ProctoringHandler(BatchHandler):
     def combine(self, parts: Sequence[Prepared]) -> Prepared:
         return Prepared(b"".join(p.copy for p in parts), [c for p in parts for c in p.checks])
 
-    async def write(self, conn: asyncpg.Connection, prepared: Prepared) -> None:
+    async def write(
+        self, conn: asyncpg.Connection, prepared: Prepared, registers: Registers
+    ) -> None:
         if not prepared.copy:
             return
         if not conn.is_in_transaction():
