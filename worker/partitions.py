@@ -1,0 +1,213 @@
+"""Which partitions this worker owns and where each one stands: one object per partition.
+
+A `PartitionState` lives from an assignment to its revocation; a later assignment of the same
+partition is a new object, so nothing an old one hears (a late commit, a late fetch) can touch
+the new one. Its phases, in the spirit of aiokafka's `TopicPartitionState`:
+
+    assigned ──positioned()──▶ consuming ──positioned() again (fence, reset, lost log)──┐
+        │                         ▲                                                  │
+        │                         └──────────────────────────────────────────────────┘
+        └──────────────revoke()────────────────▶ revoked (final)
+
+Every (re)positioning starts a new *generation*, a number no other positioning of any partition
+state has. The invariants, which the commit path relies
+on and tests/test_partition_state.py checks under random interleavings:
+
+- `stored` is consumer_offsets' next offset for the partition as far as this worker knows
+  (None: no row); the compare-and-set of the next commit expects exactly it.
+- A `Claim` is taken on the records of one fetch, tagged with the generation they were fetched
+  in: records fetched before a seek can never join a later generation. Within a generation,
+  claims are contiguous: each starts where the previous one ended (`next_fetch`), so a batch
+  never skips a record.
+- A claim may commit only while the partition is consuming in the claim's generation and the
+  claim starts at `stored`: a batch behind an abandoned or fenced one can never commit past
+  the records that were not stored. Committing moves `stored` to the claim's end, forward.
+- A revoked partition accepts nothing: a commit that finishes after the revocation returns
+  without changing any state here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+
+_generations = itertools.count(1)
+
+
+class Phase(enum.Enum):
+    ASSIGNED = "assigned"  # paused until positioned from the database
+    CONSUMING = "consuming"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The right to commit [start, end) of one partition, in one generation."""
+
+    state: PartitionState
+    generation: int
+    start: int  # the offset this claim's batch continues from
+    end: int  # the next offset after its records (what is stored when it commits)
+    # The first claim of its generation starts where the partition was positioned (or, after
+    # a log reset, at the new log's records), not necessarily at the stored offset.
+    first: bool
+
+
+class PartitionState:
+    __slots__ = (
+        "_claimed",
+        "_idle",
+        "_inflight",
+        "generation",
+        "next_fetch",
+        "phase",
+        "stored",
+        "tp",
+    )
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.phase = Phase.ASSIGNED
+        self.generation = 0
+        self.stored: int | None = None
+        # The offset the next fetched record continues from (None: not positioned).
+        self.next_fetch: int | None = None
+        self._claimed = False  # whether this generation has handed out a claim
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __repr__(self) -> str:
+        return (
+            f"PartitionState({self.tp.topic}[{self.tp.partition}] {self.phase.value} "
+            f"gen={self.generation} stored={self.stored} next_fetch={self.next_fetch})"
+        )
+
+    @property
+    def consuming(self) -> bool:
+        return self.phase is Phase.CONSUMING
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def positioned(self, stored: int | None, start: int) -> int:
+        """Read from `start` on, `stored` being the database's row (None: none; then
+        `start` is the log's start). A new generation: what was fetched before is stale."""
+        if self.phase is Phase.REVOKED:
+            return self.generation
+        self.phase = Phase.CONSUMING
+        # Unique across objects: records fetched for an earlier assignment of the same
+        # partition must not match a generation of the next one.
+        self.generation = next(_generations)
+        self.stored = stored
+        self.next_fetch = start
+        self._claimed = False
+        return self.generation
+
+    def rewound(self, start: int) -> int:
+        """The log was lost (its end is below `stored`): read the new log from `start`. The
+        compare-and-set still expects the stored row, which the first commit moves."""
+        return self.positioned(self.stored, start)
+
+    def revoke(self) -> None:
+        self.phase = Phase.REVOKED
+
+    # -- fetching ------------------------------------------------------------------------
+
+    def fetch_generation(self) -> int | None:
+        """The generation records fetched now belong to (None: not consuming)."""
+        return self.generation if self.consuming else None
+
+    def claim(self, generation: int, records: list[Any]) -> tuple[Claim | None, bool]:
+        """A claim on `records` (one fetch, in offset order) fetched in `generation`.
+
+        None when they are stale (an older generation, or not consuming). The flag says the
+        log was reset under us: the records start below where this generation had read to,
+        which only the consumer's own reset to the earliest offset does (the log was deleted
+        and recreated); they are new records and are taken, from there."""
+        if not records or generation != self.generation or not self.consuming:
+            return None, False
+        assert self.next_fetch is not None
+        first = int(records[0].offset)
+        reset = first < self.next_fetch
+        start = first if reset else self.next_fetch
+        end = int(records[-1].offset) + 1
+        first = reset or not self._claimed
+        self.next_fetch = end
+        self._claimed = True
+        return Claim(self, generation, start, end, first), reset
+
+    # -- committing ----------------------------------------------------------------------
+
+    def may_commit(self, claim: Claim) -> bool:
+        """Whether `claim` is still this partition's next batch: same generation, still
+        consuming, and continuing the stored offset (the first claim of a generation starts
+        where the generation was positioned)."""
+        return (
+            claim.state is self
+            and self.consuming
+            and claim.generation == self.generation
+            and (claim.first or claim.start == self.stored)
+        )
+
+    def commit_started(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def commit_finished(self, claim: Claim | None) -> bool:
+        """The commit of `claim` ended (None: rolled back or abandoned). Applies it if it
+        committed and is still current; True if it did."""
+        self._inflight -= 1
+        if not self._inflight:
+            self._idle.set()
+        if claim is None or not self.may_commit(claim):
+            return False
+        self.stored = claim.end
+        return True
+
+    async def wait_idle(self) -> None:
+        """Until no commit of this partition is in flight."""
+        await self._idle.wait()
+
+
+class Partitions:
+    """The partitions this worker owns, by TopicPartition; read-only views for the rest."""
+
+    def __init__(self) -> None:
+        self._states: dict[TopicPartition, PartitionState] = {}
+
+    def assign(self, tps: Iterable[TopicPartition]) -> list[PartitionState]:
+        new = [PartitionState(tp) for tp in tps if tp not in self._states]
+        self._states.update((s.tp, s) for s in new)
+        return new
+
+    def revoke(self, tps: Iterable[TopicPartition]) -> list[PartitionState]:
+        gone = [self._states.pop(tp) for tp in list(tps) if tp in self._states]
+        for state in gone:
+            state.revoke()
+        return gone
+
+    def get(self, tp: TopicPartition) -> PartitionState | None:
+        return self._states.get(tp)
+
+    def __iter__(self) -> Iterator[PartitionState]:
+        return iter(list(self._states.values()))
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def pending(self) -> list[PartitionState]:
+        """Assigned, not yet positioned."""
+        return [s for s in self if s.phase is Phase.ASSIGNED]
+
+    def consuming(self) -> list[PartitionState]:
+        return [s for s in self if s.consuming]
+
+    def stored_offsets(self) -> Mapping[TopicPartition, int | None]:
+        """The stored next offset of every positioned partition (for lag and the CLI)."""
+        return {s.tp: s.stored for s in self if s.consuming}
