@@ -100,7 +100,7 @@ async def _read(reader: PartitionReader, consumer: LossyConsumer, rounds: int) -
     got: list[Rec] = []
     for _ in range(rounds):
         fetched = await reader.fetch(consumer, timeout_ms=1, max_records=1000)  # type: ignore[arg-type]
-        for records in fetched.values():
+        for records in fetched.by_partition().values():
             got.extend(records)
     return got
 

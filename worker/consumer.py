@@ -424,7 +424,9 @@ class Worker:
     ) -> dict[TopicPartition, list[Any]]:
         async with self._fetch_lock:
             try:
-                fetched = await self._reader.fetch(consumer, timeout_ms, max_records)
+                fetched = (
+                    await self._reader.fetch(consumer, timeout_ms, max_records)
+                ).by_partition()
             except KafkaError as exc:
                 if self._fetch_backoff.attempt == 0:
                     log.warning("kafka fetch failed, retrying", error=describe(exc))

@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,7 +42,48 @@ from worker.retry import Backoff, describe
 
 log = structlog.get_logger("worker.fetch")
 
-Records = dict[TopicPartition, list[Any]]
+Stamp = Callable[[TopicPartition], Any]
+
+
+class Chunk(NamedTuple):
+    """Records of one partition from consecutive fetch calls, with the stamp the caller's
+    `stamp(tp)` gave at the moment they were returned (the worker stamps the partition's
+    generation: records fetched before a seek must never pass for ones fetched after it)."""
+
+    tp: TopicPartition
+    stamp: Any
+    records: list[Any]
+
+
+class Fetched(list[Chunk]):
+    """What one fetch returned, in order."""
+
+    def add(self, tp: TopicPartition, stamp: Any, records: list[Any]) -> None:
+        if not records:
+            return
+        for chunk in reversed(self):
+            if chunk.tp == tp:
+                if chunk.stamp == stamp:
+                    chunk.records.extend(records)
+                    return
+                break
+        self.append(Chunk(tp, stamp, list(records)))
+
+    def size(self) -> int:
+        """How many records."""
+        return sum(len(c.records) for c in self)
+
+    def by_partition(self) -> dict[TopicPartition, list[Any]]:
+        """Records per partition, stamps dropped (for callers that do not stamp)."""
+        merged: dict[TopicPartition, list[Any]] = {}
+        for chunk in self:
+            merged.setdefault(chunk.tp, []).extend(chunk.records)
+        return merged
+
+
+def _no_stamp(tp: TopicPartition) -> None:
+    return None
+
 
 # How often a stuck partition is read again: it may become readable without a restart only if
 # its data changes, so a minute apart at most is plenty and costs one fetch each.
@@ -82,8 +124,12 @@ class PartitionReader:
         metrics: Metrics,
         retry_initial_s: float = STUCK_RETRY_INITIAL_S,
         retry_max_s: float = STUCK_RETRY_MAX_S,
+        stamp: Stamp = _no_stamp,
     ) -> None:
         self._metrics = metrics
+        # Called for a partition right as its records return from getmany, before any other
+        # task runs: nothing (a seek) can come between the two.
+        self._stamp = stamp
         self._retry = (retry_initial_s, retry_max_s)
         self._failing: dict[TopicPartition, _Failing] = {}
         self._poll_until = 0.0
@@ -96,7 +142,7 @@ class PartitionReader:
         """Partitions held on a batch that cannot be read (for readiness)."""
         return sorted(tp for tp, f in self._failing.items() if f.stuck_since is not None)
 
-    async def fetch(self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> Records:
+    async def fetch(self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> Fetched:
         """Up to `max_records` records, waiting up to `timeout_ms` if none is buffered."""
         if self._deferred is not None:
             exc, self._deferred = self._deferred, None
@@ -109,39 +155,43 @@ class PartitionReader:
         if time.monotonic() < self._poll_until:
             return await self._poll(consumer, timeout_ms, max_records)
         try:
-            first = await consumer.getmany(timeout_ms=timeout_ms, max_records=1)
+            waited = await consumer.getmany(timeout_ms=timeout_ms, max_records=1)
         except Exception as exc:
             if not is_unreadable(exc):
                 raise
             log.debug("unreadable batch met while waiting; polling partitions", error=describe(exc))
             self._poll_until = time.monotonic() + POLL_WINDOW_S
             return await self._drain(consumer, max_records)
-        got = sum(len(records) for records in first.values())
-        rest = await self._drain(consumer, max_records - got) if max_records > got else {}
-        for tp, records in rest.items():
-            first.setdefault(tp, []).extend(records)
+        first = Fetched()
+        for tp, records in waited.items():
+            first.add(tp, self._stamp(tp), records)
+        got = first.size()
+        if max_records > got:
+            for chunk in await self._drain(consumer, max_records - got):
+                first.add(*chunk)
         return first
 
     # -- draining ----------------------------------------------------------------------
 
-    async def _drain(self, consumer: AIOKafkaConsumer, budget: int) -> Records:
+    async def _drain(self, consumer: AIOKafkaConsumer, budget: int) -> Fetched:
         """What is buffered, partition by partition, starting with a different one each time
         so that a busy partition cannot take every batch's whole budget."""
-        fetched: Records = {}
+        fetched = Fetched()
         for tp in self._rotation(consumer):
             if budget <= 0:
                 break
             failing = self._failing.get(tp)
+            before = fetched.size()
             if failing is None:
                 records, exc = await _drain_partition(consumer, tp, budget)
+                fetched.add(tp, self._stamp(tp), records)
                 exhausted = False
             else:
-                records, exc, exhausted = await _drain_one_by_one(consumer, tp, budget)
-            if records:
-                fetched[tp] = records
-                budget -= len(records)
+                exc, exhausted = await _drain_one_by_one(consumer, tp, budget, fetched, self._stamp)
+            taken = fetched.size() - before
+            budget -= taken
             if exc is None:
-                if failing is not None and records and exhausted:
+                if failing is not None and taken and exhausted:
                     self._readable_again(tp, failing)
                 continue
             if is_unreadable(exc):
@@ -153,7 +203,7 @@ class PartitionReader:
                 raise exc
         return fetched
 
-    async def _poll(self, consumer: AIOKafkaConsumer, timeout_ms: int, budget: int) -> Records:
+    async def _poll(self, consumer: AIOKafkaConsumer, timeout_ms: int, budget: int) -> Fetched:
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             fetched = await self._drain(consumer, budget)
@@ -251,25 +301,27 @@ async def _drain_partition(
 
 
 async def _drain_one_by_one(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, budget: int
-) -> tuple[list[Any], Exception | None, bool]:
-    """Records of `tp` until the buffer is empty (True), the budget is used or one fails.
+    consumer: AIOKafkaConsumer, tp: TopicPartition, budget: int, into: Fetched, stamp: Stamp
+) -> tuple[Exception | None, bool]:
+    """Records of `tp` into `into` until the buffer is empty (True), the budget is used or
+    one fails.
 
     The fetcher moves the position after every call, so the records returned before a
     failure are kept and the position is left at the unreadable batch."""
-    got: list[Any] = []
-    while len(got) < budget:
+    got = 0
+    while got < budget:
         try:
             chunk = await consumer.getmany(tp, max_records=1)
         except Exception as exc:  # sorted by the caller
-            return got, exc, False
+            return exc, False
         records = chunk.get(tp)
         if not records:
-            return got, None, True
-        got.extend(records)
-        if not len(got) % 500:
+            return None, True
+        into.add(tp, stamp(tp), records)
+        got += len(records)
+        if not got % 500:
             await asyncio.sleep(0)  # a fetch response holds thousands: let commits run
-    return got, None, False
+    return None, False
 
 
 async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
