@@ -1,4 +1,4 @@
-"""`worker run | migrate | dev | produce`: the console script of pyproject.toml.
+"""`worker run | migrate | dev | produce | offsets`: the console script of pyproject.toml.
 
 Exit codes: 0 after a clean stop, 1 after a failure, 2 for a bad configuration (one line on
 stderr naming the variable), including a topic the broker does not have.
@@ -19,6 +19,7 @@ from worker import __version__
 from worker.config import ConfigError, Settings, redact_url
 from worker.dlq_tools import add_dlq_commands, run_dlq_command
 from worker.logs import configure_logging
+from worker.offsets_cli import add_offsets_commands, run_offsets_command
 
 log = structlog.get_logger("worker")
 
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="write JSON Schemas of the wire contract for producers")
     schema.add_argument("--out", default="schema", help="output directory (default: schema/)")
     add_dlq_commands(sub)
+    add_offsets_commands(sub)
     produce = sub.add_parser("produce", help="publish JSON values (arguments or stdin lines)")
     produce.add_argument("topic")
     produce.add_argument("values", nargs="*", help="record values; stdin lines if none")
@@ -148,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(run(_produce(settings, args.topic, args.key, args.values)))
         if args.command == "dlq":
             return run_dlq_command(args, settings)
+        if args.command == "offsets":
+            return run_offsets_command(args, settings)
         if args.command == "dev":
             from worker.dev import run_dev
 

@@ -305,6 +305,9 @@ class Worker:
         log.info("partitions revoked", partitions=_names(revoked))
 
     async def _position_pending(self, consumer: AIOKafkaConsumer) -> None:
+        """Seek newly assigned partitions to their stored offset, and a partition without a
+        row to the start of its log: Kafka's committed offset (written for lag tools only)
+        would turn a deleted row into records skipped instead of replayed."""
         tps = self._pending & consumer.assignment()
         self._pending -= self._pending - tps
         if not tps:
@@ -316,10 +319,14 @@ class Worker:
                 return await offsets.load(conn, self.settings.group_id, tps)
 
         stored = await self._retrying_call("database", load)
+        starts = await self._retrying_call(
+            "kafka", functools.partial(offsets.log_starts, consumer, tps - stored.keys())
+        )
         still = tps & consumer.assignment() & self._pending
         for tp in still:
-            if tp in stored:
-                consumer.seek(tp, stored[tp])
+            consumer.seek(tp, stored[tp] if tp in stored else starts[tp])
+            # None, not the log start: the compare-and-set must expect "no row", so that the
+            # first commit creates it (and loses to anyone who created it first).
             self._positions[tp] = stored.get(tp)
             self._epochs[tp] = self._epochs.get(tp, 0) + 1
         self._pending -= still
@@ -327,6 +334,9 @@ class Worker:
         log.info(
             "partitions positioned",
             stored={f"{tp.topic}[{tp.partition}]": stored.get(tp) for tp in sorted(still)},
+            from_log_start={
+                f"{tp.topic}[{tp.partition}]": starts[tp] for tp in sorted(still - stored.keys())
+            },
         )
 
     # -- the loop ------------------------------------------------------------------------
@@ -758,18 +768,25 @@ class Worker:
         return await self._store(conn, items[:mid]) + await self._store(conn, items[mid:])
 
     async def _refence(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> None:
-        """Another worker moved these partitions' offsets: continue from what it stored."""
+        """Another worker, or an operator (`worker offsets reset`, a deleted row), moved these
+        partitions' offsets: continue from what is stored now, and where no row is left from
+        the start of the log, as at assignment (staying put would skip the replay asked for)."""
         assert self._pool is not None
-        self.metrics.fenced.inc()
         async with self._pool.acquire() as conn:
             stored = await offsets.load(conn, self.settings.group_id, partitions)
+        starts = await offsets.log_starts(consumer, partitions - stored.keys())
+        # Counted once both reads succeeded: the caller retries this whole call on failure.
+        self.metrics.fenced.inc()
         for tp in partitions:
             if tp in self._positions and tp in consumer.assignment():
-                self._positions[tp] = stored.get(tp)
+                self._positions[tp] = stored.get(tp)  # None: the next commit creates the row
                 self._epochs[tp] = self._epochs.get(tp, 0) + 1
-                if tp in stored:
-                    consumer.seek(tp, stored[tp])
-        log.warning("offsets fenced by another worker", partitions=_names(partitions))
+                consumer.seek(tp, stored[tp] if tp in stored else starts[tp])
+        log.warning(
+            "offsets fenced by another writer",
+            partitions=_names(partitions),
+            stored={f"{tp.topic}[{tp.partition}]": stored.get(tp) for tp in sorted(partitions)},
+        )
 
     async def _commit_kafka(
         self, consumer: AIOKafkaConsumer, moves: dict[TopicPartition, int]

@@ -1,15 +1,27 @@
 """`consumer_offsets`: where each partition resumes, written in the batch's own transaction.
 
-Every write is a compare-and-set against the offset this worker believes is stored. A worker
-that lost its partition (a rebalance it slept through, a long pause) finds the row moved on by
-the new owner, writes nothing, and rolls the batch back, so it can neither move progress
-backwards nor apply a batch twice. The UPDATE also locks the row until commit, which queues a
-competing owner behind this transaction instead of letting both succeed.
+Invariants:
+
+- A row says where the partition resumes; a partition without a row is read from the start of
+  its log (the broker's log-start offset, which retention moves above 0), never from Kafka's
+  committed offset: the worker commits to Kafka only for lag tools. Deleting rows is a replay.
+- Every write by a worker is a compare-and-set against the offset it believes is stored, and
+  "no row" is a belief too (`expected=None`: the first commit inserts the row, and fails if
+  another writer inserted one first). A worker that lost its partition (a rebalance it slept
+  through, a long pause) or whose row an operator moved finds the row changed, writes nothing,
+  and rolls the batch back, so it can neither move progress backwards nor apply a batch twice.
+  The UPDATE also locks the row until commit, which queues a competing owner behind this
+  transaction instead of letting both succeed.
+- An operator's reset (`worker offsets reset`) writes the rows it moves, unconditionally and in
+  one transaction, and never deletes one: the running workers' compare-and-set fails on them,
+  and they continue from the new value at their next batch.
+- Rows are locked in one order (topic, partition) by every writer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 import asyncpg
 from aiokafka import TopicPartition
@@ -35,6 +47,29 @@ SELECT $1, * FROM unnest($2::text[], $3::integer[], $4::bigint[])
 ON CONFLICT DO NOTHING
 RETURNING topic, partition
 """
+
+# Locks every row the reset may write before reading them, so the values it reports as
+# replaced are the ones it replaced (workers may commit meanwhile).
+_LOCK = """
+SELECT topic, partition, next_offset FROM consumer_offsets
+WHERE group_id = $1 AND (topic, partition) IN (
+    SELECT * FROM unnest($2::text[], $3::integer[]))
+ORDER BY topic, partition
+FOR UPDATE
+"""
+
+_SET = """
+INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+SELECT $1, * FROM unnest($2::text[], $3::integer[], $4::bigint[])
+ON CONFLICT (group_id, topic, partition)
+DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
+"""
+
+
+class _LogStarts(Protocol):
+    async def beginning_offsets(
+        self, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]: ...
 
 
 async def load(
@@ -76,3 +111,39 @@ async def advance(
         )
         done.update(TopicPartition(r["topic"], r["partition"]) for r in rows)
     return done
+
+
+async def log_starts(
+    consumer: _LogStarts, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Where the logs of `partitions` start now (ListOffsets earliest): where a partition
+    without a row is read from. Not 0 once retention has deleted the first records."""
+    tps = sorted(partitions)
+    if not tps:
+        return {}
+    return dict(await consumer.beginning_offsets(tps))
+
+
+async def reset(
+    conn: asyncpg.Connection, group_id: str, targets: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, tuple[int | None, int]]:
+    """Set the rows of `targets` in one transaction, creating missing ones; rows already at
+    their target are not written (their updated_at keeps saying when a worker last moved
+    them). Returns `{tp: (replaced, new)}` for every target, `replaced=None` for no row."""
+    tps = sorted(targets)
+    async with conn.transaction():
+        rows = await conn.fetch(
+            _LOCK, group_id, [tp.topic for tp in tps], [tp.partition for tp in tps]
+        )
+        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        plan = {tp: (stored.get(tp), targets[tp]) for tp in tps}
+        moved = [tp for tp, (old, new) in plan.items() if old != new]
+        if moved:
+            await conn.execute(
+                _SET,
+                group_id,
+                [tp.topic for tp in moved],
+                [tp.partition for tp in moved],
+                [targets[tp] for tp in moved],
+            )
+    return plan
