@@ -67,6 +67,8 @@ class Sizes:
     fuzz_records: int  # campaign 5
     poison_records: int  # campaign 6: consecutive malformed records ...
     poison_valid: int  # ... followed by this many valid ones
+    slow_events: int  # campaign 7: the storm of campaign 2 with every commit slowed down
+    slow_seconds: float
     test_timeout_s: float  # per test (pytest-timeout)
 
 
@@ -81,6 +83,8 @@ SIZES = {
         fuzz_records=2_000,
         poison_records=5_000,
         poison_valid=100,
+        slow_events=2_000,
+        slow_seconds=15.0,
         test_timeout_s=240.0,
     ),
     "full": Sizes(
@@ -93,6 +97,8 @@ SIZES = {
         fuzz_records=10_000,
         poison_records=20_000,
         poison_valid=100,
+        slow_events=12_000,
+        slow_seconds=120.0,
         test_timeout_s=1_800.0,
     ),
 }[SCALE]

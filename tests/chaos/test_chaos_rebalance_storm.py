@@ -4,6 +4,9 @@ members joining and leaving every few seconds (SIGTERM and SIGKILL mixed) while 
 Each record's effect must be committed by exactly one member: the tables equal the
 reference, the dead letters are exactly the malformed records, the committed offsets account
 for every record produced, and every graceful leave exits 0.
+
+The storm itself is `rebalance_storm`, shared with campaign 7 (test_chaos_slow_commits.py),
+which runs it with every commit slowed down by a trigger installed before the members start.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import infra
 import pytest
@@ -41,6 +45,8 @@ from chaos_support import (
 )
 from e2e_support import WorkerProcess, settings_for, worker_process
 
+from worker.config import Settings
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SIZES.test_timeout_s)]
 
 MEMBERS = 3
@@ -54,11 +60,59 @@ async def test_rebalance_storm_commits_each_record_once(
     fresh_database: Callable[[], Awaitable[str]],
     tmp_path: Path,
 ) -> None:
+    await rebalance_storm(
+        "2 rebalance storm",
+        kafka_bootstrap=kafka_bootstrap,
+        database_url=database_url,
+        topic_factory=topic_factory,
+        fresh_database=fresh_database,
+        tmp_path=tmp_path,
+        seed=SEED + 2,
+        events=SIZES.storm_events,
+        seconds=SIZES.storm_seconds,
+        tag="s",
+    )
+
+
+BeforeMembers = Callable[[Settings], Awaitable[None]]
+ExtraFigures = Callable[[Sequence[Path]], Awaitable[Mapping[str, Any]]]
+
+
+async def rebalance_storm(
+    campaign: str,
+    *,
+    kafka_bootstrap: str,
+    database_url: str,
+    topic_factory: infra.TopicFactory,
+    fresh_database: Callable[[], Awaitable[str]],
+    tmp_path: Path,
+    seed: int,
+    events: int,
+    seconds: float,
+    tag: str,
+    before_members: BeforeMembers | None = None,
+    extra_figures: ExtraFigures | None = None,
+    **settings_overrides: Any,
+) -> None:
+    """The storm: `events` records (stream `seed`, IDs tagged `tag`) published over about
+    `seconds` while members join, leave (SIGTERM) and die (SIGKILL) every 2-5 s; then a full
+    group drains the rest, stops gracefully, and the run is judged by the tables against the
+    reference, the committed offsets and the dead-letter topic. Figures go to `report` under
+    `campaign`.
+
+    `before_members(settings)` runs once the topics and the members' settings exist, before
+    any record is published or any member starts (the database is not migrated yet: a hook
+    that needs the tables migrates it). `extra_figures(member_logs)` runs after every check
+    passed; what it returns joins the report. `settings_overrides` go to `settings_for`."""
     clock = Clock()
-    rng = random.Random(SEED + 2)
-    stream = generate_stream(SEED + 2, SIZES.storm_events, tag="s")
+    rng = random.Random(seed)
+    stream = generate_stream(seed, events, tag=tag)
     topics = await make_topics(topic_factory, PARTITIONS)
-    settings = settings_for(kafka_bootstrap, database_url, topics, max_batch_records=500)
+    settings = settings_for(
+        kafka_bootstrap, database_url, topics, max_batch_records=500, **settings_overrides
+    )
+    if before_members is not None:
+        await before_members(settings)
     logs = [tmp_path / f"member-{i}.log" for i in range(MEMBERS)]
     slots: list[WorkerProcess | None] = [None] * MEMBERS
     procs: list[WorkerProcess] = []
@@ -95,13 +149,11 @@ async def test_rebalance_storm_commits_each_record_once(
                 raise AssertionError(f"member died on its own ({p.returncode}):\n{p.log_tail()}")
 
     async with Publisher(kafka_bootstrap, topic_map(topics)) as publisher:
-        producing = asyncio.create_task(
-            paced_publish(publisher, stream.records, SIZES.storm_seconds)
-        )
+        producing = asyncio.create_task(paced_publish(publisher, stream.records, seconds))
         try:
             for slot in range(MEMBERS):
                 start(slot)
-            storm_ends = time.monotonic() + SIZES.storm_seconds
+            storm_ends = time.monotonic() + seconds
             while time.monotonic() < storm_ends:
                 await asyncio.sleep(rng.uniform(2.0, 5.0))
                 check_members()
@@ -170,8 +222,9 @@ async def test_rebalance_storm_commits_each_record_once(
     tables = await compare_with_reference(database_url, reference_url)
     malformed = publisher.malformed()
     dlq = check_dlq(await read_dlq(kafka_bootstrap, topics.dlq, set(malformed)), malformed)
+    extra = {} if extra_figures is None else await extra_figures(logs)
     report(
-        "2 rebalance storm",
+        campaign,
         scale=SCALE,
         produced=publisher.produced,
         distinct_valid=len(stream.events),
@@ -189,5 +242,6 @@ async def test_rebalance_storm_commits_each_record_once(
         committed_offsets_sum=committed,
         **tables,
         **dlq,
+        **extra,
         total_s=clock(),
     )
