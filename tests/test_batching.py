@@ -6,11 +6,13 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
+from worker.batch import Part, halves
 from worker.batching import BatchBudget
-from worker.consumer import _halves, _Letters, _Part
+from worker.commit import Letters
 from worker.decode import DecodeFailure, proctoring_decoder
 from worker.dlq import DeadLetter
 from worker.handlers.base import Item
+from worker.partitions import PartitionState
 
 
 def test_a_batch_is_full_at_its_record_limit() -> None:
@@ -51,8 +53,12 @@ def record(topic: str, partition: int, offset: int) -> SimpleNamespace:
     )
 
 
-def part_of(tp: TopicPartition, offsets: list[int], bad: set[int] = frozenset()) -> _Part:
-    part = _Part(epoch=3)
+def part_of(tp: TopicPartition, offsets: list[int], bad: set[int] = frozenset()) -> Part:
+    state = PartitionState(tp)
+    generation = state.positioned(offsets[0], offsets[0])
+    claim, _ = state.claim(generation, [record(tp.topic, tp.partition, o) for o in offsets])
+    assert claim is not None
+    part = Part(claim)
     for o in offsets:
         r = record(tp.topic, tp.partition, o)
         part.records.append(r)
@@ -72,9 +78,9 @@ EVENT = proctoring_decoder.decode(
 def test_a_lone_partition_is_cut_in_two_in_offset_order() -> None:
     # Offsets with gaps (compaction, transaction markers): the cut is by position.
     part = part_of(TP0, [3, 4, 9, 10, 11], bad={4, 10})
-    halves = _halves({TP0: part})
-    assert halves is not None
-    head, tail = halves[0][TP0], halves[1][TP0]
+    split = halves({TP0: part})
+    assert split is not None
+    head, tail = split[0][TP0], split[1][TP0]
     assert [r.offset for r in head.records] == [3, 4, 9]
     assert [r.offset for r in tail.records] == [10, 11]
     assert [i.offset for i in head.items] == [3, 9] and [i.offset for i in tail.items] == [11]
@@ -82,23 +88,25 @@ def test_a_lone_partition_is_cut_in_two_in_offset_order() -> None:
     assert [d.record.offset for d in tail.letters] == [10]
     assert head.next_offset == 10 and tail.next_offset == 12
     assert (head.nbytes, tail.nbytes) == (30, 20)
-    assert head.epoch == tail.epoch == 3
+    # The claim is shared: the tail continues exactly where the head ends.
+    assert (head.claim.start, head.claim.end, tail.claim.start) == (3, 10, 10)
+    assert head.claim.generation == tail.claim.generation
 
 
 def test_several_partitions_split_by_whole_partitions() -> None:
     batch = {tp: part_of(tp, [0]) for tp in (TP2, TP0, TP1)}
-    halves = _halves(batch)
-    assert halves is not None
-    assert [sorted(h) for h in halves] == [[TP0], [TP1, TP2]]
+    split = halves(batch)
+    assert split is not None
+    assert [sorted(h) for h in split] == [[TP0], [TP1, TP2]]
 
 
 def test_a_single_record_cannot_be_split() -> None:
-    assert _halves({TP0: part_of(TP0, [7])}) is None
+    assert halves({TP0: part_of(TP0, [7])}) is None
 
 
 def test_rejected_records_are_found_by_offset_and_left_out_of_later_attempts() -> None:
     part = part_of(TP0, list(range(1000)))
-    letters = _Letters()
+    letters = Letters()
     for item in part.items[::100]:
         letters.reject(part, item, "rejected_by_database", "boom")
     assert [d.record.offset for d in letters.rejected] == list(range(0, 1000, 100))

@@ -84,7 +84,7 @@ async def test_worker_waits_out_a_database_outage(
             )
 
             async def retrying() -> bool:
-                return worker._retrying
+                return worker.retrying
 
             # The worker has fetched the second wave and failed to store it.
             await wait_for(retrying, 60, "the worker to retry the second wave")

@@ -171,7 +171,7 @@ async def test_two_workers_share_partitions_and_match_a_single_worker(
             single = await stack.enter_async_context(running_worker(reference))
 
             async def both_own_partitions() -> bool:
-                current = [set(w._positions) for w in workers]
+                current = [set(w.owned()) for w in workers]
                 for seen, now in zip(owned, current, strict=True):
                     seen |= now
                 return all(current) and not (current[0] & current[1])

@@ -252,6 +252,9 @@ class _Consumer:
     def resume(self, *tps: TopicPartition) -> None:
         pass
 
+    def pause(self, *tps: TopicPartition) -> None:
+        pass
+
     async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._starts[tp] for tp in tps}
 
@@ -279,17 +282,18 @@ async def test_a_partition_without_a_row_starts_at_its_log_start_offset(
     worker = Worker(settings)
     worker._pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        worker._pending = {kept, retained}
+        worker._consumer = consumer
+        worker._on_assigned({kept, retained})
         await worker._position_pending(consumer)  # type: ignore[arg-type]
         assert consumer.seeks == {kept: 70, retained: 40}
         # No row stays "no row": the first commit creates it (compare-and-set from None).
-        assert worker._positions == {kept: 70, retained: None}
+        assert worker.owned() == {kept: 70, retained: None}
 
         # Fenced, and the row is gone (deleted by an operator): from the log start again.
         consumer.seeks.clear()
         await execute(database_url, "DELETE FROM consumer_offsets")
         await worker._refence(consumer, {kept})  # type: ignore[arg-type]
         assert consumer.seeks == {kept: 30}
-        assert worker._positions[kept] is None
+        assert worker.owned()[kept] is None
     finally:
         await worker._pool.close()

@@ -66,7 +66,7 @@ async def run_worker(
     try:
         await worker.run()
     except asyncio.CancelledError:
-        if worker._stop.is_set():
+        if worker.stopping:
             return 0 if signals_seen == 1 else 1
         raise
     finally:

@@ -93,6 +93,11 @@ class PartitionState:
     def consuming(self) -> bool:
         return self.phase is Phase.CONSUMING
 
+    @property
+    def idle(self) -> bool:
+        """No commit of this partition in flight."""
+        return not self._inflight
+
     # -- transitions ---------------------------------------------------------------------
 
     def positioned(self, stored: int | None, start: int) -> int:

@@ -1,0 +1,95 @@
+"""What the worker counts: metrics and the batch log line once per committed batch, and one
+progress line a minute. Counters describe this process; the tables and the dead-letter topic
+are the truth (a batch whose COMMIT reply was lost is stored but not counted here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import structlog
+from aiokafka import TopicPartition
+
+from schemas.common import tag_of
+from worker.batch import Batch
+from worker.dlq import DeadLetter
+from worker.metrics import Metrics
+
+log = structlog.get_logger("worker")
+
+
+def account(
+    metrics: Metrics,
+    stats: dict[str, int],
+    batch: Batch,
+    committed: Iterable[TopicPartition],
+    rejected: Sequence[DeadLetter],
+    duration: float,
+) -> None:
+    """Counters and the batch log line for the `committed` partitions of `batch`."""
+    m = metrics
+    rejected_at = {(d.record.topic, d.record.partition, d.record.offset) for d in rejected}
+    consumed = nbytes = partitions = 0
+    stored_by_class: dict[tuple[str, type], int] = {}
+    dead: list[DeadLetter] = list(rejected)
+    for tp in committed:
+        part = batch[tp]
+        partitions += 1
+        consumed += len(part.records)
+        nbytes += part.nbytes
+        m.consumed.labels(part.tp.topic).inc(len(part.records))
+        m.last_offset.labels(part.tp.topic, str(part.tp.partition)).set(part.next_offset - 1)
+        for item in part.items:
+            if rejected_at and (item.topic, item.partition, item.offset) in rejected_at:
+                continue
+            key = (item.topic, type(item.event))
+            stored_by_class[key] = stored_by_class.get(key, 0) + 1
+        dead.extend(part.letters)
+    # Counted by struct class per record, named (tag_of) once per class and batch.
+    stored = {(topic, tag_of(cls)): n for (topic, cls), n in stored_by_class.items()}
+    for (topic, event_type), n in stored.items():
+        m.stored.labels(topic, event_type).inc(n)
+    for d in dead:
+        m.dead_letters.labels(d.failure.reason).inc()
+    m.batch_duration.observe(duration)
+    m.batch_records.observe(consumed)
+    stats["batches"] += 1
+    stats["consumed"] += consumed
+    stats["stored"] += sum(stored.values())
+    stats["dead_lettered"] += len(dead)
+    log.debug(
+        "batch committed",
+        records=consumed,
+        bytes=nbytes,
+        stored=sum(stored.values()),
+        dead_lettered=len(dead),
+        partitions=partitions,
+        duration_ms=round(duration * 1000, 2),
+    )
+
+
+class Progress:
+    """One INFO line a minute while records flow: the happy path's only regular log line."""
+
+    INTERVAL_S = 60.0
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        self._stats = stats
+        self._last_at = time.monotonic()
+        self._last = dict(stats)
+
+    def maybe_log(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._last_at
+        if elapsed < self.INTERVAL_S or self._stats == self._last:
+            return
+        consumed = self._stats["consumed"] - self._last["consumed"]
+        log.info(
+            "progress",
+            **{k: self._stats[k] - self._last[k] for k in self._stats},
+            records_per_s=round(consumed / elapsed, 1),
+            interval_s=round(elapsed, 1),
+        )
+        self._last_at = now
+        self._last = dict(self._stats)

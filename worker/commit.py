@@ -1,0 +1,196 @@
+"""The commit path of one batch: dead letters, then one PostgreSQL transaction, then Kafka.
+
+1. The dead letters are published and acknowledged by the broker before a transaction opens,
+   so a slow or refusing broker never holds row locks, and the offset that passes a dead
+   letter commits only after its acknowledgement (a crash in between re-sends it: a dead
+   letter may repeat, never be lost).
+2. In ONE transaction: the offsets of the batch's partitions are compare-and-set from what
+   this worker believes is stored (`Fenced` when another writer moved them), and the handlers
+   write the events. A record the database rejects is isolated by bisection under savepoints;
+   the transaction is then rolled back, the rejected records dead-lettered (step 1 again) and
+   the batch stored without them.
+3. After the commit, the offsets are also committed to Kafka, for lag tools only.
+
+A transient failure anywhere propagates to the caller, which retries the same batch; what a
+failed attempt learnt (which letters the broker acknowledged, which records the database
+rejected) is kept in `Letters`, so a retry neither re-sends nor re-discovers them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from schemas.common import tag_of
+from worker import offsets
+from worker.batch import Batch, Part
+from worker.decode import REJECTED_BY_DATABASE, SCHEMA_VIOLATION, DecodeFailure, truncate
+from worker.dlq import DeadLetter, DeadLetterPublisher
+from worker.handlers.base import Item
+from worker.retry import describe, is_record_error
+from worker.router import Prepared, PrepareError, prepare_batch, write_batch
+
+log = structlog.get_logger("worker")
+
+Coordinates = tuple[str, int, int]
+
+
+class Fenced(Exception):
+    def __init__(self, partitions: set[TopicPartition]) -> None:
+        super().__init__(f"offsets moved by another writer: {sorted(partitions)}")
+        self.partitions = partitions
+
+
+class _Rejected(Exception):
+    """The database rejected records of a batch: roll back, dead-letter them, store the rest."""
+
+    def __init__(self, found: list[tuple[Item, str, str]]) -> None:
+        super().__init__(f"{len(found)} records rejected")
+        self.found = found
+
+
+class Letters:
+    """A batch's dead letters across its attempts: which the broker has acknowledged, and
+    which records the database rejected (they stay out of every later attempt)."""
+
+    __slots__ = ("_rejected_at", "_sent", "rejected")
+
+    def __init__(self) -> None:
+        self._sent: set[Coordinates] = set()
+        self._rejected_at: set[Coordinates] = set()
+        self.rejected: list[DeadLetter] = []
+
+    def unsent(self, decoded_out: Sequence[DeadLetter]) -> list[DeadLetter]:
+        """The letters the broker has not acknowledged yet, in partition and offset order."""
+        pending = [
+            d for d in (*decoded_out, *self.rejected) if coordinates(d.record) not in self._sent
+        ]
+        pending.sort(key=lambda d: (d.record.partition, d.record.offset))
+        return pending
+
+    def sent(self, letters: Sequence[DeadLetter]) -> None:
+        self._sent.update(coordinates(d.record) for d in letters)
+
+    def storable(self, items: list[Item]) -> list[Item]:
+        if not self._rejected_at:
+            return items
+        return [i for i in items if (i.topic, i.partition, i.offset) not in self._rejected_at]
+
+    def reject(self, part: Part, item: Item, reason: str, message: str) -> None:
+        record = part.record_at(item.offset)
+        self._rejected_at.add((item.topic, item.partition, item.offset))
+        self.rejected.append(DeadLetter(record, DecodeFailure(reason, message)))
+        log.warning(
+            "record rejected by database"
+            if reason == REJECTED_BY_DATABASE
+            else "record could not be prepared for storage",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            event_type=tag_of(item.event),
+            error=message,
+        )
+
+
+def coordinates(record: Any) -> Coordinates:
+    return (record.topic, record.partition, record.offset)
+
+
+class Committer:
+    """Commits batches through one pool and one dead-letter publisher."""
+
+    def __init__(self, pool: asyncpg.Pool, dlq: DeadLetterPublisher, group_id: str) -> None:
+        self._pool = pool
+        self._dlq = dlq
+        self._group_id = group_id
+
+    async def commit(
+        self,
+        batch: Batch,
+        live: set[TopicPartition],
+        batch_prepared: Prepared | None,
+        letters: Letters,
+    ) -> None:
+        """Dead letters, then the rows and offsets of the `live` partitions of `batch` in one
+        transaction. Raises `Fenced` (nothing committed) or a transient error."""
+        items = [item for tp in sorted(live) for item in batch[tp].items]
+        decoded_out = [letter for tp in sorted(live) for letter in batch[tp].letters]
+        while True:
+            pending = letters.unsent(decoded_out)
+            await self._publish(pending)
+            letters.sent(pending)
+            storable = letters.storable(items)
+            # The batch was prepared for all its records; if some were lost since (a
+            # rebalance during the previous commit, a rejected record), they are prepared again.
+            prepared = batch_prepared if live == set(batch) and not letters.rejected else None
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    moves = {
+                        tp: (batch[tp].claim.state.stored, batch[tp].next_offset) for tp in live
+                    }
+                    done = await offsets.advance(conn, self._group_id, moves)
+                    if done != live:
+                        raise Fenced(live - done)
+                    found = await self.store(conn, storable, prepared)
+                    if found:
+                        raise _Rejected(found)  # rolls the transaction back
+                return
+            except _Rejected as rejected:
+                for item, reason, message in rejected.found:
+                    part = batch[TopicPartition(item.topic, item.partition)]
+                    letters.reject(part, item, reason, message)
+
+    async def _publish(self, letters: Sequence[DeadLetter]) -> None:
+        """Send dead letters and wait for the broker's acknowledgement of all of them."""
+        for letter in letters:
+            r = letter.record
+            log.debug(
+                "dead letter",
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                reason=letter.failure.reason,
+            )
+        await self._dlq.publish(letters)
+
+    async def store(
+        self, conn: asyncpg.Connection, items: Sequence[Item], prepared: Prepared | None = None
+    ) -> list[tuple[Item, str, str]]:
+        """Write `items`; isolate records the database rejects (or a handler cannot prepare)
+        by bisection under savepoints. Returns the rejected items, dead-letter reason and
+        message."""
+        if not items:
+            return []
+        try:
+            async with conn.transaction():
+                await write_batch(conn, prepare_batch(items) if prepared is None else prepared)
+            return []
+        except PrepareError as exc:
+            if len(items) == 1:
+                return [(items[0], SCHEMA_VIOLATION, truncate(str(exc)))]
+        except Exception as exc:
+            if not is_record_error(exc):
+                raise
+            if len(items) == 1:
+                return [(items[0], REJECTED_BY_DATABASE, truncate(describe(exc)))]
+        mid = len(items) // 2
+        return await self.store(conn, items[:mid]) + await self.store(conn, items[mid:])
+
+
+async def commit_kafka(consumer: Any, moves: dict[TopicPartition, int]) -> None:
+    """Kafka's copy of the offsets, for lag tools: the database is the source of truth, so a
+    failure here is only logged."""
+    owned = consumer.assignment()
+    commit = {tp: OffsetAndMetadata(n, "") for tp, n in moves.items() if tp in owned}
+    if not commit:
+        return
+    try:
+        await consumer.commit(commit)
+    except KafkaError as exc:
+        log.debug("kafka offset commit skipped", error=describe(exc))
