@@ -297,3 +297,20 @@ async def test_a_partition_without_a_row_starts_at_its_log_start_offset(
         assert worker.owned()[kept] is None
     finally:
         await worker._pool.close()
+
+
+async def test_idle_partitions_follow_a_reset_without_new_records(
+    kafka_bootstrap: str, database_url: str, topics: Topics
+) -> None:
+    """No record arrives after the reset, so no commit meets the compare-and-set: the worker
+    must notice the moved rows by itself (it looks every few seconds) and replay."""
+    settings = _settings(kafka_bootstrap, database_url, topics)
+    async with running_worker(settings) as worker:
+        ends, before = await _first_pass(kafka_bootstrap, database_url, topics, worker)
+        reset = await run_offsets_cli(settings, "reset", "--to-earliest", "--execute")
+        assert reset.code == 0, reset
+        await wait_for_stats(worker, consumed=2 * _stream_size())
+        await wait_for_offsets(database_url, topics.group_id, ends, timeout=45)
+    after = await table_snapshot(database_url, offsets=False)
+    assert after == before, snapshot_diff(before, after)
+    assert await _counters(database_url) == await _distinct_counts(database_url)
