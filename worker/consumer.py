@@ -642,7 +642,7 @@ class Worker:
             "database": database,
             "failing_for_s": None if failing_s is None else round(failing_s, 1),
             "partitions_owned": len(self._partitions.consuming()),
-            "partitions_pending": len(self._partitions.pending()),
+            "partitions_pending": len(self._partitions.pending()) + len(self._partitions.waiting()),
             "partitions_stuck": _names(unreadable),
         }
         return (started and database and not stuck and not unreadable), detail

@@ -185,6 +185,10 @@ class Partitions:
 
     def __init__(self) -> None:
         self._states: dict[TopicPartition, PartitionState] = {}
+        # Revoked states whose commit was still in flight: a new assignment of the partition
+        # is positioned only once that commit has ended, so that it reads the offset the
+        # commit stored instead of reading the records (and sending their dead letters) again.
+        self._retiring: dict[TopicPartition, PartitionState] = {}
 
     def assign(self, tps: Iterable[TopicPartition]) -> list[PartitionState]:
         new = [PartitionState(tp) for tp in tps if tp not in self._states]
@@ -195,6 +199,8 @@ class Partitions:
         gone = [self._states.pop(tp) for tp in list(tps) if tp in self._states]
         for state in gone:
             state.revoke()
+            if not state.idle:
+                self._retiring[state.tp] = state
         return gone
 
     def get(self, tp: TopicPartition) -> PartitionState | None:
@@ -207,8 +213,15 @@ class Partitions:
         return len(self._states)
 
     def pending(self) -> list[PartitionState]:
-        """Assigned, not yet positioned."""
-        return [s for s in self if s.phase is Phase.ASSIGNED]
+        """Assigned, not yet positioned, and not waiting for an earlier assignment's commit."""
+        for tp, old in list(self._retiring.items()):
+            if old.idle:
+                del self._retiring[tp]
+        return [s for s in self if s.phase is Phase.ASSIGNED and s.tp not in self._retiring]
+
+    def waiting(self) -> list[PartitionState]:
+        """Assigned, held back until an earlier assignment's commit ends."""
+        return [s for s in self if s.phase is Phase.ASSIGNED and s.tp in self._retiring]
 
     def consuming(self) -> list[PartitionState]:
         return [s for s in self if s.consuming]
