@@ -41,6 +41,20 @@ KAFKA_COLUMNS: frozenset[str] = frozenset({"kafka_topic", "kafka_partition", "ka
 
 Snapshot = dict[str, list[tuple[Any, ...]]]
 
+# The headers CONTRACT §6 adds to every dead letter, written out here (not imported from the
+# worker) so that the tests hold the worker to the contract.
+DLQ_HEADERS: tuple[str, ...] = (
+    "dlq.original.topic",
+    "dlq.original.partition",
+    "dlq.original.offset",
+    "dlq.original.timestamp",
+    "dlq.reason",
+    "dlq.error",
+    "dlq.failed_at",
+    "dlq.consumer_group",
+    "dlq.worker_version",
+)
+
 # Tasks of the workers started by running_worker(), so that wait_for() fails at once when one
 # of them dies instead of polling a dead worker until its deadline.
 _TASKS: dict[int, asyncio.Task[None]] = {}
@@ -218,6 +232,17 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
         await asyncio.sleep(interval)
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """GET `path` from the worker's HTTP endpoint on 127.0.0.1: (status, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
 
 
 # -- database ---------------------------------------------------------------------------------

@@ -106,3 +106,11 @@ async def test_publisher_keeps_null_key_and_null_header_values() -> None:
     for sent in producer.sent:
         assert sent["value"] == b"not json"
         assert sent["headers"][: len(ORIGINAL)] == ORIGINAL
+
+
+def test_the_worker_adds_exactly_the_contract_headers() -> None:
+    from e2e_support import DLQ_HEADERS
+
+    from worker.dlq import CONTEXT_HEADERS
+
+    assert CONTEXT_HEADERS == DLQ_HEADERS

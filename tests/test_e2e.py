@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 from e2e_support import (
+    DLQ_HEADERS,
     count_rows,
     expected_offsets,
     fetch,
@@ -37,17 +38,6 @@ from worker.seeds import interview_samples, proctoring_samples, system_check_exa
 
 pytestmark = pytest.mark.integration
 
-DLQ_HEADERS = (
-    "dlq.original.topic",
-    "dlq.original.partition",
-    "dlq.original.offset",
-    "dlq.original.timestamp",
-    "dlq.reason",
-    "dlq.error",
-    "dlq.failed_at",
-    "dlq.consumer_group",
-    "dlq.worker_version",
-)
 
 EXAM, CAND = "exam-demo", "cand-demo"
 

@@ -3,27 +3,16 @@ database; /healthz answers. Real broker, real PostgreSQL, the worker in-process.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import asyncpg
 import infra
 import pytest
-from e2e_support import running_worker, settings_for, wait_for
+from e2e_support import http_get, running_worker, settings_for, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.devstack import free_port
 from worker.seeds import interview_samples, proctoring_samples
-
-
-async def _get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 def _samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -46,9 +35,9 @@ async def test_metrics_count_exactly_what_was_stored_and_dead_lettered(
     )
     async with running_worker(settings) as worker:
         port = settings.metrics_port
-        status, _ = await _get(port, "/healthz")
+        status, _ = await http_get(port, "/healthz")
         assert status == 200
-        before = _samples((await _get(port, "/metrics"))[1])
+        before = _samples((await http_get(port, "/metrics"))[1])
         assert _total(before, "worker_records_stored_total") == 0
 
         await infra.produce(
@@ -65,7 +54,7 @@ async def test_metrics_count_exactly_what_was_stored_and_dead_lettered(
             return worker.stats["consumed"] >= produced
 
         await wait_for(consumed_all, 90, "the worker to consume every record")
-        after = _samples((await _get(port, "/metrics"))[1])
+        after = _samples((await http_get(port, "/metrics"))[1])
 
         stored = _total(after, "worker_records_stored_total")
         assert stored == len(interview_samples()) + len(proctoring)
@@ -109,18 +98,18 @@ async def test_readyz_follows_the_database(
         port = settings.metrics_port
 
         async def ready() -> bool:
-            return (await _get(port, "/readyz"))[0] == 200
+            return (await http_get(port, "/readyz"))[0] == 200
 
         async def unready() -> bool:
-            return (await _get(port, "/readyz"))[0] == 503
+            return (await http_get(port, "/readyz"))[0] == 503
 
         await wait_for(ready, 60, "/readyz to report ready")
         pg_stack.server.stop()
         try:
             await wait_for(unready, 30, "/readyz to report unready while PostgreSQL is down")
-            _, body = await _get(port, "/readyz")
+            _, body = await http_get(port, "/readyz")
             assert json.loads(body)["database"] is False
-            assert (await _get(port, "/healthz"))[0] == 200
+            assert (await http_get(port, "/healthz"))[0] == 200
         finally:
             pg_stack.server.start()
         await wait_for(ready, 60, "/readyz to report ready again")

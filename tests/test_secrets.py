@@ -10,7 +10,6 @@ the integration tests run real workers with a password in each form and search a
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -30,6 +29,7 @@ from asyncpg import connect_utils
 from e2e_support import (
     WorkerProcess,
     count_rows,
+    http_get,
     running_worker,
     settings_for,
     wait_for,
@@ -343,16 +343,6 @@ def _url(login: Login, form: str, ssl_secret: str) -> str:
     raise AssertionError(form)
 
 
-async def _get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
 def _alive(proc: WorkerProcess) -> None:
     if proc.poll() is not None:
         raise AssertionError(f"worker exited with {proc.returncode}:\n{proc.log_tail()}")
@@ -392,11 +382,11 @@ async def test_a_running_worker_never_shows_the_password(
 
         async def ready() -> tuple[int, bytes] | None:
             _alive(proc)
-            answer = await _get(port, "/readyz")
+            answer = await http_get(port, "/readyz")
             return answer if answer[0] == 200 else None
 
         _, readyz = await wait_for(ready, 30, "/readyz to answer ready")
-        status, metrics = await _get(port, "/metrics")
+        status, metrics = await http_get(port, "/metrics")
         assert status == 200
     finally:
         code = proc.terminate_and_wait()

@@ -27,6 +27,41 @@ log = structlog.get_logger("worker.dlq")
 TRUNCATED_VALUE_BYTES = 256 * 1024
 
 
+class Header:
+    """The names of the headers the worker adds (CONTRACT §6), for the writer and readers."""
+
+    PREFIX = "dlq."
+    ORIGINAL_TOPIC = "dlq.original.topic"
+    ORIGINAL_PARTITION = "dlq.original.partition"
+    ORIGINAL_OFFSET = "dlq.original.offset"
+    ORIGINAL_TIMESTAMP = "dlq.original.timestamp"
+    REASON = "dlq.reason"
+    ERROR = "dlq.error"
+    FAILED_AT = "dlq.failed_at"
+    CONSUMER_GROUP = "dlq.consumer_group"
+    WORKER_VERSION = "dlq.worker_version"
+    # Only on a value cut to fit the topic.
+    VALUE_TRUNCATED = "dlq.value.truncated"
+    ORIGINAL_SIZE = "dlq.original.size"
+    # Only on a record `worker dlq replay` sent back to its topic.
+    REPLAY_COUNT = "dlq.replay.count"
+    REPLAY_OF = "dlq.replay.of"
+
+
+# Every dead letter carries these, in this order, after the original headers.
+CONTEXT_HEADERS: tuple[str, ...] = (
+    Header.ORIGINAL_TOPIC,
+    Header.ORIGINAL_PARTITION,
+    Header.ORIGINAL_OFFSET,
+    Header.ORIGINAL_TIMESTAMP,
+    Header.REASON,
+    Header.ERROR,
+    Header.FAILED_AT,
+    Header.CONSUMER_GROUP,
+    Header.WORKER_VERSION,
+)
+
+
 class DeadLetter(NamedTuple):
     record: Any  # aiokafka ConsumerRecord
     failure: DecodeFailure
@@ -40,17 +75,18 @@ def dead_letter_headers(
     A null header value stays None: aiokafka writes it as a null (length -1) header, which
     a producer may mean differently from an empty one."""
     record = letter.record
-    added = [
-        ("dlq.original.topic", record.topic),
-        ("dlq.original.partition", str(record.partition)),
-        ("dlq.original.offset", str(record.offset)),
-        ("dlq.original.timestamp", str(record.timestamp)),
-        ("dlq.reason", letter.failure.reason),
-        ("dlq.error", truncate(letter.failure.message)),
-        ("dlq.failed_at", failed_at.isoformat(timespec="milliseconds")),
-        ("dlq.consumer_group", group_id),
-        ("dlq.worker_version", __version__),
-    ]
+    values = (
+        record.topic,
+        str(record.partition),
+        str(record.offset),
+        str(record.timestamp),
+        letter.failure.reason,
+        truncate(letter.failure.message),
+        failed_at.isoformat(timespec="milliseconds"),
+        group_id,
+        __version__,
+    )
+    added = list(zip(CONTEXT_HEADERS, values, strict=True))
     original: list[tuple[str, bytes | None]] = list(record.headers or ())
     return original + [(k, v.encode("utf-8")) for k, v in added]
 
@@ -99,8 +135,8 @@ class DeadLetterPublisher:
         headers = dead_letter_headers(letter, self._group_id, failed_at)
         if truncate_value and value is not None:
             headers += [
-                ("dlq.value.truncated", b"true"),
-                ("dlq.original.size", str(len(value)).encode()),
+                (Header.VALUE_TRUNCATED, b"true"),
+                (Header.ORIGINAL_SIZE, str(len(value)).encode()),
             ]
             value = value[:TRUNCATED_VALUE_BYTES]
         try:

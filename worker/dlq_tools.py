@@ -45,6 +45,7 @@ from worker.decode import (
     SCHEMA_VIOLATION,
     UNKNOWN_EVENT_TYPE,
 )
+from worker.dlq import Header
 from worker.retry import describe
 
 log = structlog.get_logger("worker.dlq_tools")
@@ -56,9 +57,9 @@ REASONS: tuple[str, ...] = (
     EMPTY_PAYLOAD,
     REJECTED_BY_DATABASE,
 )
-DLQ_HEADER_PREFIX = "dlq."
-REPLAY_COUNT_HEADER = "dlq.replay.count"
-REPLAY_OF_HEADER = "dlq.replay.of"
+DLQ_HEADER_PREFIX = Header.PREFIX
+REPLAY_COUNT_HEADER = Header.REPLAY_COUNT
+REPLAY_OF_HEADER = Header.REPLAY_OF
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_IDLE_S = 2.0
@@ -188,13 +189,13 @@ def parse_dead_letter(record: Any) -> DeadLetterView:
         value=record.value,
         headers=headers,
         raw_headers=raw,
-        original_topic=text("dlq.original.topic"),
-        original_partition=integer("dlq.original.partition"),
-        original_offset=integer("dlq.original.offset"),
-        original_timestamp=integer("dlq.original.timestamp"),
-        reason=text("dlq.reason"),
-        error=text("dlq.error"),
-        failed_at=text("dlq.failed_at"),
+        original_topic=text(Header.ORIGINAL_TOPIC),
+        original_partition=integer(Header.ORIGINAL_PARTITION),
+        original_offset=integer(Header.ORIGINAL_OFFSET),
+        original_timestamp=integer(Header.ORIGINAL_TIMESTAMP),
+        reason=text(Header.REASON),
+        error=text(Header.ERROR),
+        failed_at=text(Header.FAILED_AT),
         replay_count=max(integer(REPLAY_COUNT_HEADER) or 0, 0),
         replay_of=text(REPLAY_OF_HEADER),
     )
