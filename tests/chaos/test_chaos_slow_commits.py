@@ -86,10 +86,12 @@ CREATE TRIGGER chaos_slow_events AFTER INSERT ON proctoring_events
     FOR EACH STATEMENT EXECUTE FUNCTION chaos_slow.events_inserted();
 """
 
-# What a member logs when a revocation meets an in-flight commit: the first is what a worker
-# may log while it waits for a revoked partition's commit, the second every revocation.
+# Counted in the member logs, as figures only. A member logs the first when a revoked
+# partition's commit outlasts its wait at revocation, the second at every revocation.
 REVOKED_STILL_COMMITTING = "revoked partitions still committing"
 PARTITIONS_REVOKED = "partitions revoked"
+# A SIGTERM whose stop did not finish in time (the process still exits 0 after one signal).
+FORCED_EXIT = "forcing exit"
 
 
 async def install_slow_commits(settings: Settings) -> None:
@@ -126,6 +128,7 @@ def slow_commit_figures(database_url: str) -> Callable[[Sequence[Path]], Awaitab
                 count_in_log(p, REVOKED_STILL_COMMITTING) for p in logs
             ),
             "partitions_revoked": sum(count_in_log(p, PARTITIONS_REVOKED) for p in logs),
+            "forced_exits": sum(count_in_log(p, FORCED_EXIT) for p in logs),
             "db_command_timeout_s": DB_COMMAND_TIMEOUT_S,
         }
 
