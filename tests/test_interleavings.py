@@ -755,3 +755,18 @@ async def test_scripted_producer_acknowledges_fails_or_holds_sends() -> None:
         (b"x", "failed"),
         (b"y", "acked"),
     ]
+
+
+async def test_f_stop_while_joining_the_group(database_url: str) -> None:
+    """SIGTERM before the group has assigned anything: aiokafka's getmany waits for the
+    assignment whatever its timeout, so a worker waiting inside it must still stop at once
+    (campaign 7 saw members forced out after shutdown_timeout_s + 5)."""
+    await migrate_url(database_url)
+    s = settings(database_url, shutdown_timeout_s=20.0)
+    clients = ScriptedClients(s)
+    async with start_worker(s, clients) as run:
+        await run.consumer.wait_inside()  # in getmany, nothing assigned
+        started = time.monotonic()
+        failure = await run.stop(timeout=10.0)
+        assert failure is None, failure
+        assert time.monotonic() - started < 5.0

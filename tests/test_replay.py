@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -41,7 +42,9 @@ from offsets_support import execute, produce_to, run_offsets_cli
 from schemas.proctoring import FLAG_TYPES
 from worker.config import Settings
 from worker.consumer import Worker
+from worker.metrics import Metrics
 from worker.migrate import migrate_url
+from worker.ownership import Ownership
 from worker.seeds import interview_samples, proctoring_samples
 
 pytestmark = pytest.mark.integration
@@ -234,9 +237,9 @@ async def test_reset_to_earliest_under_a_running_worker_replays_within_one_batch
 
 
 class _Consumer:
-    """What `_position_pending` and `_refence` use of AIOKafkaConsumer, with a log that starts
-    at a chosen offset (retention has deleted the records before it): the embedded broker
-    cannot delete records, so a stand-in plays the broker here."""
+    """What `Ownership.position_pending` and `.refence` use of AIOKafkaConsumer, with a log
+    that starts at a chosen offset (retention has deleted the records before it): the
+    embedded broker cannot delete records, so a stand-in plays the broker here."""
 
     def __init__(self, assigned: set[TopicPartition], starts: dict[TopicPartition, int]) -> None:
         self._assigned = assigned
@@ -279,24 +282,28 @@ async def test_a_partition_without_a_row_starts_at_its_log_start_offset(
         topics.group_id,
         topics.proctoring,
     )
-    worker = Worker(settings)
-    worker._pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+
+    async def once(what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        return await fn()
+
+    ownership = Ownership(settings, Metrics(), once)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        worker._consumer = consumer
-        worker._on_assigned({kept, retained})
-        await worker._position_pending(consumer)  # type: ignore[arg-type]
+        ownership.attach(pool, consumer)
+        ownership.assigned({kept, retained})
+        await ownership.position_pending()
         assert consumer.seeks == {kept: 70, retained: 40}
         # No row stays "no row": the first commit creates it (compare-and-set from None).
-        assert worker.owned() == {kept: 70, retained: None}
+        assert ownership.stored_offsets() == {kept: 70, retained: None}
 
         # Fenced, and the row is gone (deleted by an operator): from the log start again.
         consumer.seeks.clear()
         await execute(database_url, "DELETE FROM consumer_offsets")
-        await worker._refence(consumer, {kept})  # type: ignore[arg-type]
+        await ownership.refence({kept})
         assert consumer.seeks == {kept: 30}
-        assert worker.owned()[kept] is None
+        assert ownership.stored_offsets()[kept] is None
     finally:
-        await worker._pool.close()
+        await pool.close()
 
 
 async def test_idle_partitions_follow_a_reset_without_new_records(

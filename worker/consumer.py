@@ -26,15 +26,14 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from worker import offsets
 from worker.accounting import Progress, account
 from worker.batch import Batch, Part, halves, record_size
 from worker.batching import BatchBudget
@@ -47,41 +46,13 @@ from worker.fetch import Fetched, PartitionReader
 from worker.handlers.base import Item
 from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
-from worker.partitions import Partitions, PartitionState, Phase
-from worker.retry import Backoff, describe, is_size_error
+from worker.ownership import CHECK_INTERVAL_S, Ownership
+from worker.retry import TRANSIENT, Backoff, describe, is_size_error
 from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
 
 log = structlog.get_logger("worker")
 
-# Errors that say "the world is broken, try again", as opposed to a bug in this program.
-TRANSIENT = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    # A connection whose query was cancelled mid-flight (a client timeout during an outage)
-    # refuses the next command with this; the pool replaces it.
-    asyncpg.InternalClientError,
-    OSError,
-    asyncio.TimeoutError,
-    KafkaError,
-)
-
-# How long a revocation waits for the revoked partitions' commit in flight, so that the next
-# owner starts where it ended. Past it nothing breaks: the revoked states ignore what the
-# commit returns, and the compare-and-set fences whoever is behind.
-REVOKE_WAIT_S = 10.0
-# How often the loop looks for lost logs and for offsets moved under idle partitions.
-CHECK_INTERVAL_S = 5.0
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._worker._on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker._on_assigned(set(assigned))
+T = TypeVar("T")
 
 
 class Worker:
@@ -95,7 +66,9 @@ class Worker:
             settings.interview_topic: interview_decoder,
         }
         self._stop = asyncio.Event()
-        self._partitions = Partitions()
+        self.metrics = Metrics()
+        self._ownership = Ownership(settings, self.metrics, self._retrying_call)
+        self._partitions = self._ownership.partitions
         # One commit lane per database connection: partitions are split between lanes, and
         # each lane commits its share of a batch on its own connection, so PostgreSQL works on
         # up to `db_lanes` transactions at once while a partition's batches stay in order.
@@ -105,11 +78,7 @@ class Worker:
         self._fetch_lock = asyncio.Lock()
         self._fetch_backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._budget = BatchBudget(settings.max_batch_records, settings.max_batch_bytes)
-        self.metrics = Metrics()
-        self._reader = PartitionReader(self.metrics, stamp=self._generation_of)
-        # Partitions read again from the start because their log was lost: the state and the
-        # stored offset it was rewound from, so that it is rewound once.
-        self._rewound: dict[TopicPartition, tuple[PartitionState, int | None]] = {}
+        self._reader = PartitionReader(self.metrics, stamp=self._ownership.generation_of)
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
         self._committer: Committer | None = None
@@ -165,11 +134,12 @@ class Worker:
         consumer = self._consumer = self.clients.consumer()
         dlq = DeadLetterPublisher(producer, s.dlq_topic, s.group_id)
         self._committer = Committer(self._pool, dlq, s.group_id)
+        self._ownership.attach(self._pool, consumer)
         try:
             await self._retrying_call("kafka producer", producer.start)
             await self._retrying_call("kafka consumer", consumer.start)
             await self._check_topics(consumer)
-            consumer.subscribe(list(s.topics), listener=_Listener(self))
+            consumer.subscribe(list(s.topics), listener=self._ownership.listener())
             log.info("worker running", topics=list(s.topics), group_id=s.group_id)
             self.ready.set()
             await self._loop(consumer)
@@ -229,160 +199,30 @@ class Worker:
                 self._failing_since = None
             return result
 
+    async def _unless_stopped(self, work: Awaitable[T], instead: T) -> T:
+        """`work`, or `instead` as soon as stop() is called. A getmany waits for the group's
+        assignment whatever its timeout: a worker stopped while joining must not wait too.
+        What a cancelled fetch had taken is never committed, so it is read again next time."""
+        if self._stop.is_set():
+            return instead
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, KafkaError):
+            await task
+        return instead
+
     async def _sleep_or_stop(self, delay: float) -> bool:
         """Sleep `delay` seconds; return True at once if stop() is called meanwhile."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
         return self._stop.is_set()
-
-    # -- ownership -----------------------------------------------------------------------
-
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        new = self._partitions.assign(assigned)
-        if not new:
-            return
-        # Until its stored offset is known, a partition must not deliver records.
-        self._consumer.pause(*(s.tp for s in new))
-        log.info("partitions assigned", partitions=_names(s.tp for s in new))
-
-    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        gone = self._partitions.revoke(revoked)
-        if not gone:
-            return
-        log.info("partitions revoked", partitions=_names(s.tp for s in gone))
-        # Let the commit in flight finish so the next owner starts where it ended.
-        try:
-            async with asyncio.timeout(REVOKE_WAIT_S):
-                for state in gone:
-                    await state.wait_idle()
-        except TimeoutError:
-            log.warning(
-                "revoked partitions still committing; what that commit returns is ignored",
-                partitions=_names(s.tp for s in gone),
-                waited_s=REVOKE_WAIT_S,
-            )
-
-    async def _stored_and_starts(
-        self, consumer: Any, tps: set[TopicPartition]
-    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-        """The stored rows of `tps`, and where the logs of those without one start."""
-
-        async def load() -> dict[TopicPartition, int]:
-            assert self._pool is not None
-            async with self._pool.acquire() as conn:
-                return await offsets.load(conn, self.settings.group_id, tps)
-
-        stored = await self._retrying_call("database", load)
-        starts = await self._retrying_call(
-            "kafka", functools.partial(offsets.log_starts, consumer, tps - stored.keys())
-        )
-        return stored, starts
-
-    async def _position_pending(self, consumer: Any) -> None:
-        """Seek newly assigned partitions to their stored offset, and a partition without a
-        row to the start of its log: Kafka's committed offset (written for lag tools only)
-        would turn a deleted row into records skipped instead of replayed."""
-        pending = self._partitions.pending()
-        if not pending:
-            return
-        stored, starts = await self._stored_and_starts(consumer, {s.tp for s in pending})
-        positioned = self._reposition(consumer, pending, stored, starts)
-        consumer.resume(*positioned)
-        log.info(
-            "partitions positioned",
-            stored={_name(tp): stored.get(tp) for tp in sorted(positioned)},
-            from_log_start={_name(tp): starts[tp] for tp in sorted(positioned - stored.keys())},
-        )
-
-    async def _refence(self, consumer: Any, tps: set[TopicPartition]) -> None:
-        """Another worker, or an operator (`worker offsets reset`, a deleted row), moved these
-        partitions' offsets: continue from what is stored now, and where no row is left from
-        the start of the log, as at assignment (staying put would skip the replay asked for)."""
-        stored, starts = await self._stored_and_starts(consumer, tps)
-        # Counted once both reads succeeded: the caller retries this whole call on failure.
-        self.metrics.fenced.inc()
-        states = [s for tp in tps if (s := self._partitions.get(tp)) is not None]
-        self._reposition(consumer, [s for s in states if s.consuming], stored, starts)
-        log.warning(
-            "offsets fenced by another writer",
-            partitions=_names(tps),
-            stored={_name(tp): stored.get(tp) for tp in sorted(tps)},
-        )
-
-    def _reposition(
-        self,
-        consumer: Any,
-        states: list[PartitionState],
-        stored: dict[TopicPartition, int],
-        starts: dict[TopicPartition, int],
-    ) -> set[TopicPartition]:
-        """Give each state still ours a new generation at its position and seek there, with
-        no await in between: a fetch returns records either before both (stamped with the
-        old generation, so stale) or after both (from the new position)."""
-        done: set[TopicPartition] = set()
-        owned = consumer.assignment()
-        for state in states:
-            tp = state.tp
-            if state.phase is Phase.REVOKED or tp not in owned:
-                continue
-            start = stored[tp] if tp in stored else starts[tp]
-            # None, not the log start: the compare-and-set must expect "no row", so that the
-            # first commit creates it (and loses to anyone who created it first).
-            state.positioned(stored.get(tp), start)
-            consumer.seek(tp, start)
-            done.add(tp)
-        return done
-
-    def _rewind_lost_logs(self, consumer: Any) -> None:
-        """A stored offset beyond the broker's log end means the log was lost (topic deleted
-        and recreated, a broker without its data). Kafka answers such a fetch with
-        OffsetOutOfRange and the consumer resets to the earliest offset; some brokers just
-        return nothing, forever. Either way the records now in the log are new: read them
-        from the start (the compare-and-set still expects the stored offset)."""
-        for state in self._partitions.consuming():
-            tp = state.tp
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # revoked meanwhile
-                continue
-            if state.stored is None or highwater is None or state.stored <= highwater:
-                continue
-            if self._rewound.get(tp) == (state, state.stored):
-                continue  # already reading it again from the start
-            self._rewound[tp] = (state, state.stored)
-            log.warning(
-                "stored offset is beyond the partition's log end; reading it from the start",
-                topic=tp.topic,
-                partition=tp.partition,
-                stored_offset=state.stored,
-                log_end=highwater,
-            )
-            state.rewound(0)
-            consumer.seek(tp, 0)
-
-    async def _follow_moved_offsets(self, consumer: Any) -> None:
-        """Follow an operator's `worker offsets reset` (or deleted rows) on partitions that
-        have nothing to commit: a busy partition finds out at its next commit, fenced by the
-        compare-and-set; an idle one would never. Only partitions with no commit in flight
-        before and after the read are compared, so a commit of our own is never mistaken
-        for someone else's move."""
-        idle = {s.tp: (s, s.generation, s.stored) for s in self._partitions.consuming() if s.idle}
-        if not idle or self._pool is None:
-            return
-        try:
-            async with self._pool.acquire() as conn:
-                stored = await offsets.load(conn, self.settings.group_id, idle)
-        except TRANSIENT:
-            return  # checked again next time; a commit would meet the outage anyway
-        moved = {
-            tp
-            for tp, (state, generation, was) in idle.items()
-            if state.idle
-            and (state.generation, state.stored) == (generation, was)
-            and stored.get(tp) != was
-        }
-        if moved:
-            await self._retrying_call("database", functools.partial(self._refence, consumer, moved))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -400,8 +240,8 @@ class Worker:
             while not self._stop.is_set():
                 progress.maybe_log()
                 if time.monotonic() >= next_check:
-                    self._rewind_lost_logs(consumer)
-                    await self._follow_moved_offsets(consumer)
+                    self._ownership.rewind_lost_logs()
+                    await self._ownership.follow_moved_offsets()
                     next_check = time.monotonic() + CHECK_INTERVAL_S
                 if self._retrying and inflight:
                     # A lane is backing off with every partition paused: nothing to fetch
@@ -409,7 +249,7 @@ class Worker:
                     await asyncio.wait(inflight.values(), return_when=asyncio.FIRST_COMPLETED)
                     _reap(inflight)
                     continue
-                await self._position_pending(consumer)
+                await self._ownership.position_pending()
                 batch: Batch = {}
                 budget = self._budget.start()
                 while not self._stop.is_set():
@@ -448,14 +288,12 @@ class Worker:
             lanes.setdefault(tp.partition % self._lanes, {})[tp] = part
         return lanes
 
-    def _generation_of(self, tp: TopicPartition) -> int | None:
-        state = self._partitions.get(tp)
-        return None if state is None else state.fetch_generation()
-
     async def _fetch(self, consumer: Any, timeout_ms: int, max_records: int) -> Fetched:
         async with self._fetch_lock:
             try:
-                fetched = await self._reader.fetch(consumer, timeout_ms, max_records)
+                fetched = await self._unless_stopped(
+                    self._reader.fetch(consumer, timeout_ms, max_records), Fetched()
+                )
             except KafkaError as exc:
                 if self._fetch_backoff.attempt == 0:
                     log.warning("kafka fetch failed, retrying", error=describe(exc))
@@ -551,7 +389,7 @@ class Worker:
                 applied = await self._commit(batch, live, prepared, letters, lane)
             except Fenced as fenced:
                 await self._retrying_call(
-                    "database", functools.partial(self._refence, consumer, fenced.partitions)
+                    "database", functools.partial(self._ownership.refence, fenced.partitions)
                 )
                 continue
             except TRANSIENT as exc:
@@ -671,7 +509,8 @@ class Worker:
                 return True
             with contextlib.suppress(KafkaError):
                 async with self._fetch_lock:
-                    await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+                    poll = consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+                    await self._unless_stopped(poll, {})
         return self._stop.is_set()
 
 

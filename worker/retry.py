@@ -9,10 +9,24 @@ turn an outage into data loss.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass
 
 import asyncpg
+from aiokafka.errors import KafkaError
+
+# Errors that say "the world is broken, try again", as opposed to a bug in this program.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # A connection whose query was cancelled mid-flight (a client timeout during an outage)
+    # refuses the next command with this; the pool replaces it.
+    asyncpg.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+    KafkaError,
+)
 
 RECORD_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.DataError,

@@ -1,0 +1,240 @@
+"""Which partitions this worker owns and where each one reads from.
+
+The group's rebalance callbacks arrive here (`listener()`); so do the fences the commit path
+meets. Every (re)positioning reads the database's row (or, with none, the log start), gives
+the partition's state a new generation and seeks the consumer there in one synchronous step,
+so a fetch can never return records of the old position stamped with the new generation.
+
+- assignment: a new `PartitionState`, paused until positioned; a partition given back while
+  its previous assignment's commit is in flight waits for that commit first;
+- revocation: the states are revoked at once (nothing a late commit returns is applied), then
+  their in-flight commit is waited for, bounded by REVOKE_WAIT_S;
+- fence: another writer (a new owner, `worker offsets reset`, a deleted row) moved an offset;
+  continue from what is stored now;
+- lost log: a stored offset beyond the log end; read the new log from its start;
+- moved offsets under idle partitions, which no commit would ever find fenced: compared with
+  the database every CHECK_INTERVAL_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+from worker import offsets
+from worker.config import Settings
+from worker.metrics import Metrics
+from worker.partitions import Partitions, PartitionState, Phase
+from worker.retry import TRANSIENT
+
+log = structlog.get_logger("worker")
+
+# How long a revocation waits for the revoked partitions' commit in flight, so that the next
+# owner starts where it ended. Past it nothing breaks: the revoked states ignore what the
+# commit returns, and the compare-and-set fences whoever is behind.
+REVOKE_WAIT_S = 10.0
+# How often the loop looks for lost logs and for offsets moved under idle partitions.
+CHECK_INTERVAL_S = 5.0
+
+RetryingCall = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+class Ownership:
+    def __init__(self, settings: Settings, metrics: Metrics, retrying_call: RetryingCall) -> None:
+        self._group_id = settings.group_id
+        self._metrics = metrics
+        self._retrying_call = retrying_call
+        self.partitions = Partitions()
+        # Partitions read again from the start because their log was lost: the state and the
+        # stored offset it was rewound from, so that it is rewound once.
+        self._rewound: dict[TopicPartition, tuple[PartitionState, int | None]] = {}
+        self._pool: asyncpg.Pool | None = None
+        self._consumer: Any = None
+
+    def attach(self, pool: asyncpg.Pool, consumer: Any) -> None:
+        self._pool = pool
+        self._consumer = consumer
+
+    def listener(self) -> ConsumerRebalanceListener:
+        return _Listener(self)
+
+    def generation_of(self, tp: TopicPartition) -> int | None:
+        """The generation records of `tp` fetched now belong to (None: not consuming)."""
+        state = self.partitions.get(tp)
+        return None if state is None else state.fetch_generation()
+
+    def stored_offsets(self) -> Mapping[TopicPartition, int | None]:
+        return self.partitions.stored_offsets()
+
+    def assigned(self, assigned: set[TopicPartition]) -> None:
+        new = self.partitions.assign(assigned)
+        if not new:
+            return
+        # Until its stored offset is known, a partition must not deliver records.
+        self._consumer.pause(*(s.tp for s in new))
+        log.info("partitions assigned", partitions=_names(s.tp for s in new))
+
+    async def revoked(self, revoked: set[TopicPartition]) -> None:
+        gone = self.partitions.revoke(revoked)
+        if not gone:
+            return
+        log.info("partitions revoked", partitions=_names(s.tp for s in gone))
+        # Let the commit in flight finish so the next owner starts where it ended.
+        try:
+            async with asyncio.timeout(REVOKE_WAIT_S):
+                for state in gone:
+                    await state.wait_idle()
+        except TimeoutError:
+            log.warning(
+                "revoked partitions still committing; what that commit returns is ignored",
+                partitions=_names(s.tp for s in gone),
+                waited_s=REVOKE_WAIT_S,
+            )
+
+    async def _stored_and_starts(
+        self, tps: set[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """The stored rows of `tps`, and where the logs of those without one start."""
+
+        async def load() -> dict[TopicPartition, int]:
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                return await offsets.load(conn, self._group_id, tps)
+
+        stored = await self._retrying_call("database", load)
+        starts = await self._retrying_call(
+            "kafka", functools.partial(offsets.log_starts, self._consumer, tps - stored.keys())
+        )
+        return stored, starts
+
+    async def position_pending(self) -> None:
+        """Seek newly assigned partitions to their stored offset, and a partition without a
+        row to the start of its log: Kafka's committed offset (written for lag tools only)
+        would turn a deleted row into records skipped instead of replayed."""
+        pending = self.partitions.pending()
+        if not pending:
+            return
+        stored, starts = await self._stored_and_starts({s.tp for s in pending})
+        positioned = self._reposition(pending, stored, starts)
+        self._consumer.resume(*positioned)
+        log.info(
+            "partitions positioned",
+            stored={_name(tp): stored.get(tp) for tp in sorted(positioned)},
+            from_log_start={_name(tp): starts[tp] for tp in sorted(positioned - stored.keys())},
+        )
+
+    async def refence(self, tps: set[TopicPartition]) -> None:
+        """Another worker, or an operator (`worker offsets reset`, a deleted row), moved these
+        partitions' offsets: continue from what is stored now, and where no row is left from
+        the start of the log, as at assignment (staying put would skip the replay asked for)."""
+        stored, starts = await self._stored_and_starts(tps)
+        # Counted once both reads succeeded: the caller retries this whole call on failure.
+        self._metrics.fenced.inc()
+        states = [s for tp in tps if (s := self.partitions.get(tp)) is not None]
+        self._reposition([s for s in states if s.consuming], stored, starts)
+        log.warning(
+            "offsets fenced by another writer",
+            partitions=_names(tps),
+            stored={_name(tp): stored.get(tp) for tp in sorted(tps)},
+        )
+
+    def _reposition(
+        self,
+        states: list[PartitionState],
+        stored: dict[TopicPartition, int],
+        starts: dict[TopicPartition, int],
+    ) -> set[TopicPartition]:
+        """Give each state still ours a new generation at its position and seek there, with
+        no await in between: a fetch returns records either before both (stamped with the
+        old generation, so stale) or after both (from the new position)."""
+        done: set[TopicPartition] = set()
+        consumer = self._consumer
+        owned = consumer.assignment()
+        for state in states:
+            tp = state.tp
+            if state.phase is Phase.REVOKED or tp not in owned:
+                continue
+            start = stored[tp] if tp in stored else starts[tp]
+            # None, not the log start: the compare-and-set must expect "no row", so that the
+            # first commit creates it (and loses to anyone who created it first).
+            state.positioned(stored.get(tp), start)
+            consumer.seek(tp, start)
+            done.add(tp)
+        return done
+
+    def rewind_lost_logs(self) -> None:
+        """A stored offset beyond the broker's log end means the log was lost (topic deleted
+        and recreated, a broker without its data). Kafka answers such a fetch with
+        OffsetOutOfRange and the consumer resets to the earliest offset; some brokers just
+        return nothing, forever. Either way the records now in the log are new: read them
+        from the start (the compare-and-set still expects the stored offset)."""
+        consumer = self._consumer
+        for state in self.partitions.consuming():
+            tp = state.tp
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # revoked meanwhile
+                continue
+            if state.stored is None or highwater is None or state.stored <= highwater:
+                continue
+            if self._rewound.get(tp) == (state, state.stored):
+                continue  # already reading it again from the start
+            self._rewound[tp] = (state, state.stored)
+            log.warning(
+                "stored offset is beyond the partition's log end; reading it from the start",
+                topic=tp.topic,
+                partition=tp.partition,
+                stored_offset=state.stored,
+                log_end=highwater,
+            )
+            state.rewound(0)
+            consumer.seek(tp, 0)
+
+    async def follow_moved_offsets(self) -> None:
+        """Follow an operator's `worker offsets reset` (or deleted rows) on partitions that
+        have nothing to commit: a busy partition finds out at its next commit, fenced by the
+        compare-and-set; an idle one would never. Only partitions with no commit in flight
+        before and after the read are compared, so a commit of our own is never mistaken
+        for someone else's move."""
+        idle = {s.tp: (s, s.generation, s.stored) for s in self.partitions.consuming() if s.idle}
+        if not idle or self._pool is None:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                stored = await offsets.load(conn, self._group_id, idle)
+        except TRANSIENT:
+            return  # checked again next time; a commit would meet the outage anyway
+        moved = {
+            tp
+            for tp, (state, generation, was) in idle.items()
+            if state.idle
+            and (state.generation, state.stored) == (generation, was)
+            and stored.get(tp) != was
+        }
+        if moved:
+            await self._retrying_call("database", functools.partial(self.refence, moved))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ownership: Ownership) -> None:
+        self._ownership = ownership
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._ownership.revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._ownership.assigned(set(assigned))
+
+
+def _name(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
+
+
+def _names(tps: Any) -> list[str]:
+    return [_name(tp) for tp in sorted(tps)]
