@@ -6,11 +6,14 @@ Every row's `xmin` is the transaction that wrote it, and with `track_commit_time
 * throughput = events committed after the first batch / (last commit - first commit): the
   first batch's records were fetched before the clock could start, so they are excluded from
   the numerator (counting them would overstate the rate by up to one batch);
-* latency = commit time of the row - the event's `createdAt` (its send time).
+* latency = commit time of the row - the event's `createdAt` (its send time); percentiles
+  are computed here (`percentile`, the same interpolation as `percentile_cont`) from the
+  samples, so the worker's and the bare consumer's figures are computed alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,41 +149,75 @@ def span_from_samples(samples: list[tuple[float, int]], method: str) -> Span | N
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Latency:
-    count: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    min_ms: float
-
-
-async def latency(conn: asyncpg.Connection, exclude_exam: str) -> Latency | None:
-    row = await conn.fetchrow(
+async def latency_samples(
+    conn: asyncpg.Connection, exclude_exam: str
+) -> tuple[list[float], list[float]]:
+    """Per stored row: its `createdAt` (epoch s, the send time) and commit - createdAt (ms)."""
+    rows = await conn.fetch(
         """
-        WITH l AS (
-            SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - created_at) * 1000 AS ms
-            FROM proctoring_events WHERE exam_id <> $1)
-        SELECT count(*) AS n,
-               percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
-               percentile_cont(0.9) WITHIN GROUP (ORDER BY ms) AS p90,
-               percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
-               max(ms) AS max, min(ms) AS min
-        FROM l
+        SELECT extract(epoch FROM created_at)::float8 AS sent,
+               (extract(epoch FROM pg_xact_commit_timestamp(xmin) - created_at) * 1000)::float8
+                   AS ms
+        FROM proctoring_events WHERE exam_id <> $1
         """,
         exclude_exam,
     )
-    if row is None or not row["n"]:
+    return [r["sent"] for r in rows], [r["ms"] for r in rows]
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks: PostgreSQL's `percentile_cont(q)`."""
+    if not ordered:
+        raise ValueError("no values")
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {
+        "rows": len(ordered),
+        "p50_ms": round(percentile(ordered, 0.5), 2),
+        "p90_ms": round(percentile(ordered, 0.9), 2),
+        "p99_ms": round(percentile(ordered, 0.99), 2),
+        "max_ms": round(ordered[-1], 2),
+        "min_ms": round(ordered[0], 2),
+    }
+
+
+def latency_summary(
+    sent: Sequence[float],
+    latency_ms: Sequence[float],
+    t0: float,
+    seconds: float,
+    window_s: float = 10.0,
+) -> dict[str, Any] | None:
+    """p50/p90/p99/max over all samples, and p50/p99/max per `window_s` window of send time
+    from `t0` (the stream's first send); the last window takes the remainder of `seconds`."""
+    if not latency_ms:
         return None
-    return Latency(
-        count=row["n"],
-        p50_ms=float(row["p50"]),
-        p90_ms=float(row["p90"]),
-        p99_ms=float(row["p99"]),
-        max_ms=float(row["max"]),
-        min_ms=float(row["min"]),
-    )
+    count = max(1, round(seconds / window_s))
+    buckets: list[list[float]] = [[] for _ in range(count)]
+    for at, ms in zip(sent, latency_ms, strict=True):
+        buckets[min(count - 1, max(0, int((at - t0) // window_s)))].append(ms)
+    windows = []
+    for k, values in enumerate(buckets):
+        end = seconds if k == count - 1 else (k + 1) * window_s
+        window: dict[str, Any] = {"from_s": k * window_s, "to_s": round(end, 1)}
+        if values:
+            stats = _stats(values)
+            window.update(
+                rows=stats["rows"],
+                p50_ms=stats["p50_ms"],
+                p99_ms=stats["p99_ms"],
+                max_ms=stats["max_ms"],
+            )
+        else:
+            window["rows"] = 0
+        windows.append(window)
+    return {**_stats(list(latency_ms)), "window_s": window_s, "windows": windows}
 
 
 async def table_counts(conn: asyncpg.Connection, tables: list[str]) -> dict[str, int]:
