@@ -29,7 +29,14 @@ import msgspec
 
 from bench import data, measure, produce, profile, sysinfo
 from bench.stack import Stack
-from bench.workerproc import PROFILERS, REPO, CpuMeter, WorkerProcess, wait_committed
+from bench.workerproc import (
+    PROFILERS,
+    REPO,
+    CpuMeter,
+    WorkerProcess,
+    cpu_windows,
+    wait_committed,
+)
 
 ALL = ("proctoring", "naive", "peer", "copy", "bare-copy", "fetch", "mixed", "latency")
 PARTITIONS = 12
@@ -532,18 +539,37 @@ class Bench:
         return warm
 
     async def _offer(
-        self, topic: str, seconds: float, sessions: list[tuple[str, str]], delivered: Any
-    ) -> produce.PacedResult:
-        return await asyncio.to_thread(
-            produce.paced_proctoring,
-            self.stack.kafka_config(),
-            topic,
-            LATENCY_RATE,
-            seconds,
-            sessions,
-            0.005,
-            delivered,
-        )
+        self,
+        topic: str,
+        seconds: float,
+        sessions: list[tuple[str, str]],
+        delivered: Any,
+        cpu: CpuMeter,
+        state: dict[str, Any],
+    ) -> None:
+        """The paced stream, and meanwhile the cores each process used per window."""
+        sampler = asyncio.create_task(cpu_windows(cpu.groups, seconds, LATENCY_WINDOW_S))
+        try:
+            state["paced"] = await asyncio.to_thread(
+                produce.paced_proctoring,
+                self.stack.kafka_config(),
+                topic,
+                LATENCY_RATE,
+                seconds,
+                sessions,
+                0.005,
+                delivered,
+            )
+            state["cpu_windows"] = await sampler
+        finally:
+            sampler.cancel()
+
+    @staticmethod
+    def _add_window_cpu(result: dict[str, Any], state: dict[str, Any]) -> None:
+        for window, cores in zip(
+            result.get("windows", []), state.get("cpu_windows", []), strict=False
+        ):
+            window["cores"] = cores
 
     @staticmethod
     def _paced_result(
@@ -576,7 +602,7 @@ class Bench:
             elif line == "ready":
                 say("  bare consumer warmed up; offering load ...")
                 cpu.mark(0)
-                state["paced"] = await self._offer(topics[0], seconds, sessions, delivered)
+                await self._offer(topics[0], seconds, sessions, delivered, cpu, state)
 
         result = await self.baseline(
             "bare_consumer",
@@ -609,6 +635,7 @@ class Bench:
         )
         if summary is not None:
             out.update(summary)
+            self._add_window_cpu(out, state)
         if result["events"] != paced.sent:
             self.notes.append(f"latency bare: received {result['events']} of {paced.sent} sent")
         return out
@@ -634,7 +661,7 @@ class Bench:
             await wait_committed(worker, db, group, delivered.expected_offsets(topics), 120)
             say("  worker warmed up; offering load ...")
             cpu.mark(delivered.expected_offsets(topics))
-            state["paced"] = await self._offer(topics[0], seconds, sessions, delivered)
+            await self._offer(topics[0], seconds, sessions, delivered, cpu, state)
 
         def expected() -> int:
             return delivered.expected_offsets(topics)
@@ -656,6 +683,7 @@ class Bench:
             )
             if summary is not None:
                 result.update(summary)
+                self._add_window_cpu(result, state)
         else:
             result["latency"] = "n/a: " + self.commit_ts_reason
         await self.stack.drop_database(db)
@@ -707,6 +735,9 @@ def added_latency(bare: dict[str, Any], worker: dict[str, Any]) -> dict[str, Any
             entry[f"added_{k}"] = (
                 round(w[k] - b[k], 2) if b.get(k) is not None and w.get(k) is not None else None
             )
+        entry["bare_broker_cores"] = (b.get("cores") or {}).get("broker")
+        entry["worker_broker_cores"] = (w.get("cores") or {}).get("broker")
+        entry["worker_cores"] = (w.get("cores") or {}).get("worker")
         windows.append(entry)
     out["windows"] = windows
     return out
@@ -849,14 +880,16 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(
             f"latency per {LATENCY_WINDOW_S:.0f} s window, ms:  "
             f"{'bare p50':>8} {'p99':>7}   {'worker p50':>10} {'p99':>7}   "
-            f"{'added p50':>9} {'p99':>7}"
+            f"{'added p50':>9} {'p99':>7}   cores: broker (bare, worker), worker"
         )
         for w in added["windows"]:
             span = f"{w['from_s']:.0f}-{w['to_s']:.0f} s"
             lines.append(
                 f"  {span:<27} {_fmt(w['bare_p50_ms']):>8} {_fmt(w['bare_p99_ms']):>7}   "
                 f"{_fmt(w['worker_p50_ms']):>10} {_fmt(w['worker_p99_ms']):>7}   "
-                f"{_signed(w['added_p50_ms']):>9} {_signed(w['added_p99_ms']):>7}"
+                f"{_signed(w['added_p50_ms']):>9} {_signed(w['added_p99_ms']):>7}   "
+                f"{_fmt(w['bare_broker_cores'], '.2f'):>6} "
+                f"{_fmt(w['worker_broker_cores'], '.2f'):>5} {_fmt(w['worker_cores'], '.2f'):>5}"
             )
     cpu_rows = []
     for workload, system in (

@@ -213,6 +213,29 @@ class CpuMeter:
         return out
 
 
+async def cpu_windows(
+    groups: Mapping[str, Callable[[], list[int]]], seconds: float, window_s: float
+) -> list[dict[str, float]]:
+    """Cores busy per group in consecutive windows of `window_s` from now until `seconds`
+    (the last window takes the remainder, like the latency windows): which process was busy
+    when a latency window went wrong."""
+    count = max(1, round(seconds / window_s))
+    start = time.monotonic()
+    meter = CpuMeter(groups)
+    meter.mark()
+    out: list[dict[str, float]] = []
+    for k in range(count):
+        end = seconds if k == count - 1 else (k + 1) * window_s
+        await asyncio.sleep(max(0.0, start + end - time.monotonic()))
+        meter.mark()
+        result = meter.result()
+        out.append({name: v["utilisation"] for name, v in result.items() if "utilisation" in v})
+        following = CpuMeter(groups)
+        following.first = following.last = meter.last
+        meter = following
+    return out
+
+
 async def committed_offsets(conn: asyncpg.Connection, group_id: str) -> int:
     value = await conn.fetchval(
         "SELECT COALESCE(SUM(next_offset), 0) FROM consumer_offsets WHERE group_id = $1",
