@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from event_builders import encode, proctoring, sample
 
 from schemas import interview as iv
 from schemas import proctoring as pr
@@ -26,29 +27,6 @@ from worker.seeds import interview_samples
 REASONS = {INVALID_JSON, SCHEMA_VIOLATION, UNKNOWN_EVENT_TYPE, EMPTY_PAYLOAD}
 SAMPLES = interview_samples()
 STARTED, REPORT, RECORDING, WEBCAM, SCORE, APPLICANT = SAMPLES[:6]
-
-
-def proctoring(**overrides: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {
-        "examId": "exam-1",
-        "candidateId": "cand-1",
-        "type": "TAB_NOT_FOCUS",
-        "description": "Candidate switched to another tab",
-        "createdAt": "2025-09-21T12:00:00Z",
-    }
-    value.update(overrides)
-    return value
-
-
-def encode(value: Any) -> bytes:
-    return json.dumps(value).encode()
-
-
-def sample(body: bytes, **data: Any) -> bytes:
-    """A seed sample with some of its `data` fields replaced."""
-    value = json.loads(body)
-    value["data"].update(data)
-    return encode(value)
 
 
 def expect_failure(decoder: EventDecoder, value: bytes | None, reason: str) -> DecodeFailure:

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
+from event_builders import encode, proctoring, sample
 from storage_support import (
     apply,
     db,  # noqa: F401  (fixture)
@@ -41,29 +42,6 @@ MINUTE_UTC = dt.datetime(2025, 9, 21, 12, 5, tzinfo=dt.UTC)
 
 def at(hour: int, minute: int, second: int = 0, micro: int = 0) -> dt.datetime:
     return dt.datetime(2025, 9, 21, hour, minute, second, micro, tzinfo=dt.UTC)
-
-
-def proctoring(**overrides: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {
-        "examId": "exam-1",
-        "candidateId": "cand-1",
-        "type": "TAB_NOT_FOCUS",
-        "description": "Candidate switched to another tab",
-        "createdAt": "2025-09-21T12:00:00Z",
-    }
-    value.update(overrides)
-    return value
-
-
-def encode(value: Any) -> bytes:
-    return json.dumps(value).encode()
-
-
-def sample(body: bytes, **data: Any) -> bytes:
-    """A seed sample with some of its `data` fields replaced."""
-    value = json.loads(body)
-    value["data"].update(data)
-    return encode(value)
 
 
 def with_number(body: bytes, field: str, number: str, **others: str) -> bytes:
