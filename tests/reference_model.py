@@ -1,0 +1,619 @@
+"""A reference model of CONTRACT §5, as the README's "What each table promises" states it.
+
+Slow and plain on purpose: decoded events (the structs of schemas/, as worker.decode returns
+them) are applied ONE AT A TIME, IN STREAM ORDER, to one dictionary per table keyed by the
+table's primary key. Nothing here comes from worker.handlers or worker.router: this is the rule
+text, so the worker's SQL is checked against it and not against itself.
+
+The rules, as applied below:
+
+- An event's *time* is its `date_modified`, else its `date_started`; without either it is older
+  than any event with one (`time_order`). Values compare as text by code point, numbers
+  numerically and then by their decimal text, timestamps and dates chronologically
+  (`value_order`).
+- Registers (`Register`): `candidates`, `jobs`, `interviews` and the columns of the recording,
+  webcam-recording and proctoring-score events hold, per column, the non-null value with the
+  greatest (time, value) among the events that carried one. The three part events have no time.
+- `applicants` is a gated row: version (date_modified, lifecycle rank). A stale event (lower
+  version) changes nothing anywhere, including the candidate's and the job's registers; a
+  current one replaces each column it carries non-null, sets `status`, and takes the version.
+- `interview_reports`, the `interview_report.created` columns: gated by `date_modified`. A stale
+  report event changes nothing in `interview_reports` or `proctoring_violations`; its
+  contributions to `candidates` and `interviews` still go to those registers. A current one
+  replaces each column it carries non-null and, when it carries a violations array (even
+  empty), the whole violation set (a type listed twice keeps its last entry). `candidate_id` is
+  the report event's; until one arrives, the smallest the part events carry.
+  `interview_recording_url` and `proctoring_score` are the part event's value, else the report's.
+- `proctoring_events`, `system_checks`: the first event with a key is kept.
+  `proctoring_sessions`: earliest STARTED, latest END_PROCTORING, latest event, and the number
+  of distinct flag events stored in `proctoring_events`.
+
+`Model.tables()` gives {table: {primary key tuple: {column: value}}} in the normal form that
+`database_tables()` reads from PostgreSQL: numeric columns as their decimal text, jsonb as the
+parsed JSON document, timestamps as aware datetimes. Only the columns of CONTRACT §4 (and the
+interview attributes a report carries) are compared, never bookkeeping columns (updated_at,
+ingested_at, has_report, version columns such as `*_at`, counters the contract does not name).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from schemas import interview as iv
+from schemas import proctoring as pr
+
+# The layout compared: primary key columns, then the other columns of each table ------------
+
+KEYS: dict[str, tuple[str, ...]] = {
+    "candidates": ("candidate_id",),
+    "jobs": ("job_id",),
+    "applicants": ("job_application_id",),
+    "interviews": ("interview_id",),
+    "interview_reports": ("report_id",),
+    "proctoring_violations": ("report_id", "type"),
+    "proctoring_events": ("exam_id", "candidate_id", "type", "created_at"),
+    "proctoring_sessions": ("exam_id", "candidate_id"),
+    "system_checks": ("exam_id", "candidate_id", "checked_at"),
+}
+BLOCKS: tuple[str, ...] = (
+    "interview_transcript",
+    "technical_skills_evaluation",
+    "soft_skills_evaluation",
+    "coding_skills_evaluation",
+    "custom_exercise_evaluation",
+    "custom_question_evaluation",
+)
+REPORT_COLUMNS: tuple[str, ...] = (
+    "interview_id",
+    "session_id",
+    "candidate_id",
+    "job_applicant_id",
+    "report_date",
+    "report_url",
+    "interview_recording_url",
+    "interview_recording_player_url",
+    "interview_webcam_recording_url",
+    "interview_webcam_recording_player_url",
+    "proctoring_score",
+    "ai_match_score",
+    "status",
+    "date_created",
+    "date_modified",
+    *BLOCKS,
+)
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "candidates": ("name", "email"),
+    "jobs": ("name", "ats_job_id"),
+    "applicants": (
+        "candidate_id",
+        "job_id",
+        "ats_job_application_id",
+        "ats_job_id",
+        "email",
+        "candidate_name",
+        "job_name",
+        "stage",
+        "resume_score",
+        "resume_url",
+        "status",
+        "date_created",
+        "date_modified",
+    ),
+    "interviews": (
+        "interview_name",
+        "candidate_id",
+        "job_id",
+        "ats_job_id",
+        "ats_job_application_id",
+        "date_started",
+    ),
+    "interview_reports": REPORT_COLUMNS,
+    "proctoring_violations": ("value", "description"),
+    "proctoring_events": (
+        "description",
+        "media_url",
+        "details",
+        "kafka_topic",
+        "kafka_partition",
+        "kafka_offset",
+    ),
+    "proctoring_sessions": ("started_at", "ended_at", "last_event_at", "flag_count"),
+    "system_checks": ("success", "results"),
+}
+# Columns of 001_initial_schema.sql that CONTRACT §4 does not list but a report event fills
+# (gated like the others): compared when the table has them.
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "interview_reports": ("interview_name", "ats_job_id", "ats_job_application_id"),
+}
+TABLES: tuple[str, ...] = tuple(KEYS)
+
+# Where a proctoring event's Kafka coordinates are a volatile detail (two productions of the
+# same data), compare without them.
+KAFKA_COLUMNS: frozenset[str] = frozenset({"kafka_topic", "kafka_partition", "kafka_offset"})
+
+FLAG_TYPES: frozenset[str] = frozenset(
+    {"EXIT_FULLSCREEN", "TAB_NOT_FOCUS", "FACE_ABSENCE", "MULTIPLE_FACE", "SOUND_DETECTED"}
+)
+STATUS_RANK: dict[str, int] = {"created": 0, "invited": 1, "updated": 2, "completed": 3}
+
+Row = dict[str, Any]
+Tables = dict[str, dict[tuple[Any, ...], Row]]
+
+
+# Orders ---------------------------------------------------------------------------------------
+
+
+def decimal_text(value: Decimal) -> str:
+    """A numeric's text as PostgreSQL prints it: positional, with the scale as written."""
+    return format(value, "f")
+
+
+def time_order(time: dt.datetime | None) -> tuple[Any, ...]:
+    """An event's time; an event without one is older than any event with one."""
+    return (0,) if time is None else (1, time)
+
+
+def value_order(value: Any) -> Any:
+    """Text by code point (Python's str order), numbers numerically then by decimal text,
+    timestamps and dates chronologically."""
+    if isinstance(value, Decimal):
+        return (value, decimal_text(value))
+    return value
+
+
+def event_time(data: Any) -> dt.datetime | None:
+    """`date_modified`, else `date_started`, else None (oldest)."""
+    modified = getattr(data, "date_modified", None)
+    return modified if modified is not None else getattr(data, "date_started", None)
+
+
+@dataclass
+class Register:
+    """The non-null value with the greatest (time, value) offered so far."""
+
+    rank: tuple[Any, ...] | None = None
+    value: Any = None
+
+    def offer(self, time: dt.datetime | None, value: Any) -> None:
+        if value is None:
+            return
+        rank = (time_order(time), value_order(value))
+        if self.rank is None or rank > self.rank:
+            self.rank, self.value = rank, value
+
+
+def _registers(columns: Iterable[str]) -> dict[str, Register]:
+    return {c: Register() for c in columns}
+
+
+def _json(raw: msgspec.Raw) -> Any:
+    """A raw JSON block as a document, or None when absent or null."""
+    body = bytes(raw).strip()
+    if not body or body == b"null":
+        return None
+    return json.loads(body)
+
+
+def _normal(value: Any) -> Any:
+    return decimal_text(value) if isinstance(value, Decimal) else value
+
+
+# Rows with state beyond their columns --------------------------------------------------------
+
+
+@dataclass
+class Applicant:
+    version: tuple[Any, ...]
+    columns: Row
+
+
+@dataclass
+class Report:
+    """A report row: the gated columns of interview_report.created, the part registers, the
+    violation set."""
+
+    version: tuple[Any, ...] | None = None  # None: no report event yet
+    columns: Row = field(default_factory=lambda: dict.fromkeys(_REPORT_OWN))
+    recording_url: Register = field(default_factory=Register)
+    recording_player_url: Register = field(default_factory=Register)
+    webcam_url: Register = field(default_factory=Register)
+    webcam_player_url: Register = field(default_factory=Register)
+    score: Register = field(default_factory=Register)
+    part_candidates: set[str] = field(default_factory=set)
+    violations: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+
+
+# What interview_report.created sets in its row: column -> data attribute.
+_REPORT_OWN: dict[str, str] = {
+    "interview_id": "interview_id",
+    "session_id": "session_id",
+    "candidate_id": "candidate_id",
+    "job_applicant_id": "job_applicant_id",
+    "interview_name": "interview_name",
+    "ats_job_id": "ats_job_id",
+    "ats_job_application_id": "ats_job_application_id",
+    "report_date": "report_date",
+    "report_url": "report_url",
+    "interview_recording_url": "interview_recording_url",
+    "proctoring_score": "proctoring_score",
+    "ai_match_score": "ai_match_score",
+    "status": "status",
+    "date_created": "date_created",
+    "date_modified": "date_modified",
+}
+# What an applicant event sets in its row: column -> data attribute.
+_APPLICANT_OWN: dict[str, str] = {
+    "candidate_id": "candidate_id",
+    "job_id": "micro1_job_id",
+    "ats_job_application_id": "ats_job_application_id",
+    "ats_job_id": "ats_job_id",
+    "email": "email_id",
+    "candidate_name": "candidate_name",
+    "job_name": "job_name",
+    "stage": "stage",
+    "resume_score": "resume_score",
+    "resume_url": "resume_url",
+    "date_created": "date_created",
+    "date_modified": "date_modified",
+}
+
+
+class Model:
+    """The tables after applying events one at a time, in the order `apply` is called."""
+
+    def __init__(self) -> None:
+        self.candidates: dict[str, dict[str, Register]] = {}
+        self.jobs: dict[str, dict[str, Register]] = {}
+        self.interviews: dict[str, dict[str, Register]] = {}
+        self.applicants: dict[str, Applicant] = {}
+        self.reports: dict[str, Report] = {}
+        self.proctoring_events: dict[tuple[Any, ...], Row] = {}
+        self.system_checks: dict[tuple[Any, ...], Row] = {}
+
+    # -- applying ----------------------------------------------------------------------------
+
+    def apply_all(self, items: Iterable[tuple[Any, str, int, int]]) -> Model:
+        for event, topic, partition, offset in items:
+            self.apply(event, topic, partition, offset)
+        return self
+
+    def apply(self, event: Any, topic: str = "", partition: int = 0, offset: int = 0) -> None:
+        if isinstance(event, pr.ProctoringEvent):
+            self._proctoring(event, topic, partition, offset)
+        elif isinstance(event, iv.InterviewStarted):
+            self._started(event.data)
+        elif isinstance(event, iv.InterviewReportCreated):
+            self._report(event.data)
+        elif isinstance(event, iv.InterviewRecordingCompleted):
+            report = self._report_row(event.data.report_id, event.data.candidate_id)
+            report.recording_url.offer(None, event.data.interview_recording_url)
+            report.recording_player_url.offer(None, event.data.interview_recording_player_url)
+        elif isinstance(event, iv.InterviewWebcamRecordingCompleted):
+            report = self._report_row(event.data.report_id, event.data.candidate_id)
+            report.webcam_url.offer(None, event.data.interview_webcam_recording_url)
+            report.webcam_player_url.offer(None, event.data.interview_webcam_recording_player_url)
+        elif isinstance(event, iv.ProctoringScoreCompleted):
+            report = self._report_row(event.data.report_id, event.data.candidate_id)
+            report.score.offer(None, event.data.proctoring_score)
+        elif isinstance(event, iv.ApplicantEvent):
+            self._applicant(event)
+        else:
+            raise TypeError(f"no rule for {type(event).__name__}")
+
+    def _candidate(self, candidate_id: str, time: Any, name: Any, email: Any) -> None:
+        row = self.candidates.setdefault(candidate_id, _registers(COLUMNS["candidates"]))
+        row["name"].offer(time, name)
+        row["email"].offer(time, email)
+
+    def _job(self, job_id: str | None, time: Any, name: Any, ats_job_id: Any) -> None:
+        if job_id is None:
+            return
+        row = self.jobs.setdefault(job_id, _registers(COLUMNS["jobs"]))
+        row["name"].offer(time, name)
+        row["ats_job_id"].offer(time, ats_job_id)
+
+    def _interview(self, interview_id: str, time: Any, **values: Any) -> None:
+        row = self.interviews.setdefault(interview_id, _registers(COLUMNS["interviews"]))
+        for column, value in values.items():
+            row[column].offer(time, value)
+
+    def _started(self, d: iv.InterviewStartedData) -> None:
+        time = event_time(d)
+        self._candidate(d.candidate_id, time, d.candidate_name, d.candidate_email_id)
+        self._job(d.job_id, time, d.job_name, d.ats_job_id)
+        self._interview(
+            d.interview_id,
+            time,
+            interview_name=d.interview_name,
+            candidate_id=d.candidate_id,
+            job_id=d.job_id,
+            ats_job_id=d.ats_job_id,
+            ats_job_application_id=d.ats_job_application_id,
+            date_started=d.date_started,
+        )
+
+    def _report_row(self, report_id: str, part_candidate: str | None = None) -> Report:
+        report = self.reports.setdefault(report_id, Report())
+        if part_candidate is not None:
+            report.part_candidates.add(part_candidate)
+        return report
+
+    def _report(self, d: iv.InterviewReportData) -> None:
+        time = event_time(d)
+        # The registers see every report event, stale or not (README: sources of the
+        # candidates and interviews registers).
+        self._candidate(d.candidate_id, time, d.candidate_name, d.candidate_email_id)
+        self._interview(
+            d.interview_id,
+            time,
+            interview_name=d.interview_name,
+            candidate_id=d.candidate_id,
+            ats_job_id=d.ats_job_id,
+            ats_job_application_id=d.ats_job_application_id,
+        )
+        report = self._report_row(d.report_id)
+        version = time_order(d.date_modified)
+        if report.version is not None and version < report.version:
+            return  # stale: nothing in interview_reports or proctoring_violations
+        report.version = version
+        for column, attr in _REPORT_OWN.items():
+            value = getattr(d, attr)
+            if value is not None:
+                report.columns[column] = value
+        for block in BLOCKS:
+            value = _json(getattr(d, block))
+            if value is not None:
+                report.columns[block] = value
+        if d.proctoring_violations is not None:
+            report.violations = {}
+            for v in d.proctoring_violations:
+                report.violations[v.type] = (_violation_value(v.value), v.description)
+
+    def _applicant(self, event: iv.ApplicantEvent) -> None:
+        d = event.data
+        status = event.status
+        version = (time_order(d.date_modified), STATUS_RANK[status])
+        stored = self.applicants.get(d.micro1_job_application_id)
+        if stored is not None and version < stored.version:
+            return  # stale: changes nothing in any table
+        if stored is None:
+            stored = self.applicants[d.micro1_job_application_id] = Applicant(
+                version, dict.fromkeys(COLUMNS["applicants"])
+            )
+        stored.version = version
+        for column, attr in _APPLICANT_OWN.items():
+            value = getattr(d, attr)
+            if value is not None:
+                stored.columns[column] = value
+        stored.columns["status"] = status
+        time = event_time(d)
+        self._candidate(d.candidate_id, time, d.candidate_name, d.email_id)
+        self._job(d.micro1_job_id, time, d.job_name, d.ats_job_id)
+
+    def _proctoring(self, e: pr.ProctoringEvent, topic: str, partition: int, offset: int) -> None:
+        # Two tables with two keys: each keeps the first event with its own key, so a
+        # system check is stored even when its event's proctoring_events key was taken.
+        details = None
+        if isinstance(e, pr.SystemCheckCompleted):
+            check = e.systemCheck
+            results = [
+                {"name": i.name, "status": i.status, "finished": i.finished} for i in check.data
+            ]
+            details = {"success": check.success, "timestamp": check.timestamp, "data": results}
+            self.system_checks.setdefault(
+                (e.examId, e.candidateId, check.timestamp),
+                {"success": check.success, "results": results},
+            )
+        kind = type(e).__struct_config__.tag
+        self.proctoring_events.setdefault(
+            (e.examId, e.candidateId, kind, e.createdAt),
+            {
+                "description": e.description,
+                "media_url": e.mediaUrl if isinstance(e, pr.FlagDataWithFile) else None,
+                "details": details,
+                "kafka_topic": topic,
+                "kafka_partition": partition,
+                "kafka_offset": offset,
+            },
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def tables(self) -> Tables:
+        registers = {
+            "candidates": self.candidates,
+            "jobs": self.jobs,
+            "interviews": self.interviews,
+        }
+        out: Tables = {
+            table: {
+                (key,): {c: _normal(r.value) for c, r in row.items()} for key, row in rows.items()
+            }
+            for table, rows in registers.items()
+        }
+        out["applicants"] = {
+            (key,): {c: _normal(v) for c, v in a.columns.items()}
+            for key, a in self.applicants.items()
+        }
+        out["interview_reports"] = {
+            (key,): self._report_columns(report) for key, report in self.reports.items()
+        }
+        out["proctoring_violations"] = {
+            (key, kind): {"value": value, "description": description}
+            for key, report in self.reports.items()
+            for kind, (value, description) in report.violations.items()
+        }
+        out["proctoring_events"] = {key: dict(row) for key, row in self.proctoring_events.items()}
+        out["proctoring_sessions"] = self._sessions()
+        out["system_checks"] = {key: dict(row) for key, row in self.system_checks.items()}
+        return out
+
+    @staticmethod
+    def _report_columns(report: Report) -> Row:
+        own = report.columns
+        row: Row = {
+            c: own.get(c) for c in (*REPORT_COLUMNS, *OPTIONAL_COLUMNS["interview_reports"])
+        }
+        if report.version is None:
+            row["candidate_id"] = min(report.part_candidates) if report.part_candidates else None
+        recording = report.recording_url.value
+        row["interview_recording_url"] = (
+            recording if recording is not None else own["interview_recording_url"]
+        )
+        row["interview_recording_player_url"] = report.recording_player_url.value
+        row["interview_webcam_recording_url"] = report.webcam_url.value
+        row["interview_webcam_recording_player_url"] = report.webcam_player_url.value
+        score = report.score.value
+        row["proctoring_score"] = score if score is not None else own["proctoring_score"]
+        return {c: _normal(v) for c, v in row.items()}
+
+    def _sessions(self) -> dict[tuple[Any, ...], Row]:
+        sessions: dict[tuple[Any, ...], Row] = {}
+        for exam, candidate, kind, created in self.proctoring_events:
+            s = sessions.setdefault(
+                (exam, candidate),
+                {"started_at": None, "ended_at": None, "last_event_at": None, "flag_count": 0},
+            )
+            if kind == "STARTED":
+                s["started_at"] = _least(s["started_at"], created)
+            if kind == "END_PROCTORING":
+                s["ended_at"] = _greatest(s["ended_at"], created)
+            s["last_event_at"] = _greatest(s["last_event_at"], created)
+            if kind in FLAG_TYPES:
+                s["flag_count"] += 1
+        return sessions
+
+
+def _least(a: Any, b: Any) -> Any:
+    return b if a is None else min(a, b)
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    return b if a is None else max(a, b)
+
+
+def _violation_value(raw: msgspec.Raw) -> str | None:
+    """A violation's value as text: a JSON string's content, a number's text as written."""
+    body = bytes(raw).strip()
+    if not body or body == b"null":
+        return None
+    if body.startswith(b'"'):
+        return json.loads(body)
+    return body.decode("ascii")
+
+
+def model_tables(items: Iterable[tuple[Any, str, int, int]]) -> Tables:
+    """The tables after applying `items` (event, topic, partition, offset) in this order."""
+    return Model().apply_all(items).tables()
+
+
+def drop_columns(tables: Tables, dropped: Mapping[str, frozenset[str]]) -> Tables:
+    """`tables` without the `dropped` columns of each table."""
+    return {
+        table: {
+            key: {c: v for c, v in row.items() if c not in dropped.get(table, frozenset())}
+            for key, row in rows.items()
+        }
+        for table, rows in tables.items()
+    }
+
+
+# Reading PostgreSQL in the same normal form --------------------------------------------------
+
+
+async def database_tables(conn: asyncpg.Connection, tables: Iterable[str] = TABLES) -> Tables:
+    """The compared columns of `tables` as {table: {key: {column: value}}}.
+
+    numeric is read as its text (so `72.30` and `72.3` differ), jsonb as its parsed document
+    (the details of a system check with its timestamp as a datetime), the rest as asyncpg
+    returns it. A contract column missing from the database fails loudly."""
+    out: Tables = {}
+    for table in tables:
+        types = {
+            r["column_name"]: r["data_type"]
+            for r in await conn.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = $1",
+                table,
+            )
+        }
+        wanted = [*KEYS[table], *COLUMNS[table]]
+        missing = [c for c in wanted if c not in types]
+        assert not missing, f"{table} has no column(s) {missing}"
+        wanted += [c for c in OPTIONAL_COLUMNS.get(table, ()) if c in types]
+        select = ", ".join(
+            f'"{c}"::text' if types[c] in ("numeric", "jsonb", "json") else f'"{c}"' for c in wanted
+        )
+        rows: dict[tuple[Any, ...], Row] = {}
+        for record in await conn.fetch(f"SELECT {select} FROM {table}"):
+            values = dict(zip(wanted, record.values(), strict=True))
+            for c, value in values.items():
+                if types[c] in ("jsonb", "json") and value is not None:
+                    values[c] = _document(table, c, json.loads(value))
+                elif isinstance(value, dt.datetime) and value.tzinfo is None:
+                    values[c] = _infinity(value)
+            key = tuple(values.pop(c) for c in KEYS[table])
+            rows[key] = values
+        out[table] = rows
+    return out
+
+
+def _infinity(value: dt.datetime) -> Any:
+    """asyncpg reads a timestamptz of -infinity / infinity as naive datetime.min / max: say
+    what is stored."""
+    if value == dt.datetime.min:
+        return "-infinity"
+    if value == dt.datetime.max:
+        return "infinity"
+    return value
+
+
+def _document(table: str, column: str, value: Any) -> Any:
+    if table == "proctoring_events" and column == "details" and isinstance(value, dict):
+        stamp = value.get("timestamp")
+        if isinstance(stamp, str):
+            value = {**value, "timestamp": dt.datetime.fromisoformat(stamp)}
+    return value
+
+
+# Differences, for people ---------------------------------------------------------------------
+
+
+def diff_tables(
+    expected: Tables, actual: Tables, limit: int = 12, names: tuple[str, str] = ("model", "db")
+) -> str:
+    """What differs between two table sets, row by row and column by column; '' if nothing."""
+    left, right = names
+    lines: list[str] = []
+    for table in sorted(set(expected) | set(actual)):
+        a, b = expected.get(table, {}), actual.get(table, {})
+        if a == b:
+            continue
+        shown = 0
+        lines.append(f"{table}: {len(a)} rows in {left}, {len(b)} in {right}")
+        for key in sorted(set(a) | set(b), key=repr):
+            if shown >= limit:
+                lines.append("  ...")
+                break
+            if key not in b:
+                lines.append(f"  {key!r} only in {left}: {a[key]!r}")
+            elif key not in a:
+                lines.append(f"  {key!r} only in {right}: {b[key]!r}")
+            elif a[key] != b[key]:
+                lines.append(f"  {key!r}:")
+                for c in a[key]:
+                    mine, theirs = a[key][c], b[key].get(c, "<missing>")
+                    if mine != theirs:
+                        lines.append(f"      {c}: {left} {mine!r} != {right} {theirs!r}")
+            else:
+                continue
+            shown += 1
+    return "\n".join(lines)
