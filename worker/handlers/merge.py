@@ -67,6 +67,25 @@ class Column:
         return v
 
 
+# -- parameters -------------------------------------------------------------------------------
+
+
+def param(index: int, pg_type: str) -> str:
+    """The SQL of array parameter `index` of `pg_type`. Timestamps travel as ISO text and are
+    cast by PostgreSQL: asyncpg's binary encoder turns datetime.min and datetime.max (valid
+    instants: 0001-01-01T00:00Z, 9999-12-31T23:59:59.999999Z) into -infinity and infinity."""
+    if pg_type == "timestamptz":
+        return f"${index}::text[]::timestamptz[]"
+    return f"${index}::{pg_type}[]"
+
+
+def wire(pg_type: str, values: list[Any]) -> list[Any]:
+    """`values` as `param` sends them."""
+    if pg_type == "timestamptz":
+        return [None if v is None else v.isoformat() for v in values]
+    return values
+
+
 # -- the comparison, in Python ------------------------------------------------------------------
 
 OLDEST: tuple[int] = (0,)
@@ -121,7 +140,7 @@ class RegisterTable:
 
     def _upsert_sql(self) -> str:
         names = self._stored()
-        params = ", ".join(f"${i}::{t}[]" for i, t in enumerate(self._types(), 1))
+        params = ", ".join(param(i, t) for i, t in enumerate(self._types(), 1))
         sets = []
         for c in self.columns:
             wins = self.wins(c)
@@ -183,7 +202,7 @@ class RegisterFold:
                 values += [value, moment] if c.versioned else [value]
             for array, value in zip(arrays, values, strict=True):
                 array.append(value)
-        return arrays
+        return [wire(t, a) for t, a in zip(self.table._types(), arrays, strict=True)]
 
     async def write(self, conn: asyncpg.Connection) -> None:
         if self._rows:
@@ -228,7 +247,7 @@ class GatedTable:
     def _upsert_sql(self) -> str:
         cols = [self.key, *self.columns]
         names = [c.name for c in cols] + [name for name, _ in self.constants]
-        params = ", ".join(f"${i}::{c.type}[]" for i, c in enumerate(cols, 1))
+        params = ", ".join(param(i, c.type) for i, c in enumerate(cols, 1))
         consts = "".join(f", {value}" for _, value in self.constants)
         sets = [f"{c.name} = COALESCE(EXCLUDED.{c.name}, t.{c.name})" for c in self.columns]
         sets += [f"{name} = {value}" for name, value in self.constants]
@@ -287,9 +306,9 @@ class GatedFold:
 
     def arrays(self) -> list[list[Any]]:
         keys = self.keys()
-        arrays = [keys]
+        arrays = [wire(self.table.key.type, keys)]
         for c in self.table.columns:
-            arrays.append([self._rows[k].get(c.name) for k in keys])
+            arrays.append(wire(c.type, [self._rows[k].get(c.name) for k in keys]))
         return arrays
 
     async def write(self, conn: asyncpg.Connection) -> None:

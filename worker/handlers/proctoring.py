@@ -82,7 +82,8 @@ ON CONFLICT (exam_id, candidate_id) DO UPDATE SET
 _INSERT_SYSTEM_CHECKS = """
 INSERT INTO system_checks (exam_id, candidate_id, checked_at, success, results, created_at)
 SELECT * FROM unnest(
-    $1::text[], $2::text[], $3::timestamptz[], $4::boolean[], $5::jsonb[], $6::timestamptz[])
+    $1::text[], $2::text[], $3::text[]::timestamptz[], $4::boolean[], $5::jsonb[],
+    $6::text[]::timestamptz[])
 ON CONFLICT DO NOTHING
 """
 
@@ -131,10 +132,11 @@ class ProctoringHandler(BatchHandler):
                     (
                         ev.examId,
                         ev.candidateId,
-                        check.timestamp,
+                        # As ISO text: see worker.handlers.merge.param (asyncpg's infinities).
+                        check.timestamp.isoformat(),
                         check.success,
                         to_json(check.data),
-                        ev.createdAt,
+                        ev.createdAt.isoformat(),
                     )
                 )
             media = ev.media_url

@@ -26,6 +26,7 @@ from worker.handlers.merge import (
     GatedTable,
     RegisterTable,
     Rule,
+    param,
     time_order,
 )
 from worker.handlers.people import Registers
@@ -152,7 +153,7 @@ class ReportPartHandler(BatchHandler):
             "interview_reports", REPORTS.key, (Column("candidate_id", "text"), *fields.values())
         )
         own = [c for c in self._table.columns if c.name != "candidate_id"]
-        params = ", ".join(f"${i}::{c.type}[]" for i, c in enumerate(self._table.columns, 2))
+        params = ", ".join(param(i, c.type) for i, c in enumerate(self._table.columns, 2))
         sets = [
             f"{c.name} = CASE WHEN {self._table.wins(c)} THEN EXCLUDED.{c.name} ELSE t.{c.name} END"
             for c in own
@@ -164,7 +165,7 @@ INSERT INTO interview_reports AS t (report_id, {", ".join(c.name for c in self._
 SELECT * FROM unnest($1::text[], {params})
 ON CONFLICT (report_id) DO UPDATE SET
     candidate_id = CASE WHEN t.has_report THEN t.candidate_id
-                        ELSE LEAST(t.candidate_id, EXCLUDED.candidate_id) END,
+                        ELSE LEAST(t.candidate_id COLLATE "C", EXCLUDED.candidate_id) END,
     {sets_sql},
     updated_at = now()
 WHERE (NOT t.has_report AND EXCLUDED.candidate_id IS DISTINCT FROM t.candidate_id)
