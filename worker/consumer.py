@@ -12,12 +12,13 @@ The path of a record, top to bottom (one module each):
 3. a lane commits its share of the batch (worker/commit.py): dead letters first, then rows and
    offsets in one transaction, then Kafka's copy of the offsets.
 
-This module keeps the lifecycle (start, run, stop), the rebalance callbacks, positioning and
-the loop. A transient failure pauses the partitions (membership stays: the lane keeps
-polling), backs off and retries the same batch; a batch failing for its size is split. Only a
-claim still current when its commit returns moves its partition's stored offset, so nothing a
-revoked partition's late commit returns is applied. Shutdown finishes or abandons the batch in
-hand (never half of it), leaves the group and closes connections.
+This module keeps the lifecycle (start, run, stop), the loop and the commit lanes; the
+rebalance callbacks and positioning are worker/ownership.py's. A transient failure pauses the
+partitions (membership stays: the lane keeps polling), backs off and retries the same batch; a
+batch failing for its size is split. Only a claim still current when its commit returns moves
+its partition's stored offset, so nothing a revoked partition's late commit returns is applied.
+Shutdown finishes or abandons the batch in hand (never half of it), leaves the group and
+closes connections.
 """
 
 from __future__ import annotations
