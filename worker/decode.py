@@ -233,10 +233,18 @@ class EventDecoder:
         self.structs = structs
 
     def decode(self, value: bytes | None) -> msgspec.Struct | DecodeFailure:
-        if value is None or not value.strip():
+        # isspace() scans without copying (strip() would copy every record's bytes).
+        if not value or value.isspace():
             return DecodeFailure(EMPTY_PAYLOAD, "record value is empty")
         try:
-            event = self._decode(value)
+            try:
+                event = self._decoder.decode(value)
+            except msgspec.ValidationError as exc:
+                # msgspec reports the first error only: if that is not a refused timestamp,
+                # the record is invalid whatever its timestamps look like.
+                if not str(exc).startswith(_RFC3339_REFUSED):
+                    raise
+                event = self._decode_lenient(value)
         except msgspec.ValidationError as exc:
             return self._classify(value, exc)
         except msgspec.DecodeError as exc:
@@ -262,16 +270,6 @@ class EventDecoder:
                     SCHEMA_VIOLATION, f"text contains a NUL character (\\u0000) at `{path}`"
                 )
         return event
-
-    def _decode(self, value: bytes) -> msgspec.Struct:
-        try:
-            return self._decoder.decode(value)
-        except msgspec.ValidationError as exc:
-            # msgspec reports the first error only: if that is not a refused timestamp, the
-            # record is invalid whatever its timestamps look like.
-            if not str(exc).startswith(_RFC3339_REFUSED):
-                raise
-        return self._decode_lenient(value)
 
     def _decode_lenient(self, value: bytes) -> msgspec.Struct:
         return self._lenient.decode(value)
