@@ -316,6 +316,15 @@ class _Probe(msgspec.Struct):
     createdAt: dt.datetime
 
 
+def worker_fetch_sizes() -> dict[str, int]:
+    """The worker's consumer fetch sizes, as worker/clients.py derives them from the settings
+    (WORKER_MAX_BATCH_BYTES bounds them), so a baseline fetches exactly as the worker does."""
+    from worker.clients import fetch_sizes
+    from worker.config import Settings
+
+    return fetch_sizes(Settings.from_env(os.environ))
+
+
 def worker_fetch_wait_ms() -> int:
     """The worker's fetch wait: WORKER_FETCH_WAIT_MS, else its configured default."""
     value = os.environ.get("WORKER_FETCH_WAIT_MS", "").strip()
@@ -347,8 +356,7 @@ async def bare_consumer(p: dict[str, Any]) -> dict[str, Any]:
         auto_offset_reset="earliest",
         # The worker's fetch settings (worker/clients.py), so only the worker's own work
         # separates the two latencies.
-        max_partition_fetch_bytes=4 << 20,
-        fetch_max_bytes=32 << 20,
+        **worker_fetch_sizes(),
         isolation_level="read_committed",
         fetch_max_wait_ms=fetch_wait,
     )
@@ -413,8 +421,7 @@ async def fetch(p: dict[str, Any]) -> dict[str, Any]:
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 << 20,
-        fetch_max_bytes=32 << 20,
+        **worker_fetch_sizes(),
         isolation_level="read_committed",
     )
     await consumer.start()

@@ -70,10 +70,7 @@ class KafkaPostgresClients:
             # Only for a partition the worker has not positioned itself: it seeks every
             # partition to its stored offset, or to the log start when there is none.
             auto_offset_reset="earliest",
-            # What the fetcher buffers ahead of the batch counts towards memory too: no more
-            # than one batch's worth of bytes.
-            max_partition_fetch_bytes=min(4 << 20, s.max_batch_bytes),
-            fetch_max_bytes=min(32 << 20, s.max_batch_bytes),
+            **fetch_sizes(s),
             isolation_level="read_committed",
             # How long the broker holds a fetch open waiting for data; also bounds how long
             # a record can sit on the broker before this worker sees it.
@@ -82,3 +79,12 @@ class KafkaPostgresClients:
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
         )
+
+
+def fetch_sizes(s: Settings) -> dict[str, int]:
+    """What the fetcher buffers ahead of the batch counts towards memory too: no more than one
+    batch's worth of bytes."""
+    return {
+        "max_partition_fetch_bytes": min(4 << 20, s.max_batch_bytes),
+        "fetch_max_bytes": min(32 << 20, s.max_batch_bytes),
+    }
