@@ -1,9 +1,22 @@
 """Proctoring events: the event log, the per-session summary and the system checks.
 
 An event's identity is (exam, candidate, type, createdAt), so a redelivery or a replay inserts
-nothing. The session summary is fed only from the rows the insert actually added (RETURNING),
-which is what makes `flag_count` count distinct events, and every summary column is an
-order-free aggregate (min, max, sum), so batches may arrive in any split.
+nothing. The session summary counts only the rows a batch actually added, which is what makes
+`flag_count` count distinct events, and every summary column is an order-free aggregate (min,
+max, sum), so batches may arrive in any split.
+
+Two ways to the same rows (bench/sqlcost.py measures both):
+
+* direct: one binary COPY of the batch straight into proctoring_events, under a savepoint.
+  A batch is first reduced to the first event of each key, so when the COPY succeeds every
+  row was new, and the summary is aggregated here, in Python, from exactly those rows. This is
+  the steady state: the offsets in the same transaction mean a batch never repeats what an
+  earlier one stored, unless the stream itself repeats events.
+* staged: a text COPY into a temp table, then `INSERT ... ON CONFLICT DO NOTHING RETURNING`
+  feeding the summary. Taken when the direct COPY met a unique violation (a replay, a
+  producer's duplicate in another batch, another worker storing the same event), and after
+  that until a staged batch finds no stored duplicates, so a replay does not pay for a failed
+  COPY per batch. Also taken for a batch holding the first or last instant (see `_EXTREMES`).
 """
 
 from __future__ import annotations
@@ -11,31 +24,24 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
+import structlog
 
 from schemas.common import tag_of
 from schemas.proctoring import FLAG_TYPES, PROCTORING_STRUCTS, SystemCheckCompleted
 from worker.handlers.base import BatchHandler, Item, columns, to_json
 from worker.handlers.people import Registers
 
-# Rows arrive by COPY into a per-session staging table (text format, built while the previous
-# batch commits), then move in one statement. The stage empties itself at commit (ON COMMIT
-# DELETE ROWS: a truncate, far cheaper than deleting row by row). When a rejected batch is
-# bisected under savepoints, a half that succeeded leaves its rows staged and the next half
-# selects them again: they conflict, insert nothing and return nothing, so nothing counts twice.
-_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS stage_proctoring_events (
-    exam_id text, candidate_id text, type text, created_us bigint, description text,
-    media_url text, details jsonb, kafka_topic text, kafka_partition integer, kafka_offset bigint
-) ON COMMIT DELETE ROWS
-"""
-_STAGE_COLUMNS = (
+log = structlog.get_logger("worker")
+
+# proctoring_events' columns as the worker writes them (ingested_at is the table's default).
+_COLUMNS = (
     "exam_id",
     "candidate_id",
     "type",
-    "created_us",
+    "created_at",
     "description",
     "media_url",
     "details",
@@ -44,11 +50,36 @@ _STAGE_COLUMNS = (
     "kafka_offset",
 )
 
-_INSERT_EVENTS = """
+# The stage empties itself at commit (ON COMMIT DELETE ROWS: a truncate, far cheaper than
+# deleting row by row). When a rejected batch is bisected under savepoints, a half that
+# succeeded leaves its rows staged and the next half selects them again: they conflict,
+# insert nothing and return nothing, so nothing counts twice.
+_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS stage_proctoring_events (
+    exam_id text, candidate_id text, type text, created_us bigint, description text,
+    media_url text, details jsonb, kafka_topic text, kafka_partition integer, kafka_offset bigint
+) ON COMMIT DELETE ROWS
+"""
+_STAGE_COLUMNS = (*_COLUMNS[:3], "created_us", *_COLUMNS[4:])
+
+_SESSION_UPDATE = """
+ON CONFLICT (exam_id, candidate_id) DO UPDATE SET
+    started_at = LEAST(s.started_at, EXCLUDED.started_at),
+    ended_at = GREATEST(s.ended_at, EXCLUDED.ended_at),
+    last_event_at = GREATEST(s.last_event_at, EXCLUDED.last_event_at),
+    flag_count = s.flag_count + EXCLUDED.flag_count,
+    event_count = s.event_count + EXCLUDED.event_count,
+    updated_at = now()
+"""
+_SESSION_COLUMNS = (
+    "exam_id, candidate_id, started_at, ended_at, last_event_at, flag_count, event_count"
+)
+
+# The staged path's one statement; it returns how many events were new. (A data-modifying
+# CTE runs to completion whether or not the outer query reads it.)
+_INSERT_STAGED = f"""
 WITH ins AS (
-    INSERT INTO proctoring_events AS e (
-        exam_id, candidate_id, type, created_at, description, media_url, details,
-        kafka_topic, kafka_partition, kafka_offset)
+    INSERT INTO proctoring_events AS e ({", ".join(_COLUMNS)})
     -- Microseconds since the epoch: exact, and ~5x cheaper to format than an ISO string.
     -- Whole seconds and the rest separately: a float8 holds every second of years 1-9999
     -- exactly, but not every microsecond.
@@ -58,25 +89,30 @@ WITH ins AS (
     FROM pg_temp.stage_proctoring_events
     ON CONFLICT DO NOTHING
     RETURNING e.exam_id, e.candidate_id, e.type, e.created_at
+), summary AS (
+    INSERT INTO proctoring_sessions AS s ({_SESSION_COLUMNS})
+    SELECT exam_id, candidate_id,
+           min(created_at) FILTER (WHERE type = 'STARTED'),
+           max(created_at) FILTER (WHERE type = 'END_PROCTORING'),
+           max(created_at),
+           count(*) FILTER (WHERE type = ANY($1::text[])),
+           count(*)
+    FROM ins
+    GROUP BY exam_id, candidate_id
+    ORDER BY exam_id, candidate_id
+    {_SESSION_UPDATE}
 )
-INSERT INTO proctoring_sessions AS s (
-    exam_id, candidate_id, started_at, ended_at, last_event_at, flag_count, event_count)
-SELECT exam_id, candidate_id,
-       min(created_at) FILTER (WHERE type = 'STARTED'),
-       max(created_at) FILTER (WHERE type = 'END_PROCTORING'),
-       max(created_at),
-       count(*) FILTER (WHERE type = ANY($1::text[])),
-       count(*)
-FROM ins
-GROUP BY exam_id, candidate_id
-ORDER BY exam_id, candidate_id
-ON CONFLICT (exam_id, candidate_id) DO UPDATE SET
-    started_at = LEAST(s.started_at, EXCLUDED.started_at),
-    ended_at = GREATEST(s.ended_at, EXCLUDED.ended_at),
-    last_event_at = GREATEST(s.last_event_at, EXCLUDED.last_event_at),
-    flag_count = s.flag_count + EXCLUDED.flag_count,
-    event_count = s.event_count + EXCLUDED.event_count,
-    updated_at = now()
+SELECT count(*) FROM ins
+"""
+
+# The direct path's summary, aggregated in Python (timestamps as ISO text: see
+# worker.handlers.merge.param).
+_UPSERT_SESSIONS = f"""
+INSERT INTO proctoring_sessions AS s ({_SESSION_COLUMNS})
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::text[]::timestamptz[], $4::text[]::timestamptz[],
+    $5::text[]::timestamptz[], $6::integer[], $7::integer[])
+{_SESSION_UPDATE}
 """
 
 _INSERT_SYSTEM_CHECKS = """
@@ -88,14 +124,24 @@ ON CONFLICT DO NOTHING
 """
 
 _FLAG_TYPES = sorted(FLAG_TYPES)
-
+_TAGS = {cls: tag_of(cls) for cls in PROCTORING_STRUCTS}
+_FLAG_CLASSES = frozenset(cls for cls, tag in _TAGS.items() if tag in FLAG_TYPES)
+_STARTED = next(cls for cls, tag in _TAGS.items() if tag == "STARTED")
+_ENDED = next(cls for cls, tag in _TAGS.items() if tag == "END_PROCTORING")
+# asyncpg's binary encoder turns these two valid instants into -infinity and infinity; a batch
+# holding one goes the staged way, where instants travel as numbers.
+_EXTREMES = frozenset(
+    {dt.datetime.min.replace(tzinfo=dt.UTC), dt.datetime.max.replace(tzinfo=dt.UTC)}
+)
 
 # COPY text format: backslash, tab, newline and carriage return are escaped; \\N is NULL.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _NULL = "\\N"
-_TAGS = {cls: tag_of(cls) for cls in PROCTORING_STRUCTS}
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
+
+Key = tuple[str, str, str, dt.datetime]
+SessionKey = tuple[str, str]
 
 
 def _copy_text(value: str) -> str:
@@ -106,28 +152,103 @@ def _copy_text(value: str) -> str:
     return value.translate(_COPY_ESCAPES)
 
 
+class Session:
+    """One session's share of a batch: what its new events add to proctoring_sessions."""
+
+    __slots__ = ("ended", "events", "flags", "last", "started")
+
+    def __init__(self) -> None:
+        self.started: dt.datetime | None = None
+        self.ended: dt.datetime | None = None
+        self.last: dt.datetime | None = None
+        self.flags = 0
+        self.events = 0
+
+    def add(self, cls: type, at: dt.datetime) -> None:
+        self.events += 1
+        if self.last is None or at > self.last:
+            self.last = at
+        if cls in _FLAG_CLASSES:
+            self.flags += 1
+        elif cls is _STARTED:
+            if self.started is None or at < self.started:
+                self.started = at
+        elif cls is _ENDED and (self.ended is None or at > self.ended):
+            self.ended = at
+
+    def merge(self, other: Session) -> None:
+        self.events += other.events
+        self.flags += other.flags
+        for name, pick in (("started", min), ("ended", max), ("last", max)):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if theirs is not None:
+                setattr(self, name, theirs if mine is None else pick(mine, theirs))
+
+
 class Prepared(NamedTuple):
-    copy: bytes
+    rows: list[tuple[Any, ...]]  # _COLUMNS, the first event of each key, in stream order
+    keys: set[Key]
+    sessions: dict[SessionKey, Session]  # aggregated over `rows`
     checks: list[tuple[object, ...]]
+    extreme: bool  # a row holds an instant of _EXTREMES
+
+
+def _prepared(rows: list[tuple[Any, ...]], checks: list[tuple[object, ...]]) -> Prepared:
+    """Keep the first row of each key; aggregate the sessions over what is kept."""
+    keys: set[Key] = set()
+    kept: list[tuple[Any, ...]] = []
+    sessions: dict[SessionKey, Session] = {}
+    extreme = False
+    for row, cls in rows:
+        exam, candidate, _, at = key = row[:4]
+        if key in keys:
+            continue
+        keys.add(key)
+        kept.append(row)
+        session = sessions.get((exam, candidate))
+        if session is None:
+            session = sessions[exam, candidate] = Session()
+        session.add(cls, at)
+        if at in _EXTREMES:
+            extreme = True
+    return Prepared(kept, keys, sessions, checks, extreme)
+
+
+def _stage_text(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """`rows` as COPY text for the stage (created_at as microseconds since the epoch)."""
+    text = _copy_text
+    lines = []
+    for exam, candidate, tag, at, description, media, details, topic, partition, offset in rows:
+        lines.append(
+            f"{text(exam)}\t{text(candidate)}\t{tag}\t{(at - _EPOCH) // _MICROSECOND}\t"
+            f"{text(description)}\t{_NULL if media is None else text(media)}\t"
+            f"{_NULL if details is None else text(details)}\t"
+            f"{text(topic)}\t{partition}\t{offset}\n"
+        )
+    return "".join(lines).encode("utf-8")
 
 
 class ProctoringHandler(BatchHandler):
     """Stores all 13 proctoring event types; one instance serves them all so that a batch is
-    one statement, not thirteen."""
+    one COPY, not thirteen statements."""
 
     name = "proctoring"
 
+    def __init__(self) -> None:
+        # Direct until a COPY meets a stored duplicate, then staged until a staged batch
+        # finds none. Shared by the lanes: it only chooses the faster way, both are correct.
+        self.direct = True
+
     def prepare(self, items: Sequence[Item]) -> Prepared:
-        lines: list[str] = []
+        rows: list[tuple[tuple[Any, ...], type]] = []
         checks: list[tuple[object, ...]] = []
-        text = _copy_text
         tags = _TAGS
-        topics: dict[str, str] = {}
         for ev, topic, partition, offset in items:
-            details = _NULL
-            if type(ev) is SystemCheckCompleted:
+            cls = type(ev)
+            details = None
+            if cls is SystemCheckCompleted:
                 check = ev.systemCheck
-                details = text(to_json(check))
+                details = to_json(check)
                 checks.append(
                     (
                         ev.examId,
@@ -139,39 +260,105 @@ class ProctoringHandler(BatchHandler):
                         ev.createdAt.isoformat(),
                     )
                 )
-            media = ev.media_url
-            topic_text = topics.get(topic)
-            if topic_text is None:
-                topic_text = topics[topic] = text(topic)
-            lines.append(
-                f"{text(ev.examId)}\t{text(ev.candidateId)}\t{tags[type(ev)]}\t"
-                f"{(ev.createdAt - _EPOCH) // _MICROSECOND}\t{text(ev.description)}\t"
-                f"{_NULL if media is None else text(media)}\t{details}\t"
-                f"{topic_text}\t{partition}\t{offset}\n"
+            rows.append(
+                (
+                    (
+                        ev.examId,
+                        ev.candidateId,
+                        tags[cls],
+                        ev.createdAt,
+                        ev.description,
+                        ev.media_url,
+                        details,
+                        topic,
+                        partition,
+                        offset,
+                    ),
+                    cls,
+                )
             )
-        return Prepared("".join(lines).encode("utf-8"), checks)
+        return _prepared(rows, checks)
 
     def combine(self, parts: Sequence[Prepared]) -> Prepared:
-        return Prepared(b"".join(p.copy for p in parts), [c for p in parts for c in p.checks])
+        first, *rest = parts
+        keys = set(first.keys)
+        for part in rest:
+            if not keys.isdisjoint(part.keys):
+                # An event repeated across slices (rare): keep its first, aggregate again.
+                classes = {tag: cls for cls, tag in _TAGS.items()}
+                rows = [(row, classes[row[2]]) for p in parts for row in p.rows]
+                return _prepared(rows, [c for p in parts for c in p.checks])
+            keys |= part.keys
+        sessions: dict[SessionKey, Session] = {}
+        for part in parts:
+            for key, session in part.sessions.items():
+                mine = sessions.get(key)
+                if mine is None:
+                    sessions[key] = mine = Session()
+                mine.merge(session)
+        return Prepared(
+            [row for p in parts for row in p.rows],
+            keys,
+            sessions,
+            [c for p in parts for c in p.checks],
+            any(p.extreme for p in parts),
+        )
 
     async def write(
         self, conn: asyncpg.Connection, prepared: Prepared, registers: Registers
     ) -> None:
-        if not prepared.copy:
+        if not prepared.rows:
             return
         if not conn.is_in_transaction():
             # The stage empties at commit: in autocommit mode it would be empty by the time
             # the INSERT reads it, and the batch would vanish without an error.
             raise RuntimeError("ProctoringHandler.write must run inside a transaction")
+        if not (self.direct and not prepared.extreme and await self._copy_direct(conn, prepared)):
+            await self._insert_staged(conn, prepared)
+        if prepared.checks:
+            checks = sorted(prepared.checks, key=lambda r: (r[0], r[1], r[2]))
+            await conn.execute(_INSERT_SYSTEM_CHECKS, *columns(checks, 6))
+
+    async def _copy_direct(self, conn: asyncpg.Connection, prepared: Prepared) -> bool:
+        """COPY the rows into proctoring_events and add them to the sessions; False (nothing
+        written) if one of them was already stored."""
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "proctoring_events", records=prepared.rows, columns=_COLUMNS
+                )
+        except asyncpg.UniqueViolationError:
+            self.direct = False
+            log.debug("proctoring batch repeats stored events: staged inserts until it stops")
+            return False
+        rows = sorted(prepared.sessions.items())
+        iso = [
+            [None if at is None else at.isoformat() for at in col]
+            for col in (
+                [s.started for _, s in rows],
+                [s.ended for _, s in rows],
+                [s.last for _, s in rows],
+            )
+        ]
+        await conn.execute(
+            _UPSERT_SESSIONS,
+            [k[0] for k, _ in rows],
+            [k[1] for k, _ in rows],
+            *iso,
+            [s.flags for _, s in rows],
+            [s.events for _, s in rows],
+        )
+        return True
+
+    async def _insert_staged(self, conn: asyncpg.Connection, prepared: Prepared) -> None:
         await conn.execute(_STAGE)
         await conn.copy_to_table(
             "stage_proctoring_events",
-            source=io.BytesIO(prepared.copy),
+            source=io.BytesIO(_stage_text(prepared.rows)),
             columns=_STAGE_COLUMNS,
             schema_name="pg_temp",
             format="text",
         )
-        await conn.execute(_INSERT_EVENTS, _FLAG_TYPES)
-        if prepared.checks:
-            checks = sorted(prepared.checks, key=lambda r: (r[0], r[1], r[2]))
-            await conn.execute(_INSERT_SYSTEM_CHECKS, *columns(checks, 6))
+        new = await conn.fetchval(_INSERT_STAGED, _FLAG_TYPES)
+        if new == len(prepared.rows):
+            self.direct = True
