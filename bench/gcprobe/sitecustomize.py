@@ -1,0 +1,39 @@
+"""The garbage collector's share of a `worker run` process, for bench/README.md.
+
+    GC_PROBE=1 PYTHONPATH=bench/gcprobe python -m bench.run --only proctoring
+
+Python imports `sitecustomize` at start-up from the path, so every process started with this
+PYTHONPATH loads it; only `... run` (the worker) is probed. At exit it writes, per generation,
+the collections, their total seconds and the longest pause in ms, to
+$GC_PROBE_OUT (default /tmp/gcprobe.<pid>).
+"""
+
+import atexit
+import gc
+import os
+import sys
+import time
+
+if os.environ.get("GC_PROBE") and sys.argv[-1:] == ["run"]:
+    _stats = {g: [0, 0.0, 0.0] for g in range(3)}
+    _started = [0.0]
+
+    def _probe(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            _started[0] = time.perf_counter()
+            return
+        took = time.perf_counter() - _started[0]
+        s = _stats[info["generation"]]
+        s[0] += 1
+        s[1] += took
+        s[2] = max(s[2], took)
+
+    def _report() -> None:
+        path = os.environ.get("GC_PROBE_OUT", f"/tmp/gcprobe.{os.getpid()}")
+        with open(path, "w") as f:
+            for g, (n, total, longest) in _stats.items():
+                ms = longest * 1e3
+                f.write(f"gen{g} collections={n} seconds={total:.3f} longest_ms={ms:.1f}\n")
+
+    gc.callbacks.append(_probe)
+    atexit.register(_report)
