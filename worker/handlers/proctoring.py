@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -125,9 +126,6 @@ ON CONFLICT DO NOTHING
 
 _FLAG_TYPES = sorted(FLAG_TYPES)
 _TAGS = {cls: tag_of(cls) for cls in PROCTORING_STRUCTS}
-_FLAG_CLASSES = frozenset(cls for cls, tag in _TAGS.items() if tag in FLAG_TYPES)
-_STARTED = next(cls for cls, tag in _TAGS.items() if tag == "STARTED")
-_ENDED = next(cls for cls, tag in _TAGS.items() if tag == "END_PROCTORING")
 # asyncpg's binary encoder turns these two valid instants into -infinity and infinity; a batch
 # holding one goes the staged way, where instants travel as numbers.
 _EXTREMES = frozenset(
@@ -152,34 +150,34 @@ def _copy_text(value: str) -> str:
     return value.translate(_COPY_ESCAPES)
 
 
+_AT = itemgetter(3)
+_TAG = itemgetter(2)
+_IS_FLAG = frozenset(FLAG_TYPES).__contains__
+
+
 class Session:
     """One session's share of a batch: what its new events add to proctoring_sessions."""
 
     __slots__ = ("ended", "events", "flags", "last", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """From the session's rows (at least one); the aggregates run in C, not per row."""
+        tags = list(map(_TAG, rows))
+        self.events = len(rows)
+        self.flags = sum(map(_IS_FLAG, tags))
+        self.last: dt.datetime = max(map(_AT, rows))
         self.started: dt.datetime | None = None
         self.ended: dt.datetime | None = None
-        self.last: dt.datetime | None = None
-        self.flags = 0
-        self.events = 0
-
-    def add(self, cls: type, at: dt.datetime) -> None:
-        self.events += 1
-        if self.last is None or at > self.last:
-            self.last = at
-        if cls in _FLAG_CLASSES:
-            self.flags += 1
-        elif cls is _STARTED:
-            if self.started is None or at < self.started:
-                self.started = at
-        elif cls is _ENDED and (self.ended is None or at > self.ended):
-            self.ended = at
+        if "STARTED" in tags:
+            self.started = min(r[3] for r in rows if r[2] == "STARTED")
+        if "END_PROCTORING" in tags:
+            self.ended = max(r[3] for r in rows if r[2] == "END_PROCTORING")
 
     def merge(self, other: Session) -> None:
         self.events += other.events
         self.flags += other.flags
-        for name, pick in (("started", min), ("ended", max), ("last", max)):
+        self.last = max(self.last, other.last)
+        for name, pick in (("started", min), ("ended", max)):
             mine, theirs = getattr(self, name), getattr(other, name)
             if theirs is not None:
                 setattr(self, name, theirs if mine is None else pick(mine, theirs))
@@ -187,31 +185,34 @@ class Session:
 
 class Prepared(NamedTuple):
     rows: list[tuple[Any, ...]]  # _COLUMNS, the first event of each key, in stream order
-    keys: set[Key]
+    keys: Collection[Key]
     sessions: dict[SessionKey, Session]  # aggregated over `rows`
     checks: list[tuple[object, ...]]
     extreme: bool  # a row holds an instant of _EXTREMES
 
 
-def _prepared(rows: list[tuple[Any, ...]], checks: list[tuple[object, ...]]) -> Prepared:
+def _prepared(rows: Iterable[tuple[Any, ...]], checks: list[tuple[object, ...]]) -> Prepared:
     """Keep the first row of each key; aggregate the sessions over what is kept."""
-    keys: set[Key] = set()
-    kept: list[tuple[Any, ...]] = []
-    sessions: dict[SessionKey, Session] = {}
-    extreme = False
-    for row, cls in rows:
-        exam, candidate, _, at = key = row[:4]
-        if key in keys:
+    first: dict[Key, tuple[Any, ...]] = {}
+    groups: dict[SessionKey, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        key = row[:4]
+        if key in first:
             continue
-        keys.add(key)
-        kept.append(row)
-        session = sessions.get((exam, candidate))
-        if session is None:
-            session = sessions[exam, candidate] = Session()
-        session.add(cls, at)
-        if at in _EXTREMES:
-            extreme = True
-    return Prepared(kept, keys, sessions, checks, extreme)
+        first[key] = row
+        group = groups.get(key[:2])
+        if group is None:
+            groups[key[:2]] = [row]
+        else:
+            group.append(row)
+    kept = list(first.values())
+    return Prepared(
+        kept,
+        first.keys(),
+        {key: Session(group) for key, group in groups.items()},
+        checks,
+        not _EXTREMES.isdisjoint(map(_AT, kept)),
+    )
 
 
 def _stage_text(rows: Sequence[tuple[Any, ...]]) -> bytes:
@@ -240,7 +241,7 @@ class ProctoringHandler(BatchHandler):
         self.direct = True
 
     def prepare(self, items: Sequence[Item]) -> Prepared:
-        rows: list[tuple[tuple[Any, ...], type]] = []
+        rows: list[tuple[Any, ...]] = []
         checks: list[tuple[object, ...]] = []
         tags = _TAGS
         for ev, topic, partition, offset in items:
@@ -262,40 +263,38 @@ class ProctoringHandler(BatchHandler):
                 )
             rows.append(
                 (
-                    (
-                        ev.examId,
-                        ev.candidateId,
-                        tags[cls],
-                        ev.createdAt,
-                        ev.description,
-                        ev.media_url,
-                        details,
-                        topic,
-                        partition,
-                        offset,
-                    ),
-                    cls,
+                    ev.examId,
+                    ev.candidateId,
+                    tags[cls],
+                    ev.createdAt,
+                    ev.description,
+                    ev.media_url,
+                    details,
+                    topic,
+                    partition,
+                    offset,
                 )
             )
         return _prepared(rows, checks)
 
     def combine(self, parts: Sequence[Prepared]) -> Prepared:
+        # Consumes `parts`: their Session objects are merged into, not copied.
         first, *rest = parts
         keys = set(first.keys)
         for part in rest:
             if not keys.isdisjoint(part.keys):
                 # An event repeated across slices (rare): keep its first, aggregate again.
-                classes = {tag: cls for cls, tag in _TAGS.items()}
-                rows = [(row, classes[row[2]]) for p in parts for row in p.rows]
+                rows = (row for p in parts for row in p.rows)
                 return _prepared(rows, [c for p in parts for c in p.checks])
-            keys |= part.keys
+            keys.update(part.keys)
         sessions: dict[SessionKey, Session] = {}
         for part in parts:
             for key, session in part.sessions.items():
                 mine = sessions.get(key)
                 if mine is None:
-                    sessions[key] = mine = Session()
-                mine.merge(session)
+                    sessions[key] = session
+                else:
+                    mine.merge(session)
         return Prepared(
             [row for p in parts for row in p.rows],
             keys,
