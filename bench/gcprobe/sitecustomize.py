@@ -5,7 +5,8 @@
 Python imports `sitecustomize` at start-up from the path, so every process started with this
 PYTHONPATH loads it; only `... run` (the worker) is probed. At exit it writes, per generation,
 the collections, their total seconds and the longest pause in ms, to
-$GC_PROBE_OUT (default /tmp/gcprobe.<pid>).
+$GC_PROBE_OUT (default /tmp/gcprobe.<pid>). GC_PROBE_THRESHOLD=700,10,10 tries other
+thresholds (gc.set_threshold).
 """
 
 import atexit
@@ -35,5 +36,7 @@ if os.environ.get("GC_PROBE") and sys.argv[-1:] == ["run"]:
                 ms = longest * 1e3
                 f.write(f"gen{g} collections={n} seconds={total:.3f} longest_ms={ms:.1f}\n")
 
+    if os.environ.get("GC_PROBE_THRESHOLD"):  # "700,10,10": try other thresholds
+        gc.set_threshold(*map(int, os.environ["GC_PROBE_THRESHOLD"].split(",")))
     gc.callbacks.append(_probe)
     atexit.register(_report)
