@@ -53,6 +53,10 @@ from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
 
 log = structlog.get_logger("worker")
 
+# Item(...) runs the NamedTuple's Python-level __new__; this is the same tuple built in C
+# (~0.25 us less per record, on a path that runs once per record).
+_new_item = functools.partial(tuple.__new__, Item)
+
 T = TypeVar("T")
 
 
@@ -354,7 +358,7 @@ class Worker:
             if isinstance(result, DecodeFailure):
                 letters.append(DeadLetter(record, result))
             else:
-                items.append(Item(result, topic, partition, record.offset))
+                items.append(_new_item((result, topic, partition, record.offset)))
         part.records.extend(records)
         part.nbytes += size
         return size
