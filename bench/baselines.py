@@ -129,35 +129,46 @@ async def naive(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _copy_rows(p: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """The proctoring workload, decoded by the worker's decoder into the handler's row shape."""
-    from bench.data import ProctoringSpec, proctoring_workload
-    from schemas.common import tag_of
+def decoded_proctoring(spec: Any, partitions: int) -> list[tuple[Any, int, int]]:
+    """The proctoring workload (a `bench.data.ProctoringSpec`) decoded by the worker's decoder,
+    as (event, partition, offset), spread over `partitions` by the record key."""
+    from bench.data import proctoring_workload
     from worker.decode import proctoring_decoder
 
-    spec = ProctoringSpec(**p["spec"])
-    rows: list[tuple[Any, ...]] = []
+    decoded: list[tuple[Any, int, int]] = []
     offsets: dict[int, int] = {}
     for rec in proctoring_workload(spec):
-        ev: Any = proctoring_decoder.decode(rec.value)
-        partition = zlib.crc32(rec.key) % p["partitions"]
+        partition = zlib.crc32(rec.key) % partitions
         offset = offsets.get(partition, 0)
         offsets[partition] = offset + 1
-        rows.append(
-            (
-                ev.examId,
-                ev.candidateId,
-                tag_of(ev),
-                ev.createdAt,
-                ev.description,
-                ev.media_url,
-                None,
-                p["topic"],
-                partition,
-                offset,
-            )
-        )
-    return rows
+        decoded.append((proctoring_decoder.decode(rec.value), partition, offset))
+    return decoded
+
+
+def copy_row(ev: Any, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
+    """An event as a row of COLUMNS."""
+    from schemas.common import tag_of
+
+    return (
+        ev.examId,
+        ev.candidateId,
+        tag_of(ev),
+        ev.createdAt,
+        ev.description,
+        ev.media_url,
+        None,
+        topic,
+        partition,
+        offset,
+    )
+
+
+def _copy_rows(p: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The proctoring workload, decoded by the worker's decoder into the handler's row shape."""
+    from bench.data import ProctoringSpec
+
+    decoded = decoded_proctoring(ProctoringSpec(**p["spec"]), p["partitions"])
+    return [copy_row(ev, p["topic"], partition, offset) for ev, partition, offset in decoded]
 
 
 async def copy(p: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import os
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,15 @@ from typing import Any
 import asyncpg
 
 from bench import data
-from bench.baselines import BARE_COLUMNS, BARE_DDL, BARE_TABLE, COLUMNS
+from bench.baselines import (
+    BARE_COLUMNS,
+    BARE_DDL,
+    BARE_TABLE,
+    COLUMNS,
+    copy_row,
+    decoded_proctoring,
+)
 from bench.stack import database_url_for
-from schemas.common import tag_of
-from worker.decode import proctoring_decoder
 from worker.handlers import proctoring as pr
 from worker.handlers.base import Item
 from worker.handlers.people import Registers
@@ -50,31 +54,11 @@ class Workload:
 
 
 def workload(scale: float) -> Workload:
-    spec = data.proctoring_spec(scale)
-    offsets: dict[int, int] = {}
-    items: list[Item] = []
-    rows: list[tuple[Any, ...]] = []
-    for rec in data.proctoring_workload(spec):
-        ev: Any = proctoring_decoder.decode(rec.value)
-        partition = zlib.crc32(rec.key) % PARTITIONS
-        offset = offsets.get(partition, 0)
-        offsets[partition] = offset + 1
-        items.append(Item(ev, TOPIC, partition, offset))
-        rows.append(
-            (
-                ev.examId,
-                ev.candidateId,
-                tag_of(ev),
-                ev.createdAt,
-                ev.description,
-                ev.media_url,
-                None,
-                TOPIC,
-                partition,
-                offset,
-            )
-        )
-    return Workload(items, rows)
+    decoded = decoded_proctoring(data.proctoring_spec(scale), PARTITIONS)
+    return Workload(
+        [Item(ev, TOPIC, partition, offset) for ev, partition, offset in decoded],
+        [copy_row(ev, TOPIC, partition, offset) for ev, partition, offset in decoded],
+    )
 
 
 # -- variants ---------------------------------------------------------------------------------
