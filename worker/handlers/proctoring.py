@@ -33,6 +33,7 @@ import structlog
 from schemas.common import tag_of
 from schemas.proctoring import FLAG_TYPES, PROCTORING_STRUCTS, SystemCheckCompleted
 from worker.handlers.base import BatchHandler, Item, columns, to_json
+from worker.handlers.merge import param, wire
 from worker.handlers.people import Registers
 
 log = structlog.get_logger("worker")
@@ -106,13 +107,12 @@ WITH ins AS (
 SELECT count(*) FROM ins
 """
 
-# The direct path's summary, aggregated in Python (timestamps as ISO text: see
-# worker.handlers.merge.param).
+# The direct path's summary, aggregated in Python.
 _UPSERT_SESSIONS = f"""
 INSERT INTO proctoring_sessions AS s ({_SESSION_COLUMNS})
 SELECT * FROM unnest(
-    $1::text[], $2::text[], $3::text[]::timestamptz[], $4::text[]::timestamptz[],
-    $5::text[]::timestamptz[], $6::integer[], $7::integer[])
+    $1::text[], $2::text[], {param(3, "timestamptz")}, {param(4, "timestamptz")},
+    {param(5, "timestamptz")}, $6::integer[], $7::integer[])
 {_SESSION_UPDATE}
 """
 
@@ -312,7 +312,8 @@ class ProctoringHandler(BatchHandler):
             # The stage empties at commit: in autocommit mode it would be empty by the time
             # the INSERT reads it, and the batch would vanish without an error.
             raise RuntimeError("ProctoringHandler.write must run inside a transaction")
-        if not (self.direct and not prepared.extreme and await self._copy_direct(conn, prepared)):
+        stored = self.direct and not prepared.extreme and await self._copy_direct(conn, prepared)
+        if not stored:
             await self._insert_staged(conn, prepared)
         if prepared.checks:
             checks = sorted(prepared.checks, key=lambda r: (r[0], r[1], r[2]))
@@ -330,22 +331,19 @@ class ProctoringHandler(BatchHandler):
             self.direct = False
             log.debug("proctoring batch repeats stored events: staged inserts until it stops")
             return False
-        rows = sorted(prepared.sessions.items())
-        iso = [
-            [None if at is None else at.isoformat() for at in col]
-            for col in (
-                [s.started for _, s in rows],
-                [s.ended for _, s in rows],
-                [s.last for _, s in rows],
-            )
-        ]
+        # Sorted by key, so that concurrent writers lock shared session rows in one order.
+        ordered = sorted(prepared.sessions.items())
+        keys = [k for k, _ in ordered]
+        sessions = [s for _, s in ordered]
         await conn.execute(
             _UPSERT_SESSIONS,
-            [k[0] for k, _ in rows],
-            [k[1] for k, _ in rows],
-            *iso,
-            [s.flags for _, s in rows],
-            [s.events for _, s in rows],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            wire("timestamptz", [s.started for s in sessions]),
+            wire("timestamptz", [s.ended for s in sessions]),
+            wire("timestamptz", [s.last for s in sessions]),
+            [s.flags for s in sessions],
+            [s.events for s in sessions],
         )
         return True
 
