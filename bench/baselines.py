@@ -336,6 +336,22 @@ def worker_fetch_sizes() -> dict[str, int]:
     return fetch_sizes(Settings.from_env(os.environ))
 
 
+def _reader(p: dict[str, Any], **extra: Any) -> Any:
+    """A consumer outside any group, fetching with the worker's sizes (worker/clients.py) from
+    the log start; the caller assigns the partitions."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        bootstrap_servers=p["bootstrap_servers"],
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **worker_fetch_sizes(),
+        isolation_level="read_committed",
+        **extra,
+    )
+
+
 def worker_fetch_wait_ms() -> int:
     """The worker's fetch wait: WORKER_FETCH_WAIT_MS, else its configured default."""
     value = os.environ.get("WORKER_FETCH_WAIT_MS", "").strip()
@@ -357,20 +373,11 @@ async def bare_consumer(p: dict[str, Any]) -> dict[str, Any]:
     (the send time) and the moment the `getmany` that returned it came back. Stops after
     `events` stream records, 10 s without one, or `timeout` s. The samples (created epoch s,
     latency ms) go to `samples_path` as JSON, written by main() once the loop has ended."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     fetch_wait = worker_fetch_wait_ms()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=p["bootstrap_servers"],
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        # The worker's fetch settings (worker/clients.py), so only the worker's own work
-        # separates the two latencies.
-        **worker_fetch_sizes(),
-        isolation_level="read_committed",
-        fetch_max_wait_ms=fetch_wait,
-    )
+    # The worker's fetch settings, so only the worker's own work separates the two latencies.
+    consumer = _reader(p, fetch_max_wait_ms=fetch_wait)
     await consumer.start()
     tps = [TopicPartition(p["topic"], i) for i in range(p["partitions"])]
     consumer.assign(tps)
@@ -423,18 +430,11 @@ async def bare_consumer(p: dict[str, Any]) -> dict[str, Any]:
 
 async def fetch(p: dict[str, Any]) -> dict[str, Any]:
     """Fetch all records with the worker's consumer settings, decode each with its decoder."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     from worker.decode import DecodeFailure, proctoring_decoder
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=p["bootstrap_servers"],
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **worker_fetch_sizes(),
-        isolation_level="read_committed",
-    )
+    consumer = _reader(p)
     await consumer.start()
     tps = [TopicPartition(p["topic"], i) for i in range(p["partitions"])]
     consumer.assign(tps)
