@@ -26,7 +26,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
-# The project itself (setuptools): worker, worker.handlers, worker.sql (from sql/), schemas and
+# The project itself (setuptools): worker and its subpackages, worker.sql (from sql/), schemas and
 # the seed documents in schemas/seeds/. README.md is the package's readme (pyproject.toml).
 COPY README.md ./
 COPY schemas ./schemas
@@ -36,7 +36,7 @@ RUN pip install --no-deps . \
     && worker --version \
     && python -c "from importlib.resources import files; \
 assert any(p.name.endswith('.sql') for p in files('worker.sql').iterdir()), 'no migrations'; \
-from worker.seeds import interview_samples, proctoring_samples; \
+from worker.dev.seeds import interview_samples, proctoring_samples; \
 assert interview_samples() and proctoring_samples(), 'no seed samples'"
 
 # --- runtime: the virtualenv on a clean slim Python, as an unprivileged user --------------------

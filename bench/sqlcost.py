@@ -41,7 +41,7 @@ from bench.baselines import (
 from bench.stack import database_url_for
 from worker.handlers import proctoring as pr
 from worker.handlers.base import Item
-from worker.handlers.people import Registers
+from worker.handlers.registers import Registers
 
 TOPIC = "proctoring.events"
 PARTITIONS = 12
@@ -351,7 +351,7 @@ async def main_async(args: argparse.Namespace) -> int:
     admin = os.environ.get("DATABASE_URL", "").strip()
     server = None
     if not admin:
-        from worker.devstack import EmbeddedPostgres
+        from worker.dev.stack import EmbeddedPostgres
 
         server = EmbeddedPostgres(
             Path(tempfile.mkdtemp(prefix="sqlcost-")) / "pgdata",

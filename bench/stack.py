@@ -66,7 +66,7 @@ class Stack:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        from worker.devstack import EmbeddedBroker, EmbeddedPostgres
+        from worker.dev.stack import EmbeddedBroker, EmbeddedPostgres
 
         kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
         pg = os.environ.get("DATABASE_URL", "").strip()

@@ -1,6 +1,6 @@
-"""Shared fixtures. The logic lives in tests/infra.py; this file only declares fixtures.
+"""Shared fixtures. The logic lives in tests/support/infra.py; this file only declares fixtures.
 
-`import infra` works because pytest puts this directory (no __init__.py) on sys.path.
+`from support import infra` works because pytest puts this directory (no __init__.py) on sys.path.
 
 Servers start lazily: a test that requests none of the Kafka or PostgreSQL fixtures
 starts nothing.
@@ -13,9 +13,9 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import infra
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from support import infra
 
 
 @pytest.fixture(scope="session")

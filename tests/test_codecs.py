@@ -29,7 +29,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import UnsupportedCodecError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
-from e2e_support import (
+from support.e2e import (
     DLQ_HEADERS,
     fetch,
     http_get,
@@ -38,10 +38,10 @@ from e2e_support import (
     wait_for,
     wait_for_offsets,
 )
-from infra import TopicFactory, Topics, consume_all, unique_name
+from support.infra import TopicFactory, Topics, consume_all, unique_name
 
-from worker.devstack import free_port
-from worker.seeds import proctoring_samples
+from worker.dev.seeds import proctoring_samples
+from worker.dev.stack import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import infra
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from e2e_support import (
+from support import infra
+from support.e2e import (
     count_rows,
     expected_offsets,
     running_worker,
@@ -23,9 +23,9 @@ from e2e_support import (
     wait_for_offsets,
     worker_process,
 )
-from kafka_proxy import KafkaProxy
+from support.kafka_proxy import KafkaProxy
 
-from worker.devstack import EmbeddedBroker, free_port
+from worker.dev.stack import EmbeddedBroker, free_port
 from worker.migrate import migrate_url
 
 pytestmark = pytest.mark.integration

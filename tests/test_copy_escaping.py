@@ -8,7 +8,7 @@ import json
 
 import asyncpg
 import pytest
-from storage_support import db  # noqa: F401
+from support.storage import db  # noqa: F401
 
 from worker.decode import proctoring_decoder
 from worker.handlers.base import Item

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 
 import pytest
-from e2e_support import (
+from support.e2e import (
     count_rows,
     expected_offsets,
     fetch,
@@ -23,7 +23,7 @@ from e2e_support import (
     wait_for_offsets,
     wait_for_stats,
 )
-from infra import PgStack, Topics, consume_all, produce
+from support.infra import PgStack, Topics, consume_all, produce
 
 from schemas.proctoring import FLAG_TYPES
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from event_builders import encode, proctoring, sample
+from support.event_builders import encode, proctoring, sample
 
 from schemas import interview as iv
 from schemas import proctoring as pr
@@ -22,7 +22,7 @@ from worker.decode import (
     interview_decoder,
     proctoring_decoder,
 )
-from worker.seeds import interview_samples
+from worker.dev.seeds import interview_samples
 
 REASONS = {INVALID_JSON, SCHEMA_VIOLATION, UNKNOWN_EVENT_TYPE, EMPTY_PAYLOAD}
 SAMPLES = interview_samples()

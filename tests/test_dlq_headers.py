@@ -109,7 +109,7 @@ async def test_publisher_keeps_null_key_and_null_header_values() -> None:
 
 
 def test_the_worker_adds_exactly_the_contract_headers() -> None:
-    from e2e_support import DLQ_HEADERS
+    from support.e2e import DLQ_HEADERS
 
     from worker.dlq import CONTEXT_HEADERS
 

@@ -21,18 +21,18 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka.structs import RecordMetadata
-from infra import Topics, consume_all, produce
+from support.infra import Topics, consume_all, produce
 
 from worker.config import Settings
 from worker.consumer import Worker
-from worker.dlq_tools import (
+from worker.migrate import migrate_url
+from worker.tools.dlq.command import (
     DeadLetterView,
     add_dlq_commands,
     read_dead_letters,
     replay_dead_letters,
     run_dlq_command,
 )
-from worker.migrate import migrate_url
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
-from e2e_support import (
+from support.e2e import (
     DLQ_HEADERS,
     count_rows,
     expected_offsets,
@@ -29,12 +29,12 @@ from e2e_support import (
     wait_for_offsets,
     wait_for_stats,
 )
-from infra import Topics, consume_all, produce
+from support.infra import Topics, consume_all, produce
 
 from worker import __version__
 from worker.decode import MAX_ERROR_BYTES
+from worker.dev.seeds import interview_samples, proctoring_samples, system_check_example
 from worker.migrate import migrate_url
-from worker.seeds import interview_samples, proctoring_samples, system_check_example
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,10 @@ import json
 import random
 from typing import Any
 
-import infra
 import pytest
 from aiokafka import TopicPartition
-from e2e_support import (
+from support import infra
+from support.e2e import (
     expected_offsets,
     running_worker,
     settings_for,

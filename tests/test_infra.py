@@ -7,7 +7,7 @@ import time
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from infra import PgStack, TopicFactory, Topics, consume_all, produce
+from support.infra import PgStack, TopicFactory, Topics, consume_all, produce
 
 pytestmark = pytest.mark.integration
 

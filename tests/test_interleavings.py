@@ -1,5 +1,5 @@
 """Exact interleavings of fetch, seek, fence, revoke, reassignment, commit and shutdown, played
-on the real Worker with a scripted Kafka (tests/scripted_kafka.py) and a REAL PostgreSQL.
+on the real Worker with a scripted Kafka (tests/support/scripted_kafka.py) and a REAL PostgreSQL.
 
 A slow commit is a real one: the test holds a PostgreSQL lock (a `SELECT ... FOR UPDATE` of a
 partition's consumer_offsets row, an UPDATE as a new owner would make, or `LOCK TABLE`), so
@@ -27,12 +27,12 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import asyncpg
-import infra
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaTimeoutError
-from e2e_support import settings_for
-from scripted_kafka import (
+from support import infra
+from support.e2e import settings_for
+from support.scripted_kafka import (
     RunningWorker,
     ScriptedBroker,
     ScriptedClients,

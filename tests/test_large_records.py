@@ -13,9 +13,9 @@ import asyncio
 import json
 from pathlib import Path
 
-import infra
 import pytest
-from e2e_support import (
+from support import infra
+from support.e2e import (
     count_rows,
     expected_offsets,
     settings_for,

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import asyncpg
-from storage_support import (
+from support.storage import (
     apply,
     db,  # noqa: F401  (fixture)
     interview_item,
@@ -16,7 +16,7 @@ from storage_support import (
 
 from worker.handlers.applicants import APPLICANTS
 from worker.handlers.base import Item
-from worker.handlers.people import CANDIDATES, INTERVIEWS, JOBS
+from worker.handlers.registers import CANDIDATES, INTERVIEWS, JOBS
 from worker.handlers.reports import REPORTS
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import asyncpg
-import infra
 import pytest
-from e2e_support import http_get, running_worker, settings_for, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from support import infra
+from support.e2e import http_get, running_worker, settings_for, wait_for
 
-from worker.devstack import free_port
-from worker.seeds import interview_samples, proctoring_samples
+from worker.dev.seeds import interview_samples, proctoring_samples
+from worker.dev.stack import free_port
 
 
 def _samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from storage_support import CONTENT_TABLES
+from support.storage import CONTENT_TABLES
 
 from worker.migrate import (
     MIGRATION_LOCK_ID,

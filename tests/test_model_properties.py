@@ -41,8 +41,8 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from reference_model import database_tables, diff_tables, model_tables
-from storage_support import (
+from support.reference_model import database_tables, diff_tables, model_tables
+from support.storage import (
     INTERVIEW_TOPIC,
     PROCTORING_TOPIC,
     db,  # noqa: F401  (fixture)

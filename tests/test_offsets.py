@@ -11,8 +11,8 @@ import json
 import time
 
 import asyncpg
-import infra
 from aiokafka import TopicPartition
+from support import infra
 
 from worker import offsets
 from worker.config import Settings

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 from aiokafka import TopicPartition
-from e2e_support import settings_for
-from infra import Topics
-from offsets_support import CliResult, offset_rows, produce_to, run_offsets_cli
+from support.e2e import settings_for
+from support.infra import Topics
+from support.offsets import CliResult, offset_rows, produce_to, run_offsets_cli
 
 from worker import offsets
 from worker.config import Settings

@@ -11,9 +11,9 @@ from collections.abc import Iterator, Sequence
 
 import asyncpg
 import pytest
-from event_builders import encode, proctoring
-from reference_model import database_tables, diff_tables, model_tables
-from storage_support import apply, db, proctoring_item  # noqa: F401
+from support.event_builders import encode, proctoring
+from support.reference_model import database_tables, diff_tables, model_tables
+from support.storage import apply, db, proctoring_item  # noqa: F401
 
 from schemas import proctoring as pr
 from worker.handlers.base import Item

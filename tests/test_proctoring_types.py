@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from storage_support import (
+from support.storage import (
     PROCTORING_TOPIC,
     apply,
     apply_each,
@@ -20,8 +20,8 @@ from storage_support import (
 from schemas import proctoring as pr
 from schemas.common import tag_of
 from worker.decode import SCHEMA_VIOLATION, DecodeFailure, proctoring_decoder
+from worker.dev.seeds import system_check_example
 from worker.handlers.base import Item
-from worker.seeds import system_check_example
 
 EXAM = "exam-2025-backend-42"
 CANDIDATE = "cand-7f3a9c"

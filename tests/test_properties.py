@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from storage_support import (
+from support.storage import (
     INTERVIEW_TOPIC,
     KAFKA_COLUMNS,
     NOTATIONS,

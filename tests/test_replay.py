@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from e2e_support import (
+from support.e2e import (
     expected_offsets,
     fetch,
     running_worker,
@@ -36,16 +36,16 @@ from e2e_support import (
     wait_for_offsets,
     wait_for_stats,
 )
-from infra import Topics, produce
-from offsets_support import execute, produce_to, run_offsets_cli
+from support.infra import Topics, produce
+from support.offsets import execute, produce_to, run_offsets_cli
 
 from schemas.proctoring import FLAG_TYPES
 from worker.config import Settings
 from worker.consumer import Worker
+from worker.dev.seeds import interview_samples, proctoring_samples
 from worker.metrics import Metrics
 from worker.migrate import migrate_url
 from worker.ownership import Ownership
-from worker.seeds import interview_samples, proctoring_samples
 
 pytestmark = pytest.mark.integration
 

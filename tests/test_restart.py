@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import (
+from support.e2e import (
     WorkerProcess,
     count_rows,
     expected_offsets,
@@ -32,10 +32,10 @@ from e2e_support import (
     wait_for_offsets,
     worker_process,
 )
-from infra import Topics, consume_all, produce
+from support.infra import Topics, consume_all, produce
 
 from schemas.proctoring import EVENT_TYPES, FLAG_TYPES
-from worker.seeds import system_check_example
+from worker.dev.seeds import system_check_example
 
 pytestmark = pytest.mark.integration
 

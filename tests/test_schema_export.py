@@ -32,7 +32,8 @@ from worker.decode import (
     interview_decoder,
     proctoring_decoder,
 )
-from worker.schema_export import (
+from worker.dev.seeds import interview_samples, proctoring_samples
+from worker.tools.schema import (
     DIALECT,
     RAW_BLOCK_KINDS,
     RAW_SCALAR_FIELDS,
@@ -40,7 +41,6 @@ from worker.schema_export import (
     export_schemas,
     run_schema_command,
 )
-from worker.seeds import interview_samples, proctoring_samples
 
 PROCTORING = "proctoring.events.schema.json"
 INTERVIEW = "interview.events.schema.json"

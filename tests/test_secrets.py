@@ -23,10 +23,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import asyncpg
-import infra
 import pytest
 from asyncpg import connect_utils
-from e2e_support import (
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from support import infra
+from support.e2e import (
     WorkerProcess,
     count_rows,
     http_get,
@@ -35,13 +38,10 @@ from e2e_support import (
     wait_for,
     worker_process,
 )
-from hypothesis import given
-from hypothesis import settings as hypothesis_settings
-from hypothesis import strategies as st
 
 from worker.config import ConfigError, Settings, database_url_problem, redact_url
-from worker.devstack import free_port
-from worker.seeds import proctoring_samples
+from worker.dev.seeds import proctoring_samples
+from worker.dev.stack import free_port
 
 SECRET = "s3cr3t-Zq9"
 WHOLE = "<unparseable URL>"

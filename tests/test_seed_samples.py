@@ -1,6 +1,6 @@
 """Acceptance: the nine sample bodies of seed 003, as written, decode and land in PostgreSQL.
 
-The bodies are read from the seed file itself (worker.seeds.interview_samples), so a producer
+The bodies are read from the seed file itself (worker.dev.seeds.interview_samples), so a producer
 that copies the vendor's documentation is exactly what is tested here.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
-from storage_support import (
+from support.storage import (
     apply,
     apply_each,
     db,  # noqa: F401  (fixture)
@@ -26,7 +26,7 @@ from storage_support import (
 
 from schemas import interview as iv
 from worker.decode import interview_decoder
-from worker.seeds import INTERVIEW_SEED, PROCTORING_SEED, interview_samples
+from worker.dev.seeds import INTERVIEW_SEED, PROCTORING_SEED, interview_samples
 
 SHARED_SEEDS = Path("/work/shared/seeds")
 REPO_SEEDS = Path(__file__).resolve().parent.parent / "schemas" / "seeds"

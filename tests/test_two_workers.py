@@ -1,7 +1,7 @@
 """End to end: one stream, two workers, two databases, the same tables, the model's tables.
 
 One stream is produced once to real topics: the seed samples of both documents
-(worker.seeds) and generated interview, applicant, report and proctoring events from the
+(worker.dev.seeds) and generated interview, applicant, report and proctoring events from the
 property tests' builders (varying names, emails, scores, timestamp forms, stale applicant
 events, shared jobs and candidates across partitions, redelivered records). The events of one
 application, one report's `interview_report.created` events and one proctoring session are
@@ -29,9 +29,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import infra
 import pytest
-from e2e_support import (
+from support import infra
+from support.e2e import (
     expected_offsets,
     running_worker,
     settings_for,
@@ -39,14 +39,14 @@ from e2e_support import (
     table_snapshot,
     wait_for_offsets,
 )
-from infra import Topics, produce
-from reference_model import database_tables, diff_tables, model_tables
-from storage_support import PROCTORING_TOPIC
+from support.infra import Topics, produce
+from support.reference_model import database_tables, diff_tables, model_tables
+from support.storage import PROCTORING_TOPIC
 from test_model_properties import ALL_KINDS, Ev, RandomChooser, build_events
 
 from schemas.proctoring import ProctoringEvent
 from worker.decode import DecodeFailure, interview_decoder, proctoring_decoder
-from worker.seeds import interview_samples, proctoring_samples
+from worker.dev.seeds import interview_samples, proctoring_samples
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 import msgspec
 import pytest
-from event_builders import encode, proctoring, sample
-from storage_support import (
+from support.event_builders import encode, proctoring, sample
+from support.storage import (
     apply,
     db,  # noqa: F401  (fixture)
     interview_item,
@@ -32,7 +32,7 @@ from worker.decode import (
     interview_decoder,
     proctoring_decoder,
 )
-from worker.seeds import interview_samples, system_check_example
+from worker.dev.seeds import interview_samples, system_check_example
 
 SAMPLES = interview_samples()
 STARTED, REPORT, RECORDING, WEBCAM, SCORE, APPLICANT = SAMPLES[:6]

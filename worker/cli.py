@@ -18,9 +18,9 @@ import structlog
 
 from worker import __version__
 from worker.config import ConfigError, Settings, redact_url
-from worker.dlq_tools import add_dlq_commands, run_dlq_command
 from worker.logs import configure_logging
-from worker.offsets_cli import add_offsets_commands, run_offsets_command
+from worker.tools.dlq.command import add_dlq_commands, run_dlq_command
+from worker.tools.offsets import add_offsets_commands, run_offsets_command
 
 log = structlog.get_logger("worker")
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
         # Needs no configuration: a producer can run it without the worker's environment.
-        from worker.schema_export import run_schema_command
+        from worker.tools.schema import run_schema_command
 
         return run_schema_command(args.out)
     try:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "offsets":
             return run_offsets_command(args, settings)
         if args.command == "dev":
-            from worker.dev import run_dev
+            from worker.dev.command import run_dev
 
             return run_dev(settings, args.data_dir, args.kafka_port, args.pg_port)
     except ConfigError as exc:  # found at start, e.g. a topic the broker does not have

@@ -1,7 +1,7 @@
 """The worker's three clients, built in one place from the settings.
 
 `Worker` receives a `Clients` and never constructs a client itself, so a test can hand it a
-scripted consumer and producer (tests/scripted_kafka.py) beside a real PostgreSQL pool and
+scripted consumer and producer (tests/support/scripted_kafka.py) beside a real PostgreSQL pool and
 replay an exact interleaving of fetches, seeks, rebalances and commits.
 """
 

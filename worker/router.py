@@ -18,8 +18,8 @@ from schemas.common import tag_of
 from worker.handlers.applicants import ApplicantHandler
 from worker.handlers.base import Handler, Item
 from worker.handlers.interviews import InterviewStartedHandler
-from worker.handlers.people import Registers
 from worker.handlers.proctoring import ProctoringHandler
+from worker.handlers.registers import Registers
 from worker.handlers.reports import (
     ReportCreatedHandler,
     proctoring_score_handler,

@@ -1,8 +1,8 @@
-"""Fixtures of the chaos campaigns; the machinery lives in chaos_support.py.
+"""Fixtures of the chaos campaigns; the machinery lives in tests/support/chaos.py.
 
 tests/conftest.py (the servers, `database_url`, `topic_factory`) applies here too. pytest puts
-tests/ and tests/chaos/ on sys.path (neither has an __init__.py) when it imports their
-conftest files; the insertion below only makes that explicit for a run started elsewhere.
+tests/ on sys.path (it has no __init__.py) when it imports its conftest, which makes
+`support` importable; the insertion below only makes that explicit for a run started elsewhere.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 
 _HERE = Path(__file__).resolve().parent
-for _path in (_HERE, _HERE.parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(_HERE.parent) not in sys.path:
+    sys.path.insert(0, str(_HERE.parent))
 
-import chaos_support  # noqa: E402
-import infra  # noqa: E402
+from support import chaos, infra  # noqa: E402
 
 
 @pytest.fixture
@@ -40,10 +38,10 @@ async def fresh_database(pg_stack: infra.PgStack) -> AsyncIterator[Callable[[], 
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not chaos_support.FIGURES:
+    if not chaos.FIGURES:
         return
-    terminalreporter.section(f"chaos figures (CHAOS_SCALE={chaos_support.SCALE})")
-    for campaign, figures in chaos_support.FIGURES.items():
+    terminalreporter.section(f"chaos figures (CHAOS_SCALE={chaos.SCALE})")
+    for campaign, figures in chaos.FIGURES.items():
         terminalreporter.write_line(f"{campaign}:")
         for name, value in figures.items():
             terminalreporter.write_line(f"    {name}: {value}")

@@ -16,10 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 import asyncpg
-import infra
 import psutil
 import pytest
-from chaos_support import (
+from support import infra
+from support.chaos import (
     FAST_GROUP_ENV,
     SCALE,
     SEED,
@@ -36,7 +36,7 @@ from chaos_support import (
     topic_map,
     wait_until,
 )
-from e2e_support import WorkerProcess, settings_for, worker_process
+from support.e2e import WorkerProcess, settings_for, worker_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SIZES.test_timeout_s)]
 

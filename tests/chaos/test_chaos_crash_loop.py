@@ -17,9 +17,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import infra
 import pytest
-from chaos_support import (
+from support import infra
+from support.chaos import (
     FAST_GROUP_ENV,
     SCALE,
     SEED,
@@ -41,7 +41,7 @@ from chaos_support import (
     topic_map,
     wait_until,
 )
-from e2e_support import WorkerProcess, settings_for, worker_process
+from support.e2e import WorkerProcess, settings_for, worker_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SIZES.test_timeout_s)]
 

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
-import infra
 import pytest
-from chaos_support import (
+from support import infra
+from support.chaos import (
     SCALE,
     SEED,
     SIZES,
@@ -40,7 +40,7 @@ from chaos_support import (
     topic_map,
     wait_until,
 )
-from e2e_support import running_worker, settings_for, task_of
+from support.e2e import running_worker, settings_for, task_of
 
 from worker.consumer import Worker
 from worker.router import apply_batch

@@ -1,6 +1,6 @@
 """Campaign 5, bad-input fuzz: mutated records through the real broker.
 
-Every record starts as one of the seed documents' sample events (worker.seeds) with its IDs
+Every record starts as one of the seed documents' sample events (worker.dev.seeds) with its IDs
 made unique (so no two records touch the same row and the final tables do not depend on the
 order of the two topics), then is damaged by a seeded random choice of: bit flips,
 truncation, wrong types, dropped fields, huge strings (1 MB), deep nesting, invalid
@@ -24,9 +24,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import infra
 import pytest
-from chaos_support import (
+from support import infra
+from support.chaos import (
     DECODERS,
     INTERVIEW,
     PROCTORING,
@@ -49,11 +49,11 @@ from chaos_support import (
     topic_map,
     wait_until,
 )
-from e2e_support import committed_offsets, running_worker, settings_for, task_of
+from support.e2e import committed_offsets, running_worker, settings_for, task_of
 
 from worker.decode import DecodeFailure
+from worker.dev.seeds import interview_samples, proctoring_samples
 from worker.handlers.base import Item
-from worker.seeds import interview_samples, proctoring_samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SIZES.test_timeout_s)]
 

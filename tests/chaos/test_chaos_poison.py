@@ -14,9 +14,9 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-import infra
 import pytest
-from chaos_support import (
+from support import infra
+from support.chaos import (
     PROCTORING,
     SCALE,
     SEED,
@@ -37,7 +37,7 @@ from chaos_support import (
     topic_map,
     wait_until,
 )
-from e2e_support import running_worker, settings_for, task_of
+from support.e2e import running_worker, settings_for, task_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SIZES.test_timeout_s)]
 

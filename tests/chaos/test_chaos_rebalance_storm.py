@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import infra
 import pytest
-from chaos_support import (
+from support import infra
+from support.chaos import (
     FAST_GROUP_ENV,
     SCALE,
     SEED,
@@ -43,7 +43,7 @@ from chaos_support import (
     topic_map,
     wait_until,
 )
-from e2e_support import WorkerProcess, settings_for, worker_process
+from support.e2e import WorkerProcess, settings_for, worker_process
 
 from worker.config import Settings
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import infra
 import pytest
-from chaos_support import SEED, SIZES, count_in_log, ensure_migrated
+from support import infra
+from support.chaos import SEED, SIZES, count_in_log, ensure_migrated
 from test_chaos_rebalance_storm import rebalance_storm
 
 from worker.config import Settings

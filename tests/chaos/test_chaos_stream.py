@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
-from chaos_support import (
+from support.chaos import (
     DECODERS,
     PROCTORING,
     SEED,

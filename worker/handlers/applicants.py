@@ -18,7 +18,7 @@ import asyncpg
 from schemas.interview import ApplicantEvent
 from worker.handlers.base import BatchHandler, Item
 from worker.handlers.merge import Column, GatedFold, GatedTable, Rule, time_order
-from worker.handlers.people import Registers
+from worker.handlers.registers import Registers
 
 STATUSES = ("created", "invited", "updated", "completed")
 STATUS_RANK = {status: rank for rank, status in enumerate(STATUSES, 1)}

@@ -6,7 +6,7 @@ DO UPDATE` may touch a row only once per statement, so a batch is first folded t
 key, with the same rule the SQL applies between batches (worker/handlers/merge.py); rows are
 then sorted by key so that concurrent workers lock shared rows in one order. What several
 handlers write (candidates, jobs, interviews) goes into the transaction's `Registers`, written
-once after every handler (worker/handlers/people.py).
+once after every handler (worker/handlers/registers.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 if TYPE_CHECKING:
-    from worker.handlers.people import Registers
+    from worker.handlers.registers import Registers
 
 
 class Item(NamedTuple):

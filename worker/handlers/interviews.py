@@ -8,7 +8,7 @@ import asyncpg
 
 from schemas.interview import InterviewStartedData
 from worker.handlers.base import BatchHandler, Item
-from worker.handlers.people import Registers
+from worker.handlers.registers import Registers
 
 
 class InterviewStartedHandler(BatchHandler):

@@ -34,7 +34,7 @@ from schemas.common import tag_of
 from schemas.proctoring import FLAG_TYPES, PROCTORING_STRUCTS, SystemCheckCompleted
 from worker.handlers.base import BatchHandler, Item, columns, to_json
 from worker.handlers.merge import param, wire
-from worker.handlers.people import Registers
+from worker.handlers.registers import Registers
 
 log = structlog.get_logger("worker")
 

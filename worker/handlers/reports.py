@@ -29,7 +29,7 @@ from worker.handlers.merge import (
     param,
     time_order,
 )
-from worker.handlers.people import Registers
+from worker.handlers.registers import Registers
 
 _BLOCKS = (
     "interview_transcript",

@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import infra
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from e2e_support import committed_offsets, snapshot_diff, table_snapshot
-from storage_support import NOTATIONS, notate
 
 from schemas.proctoring import EVENT_TYPES, FLAG_TYPES
+from support import infra
+from support.e2e import committed_offsets, snapshot_diff, table_snapshot
+from support.storage import NOTATIONS, notate
 from worker.decode import DecodeFailure, EventDecoder, interview_decoder, proctoring_decoder
 from worker.handlers.base import Item
 from worker.migrate import migrate

@@ -1,8 +1,8 @@
 """Helpers for the end-to-end tests: settings, a worker in-process or as a subprocess, polling,
 and database snapshots.
 
-Test modules import from here (`from e2e_support import running_worker`), the same way
-conftest.py imports `infra`: pytest puts tests/ (it has no __init__.py) on sys.path.
+Test modules import from here (`from support.e2e import running_worker`), the same way
+conftest.py imports `support.infra`: pytest puts tests/ (it has no __init__.py) on sys.path.
 
 Waiting is always on a condition, never on a fixed sleep: the broker's group joins take
 seconds and vary, so every wait has a generous deadline and a message saying what it waited
@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from infra import Topics
 
+from support.infra import Topics
 from worker.config import Settings
 from worker.consumer import Worker
 from worker.migrate import CONTRACT_TABLES
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Columns whose value depends on when (not what) the worker wrote.
 VOLATILE_COLUMNS: frozenset[str] = frozenset({"updated_at", "ingested_at"})

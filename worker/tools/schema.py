@@ -471,7 +471,7 @@ def run_schema_command(out_dir: str = DEFAULT_OUT_DIR) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m worker.schema_export [--out DIR]`, the same as `worker schema`."""
+    """`python -m worker.tools.schema [--out DIR]`, the same as `worker schema`."""
     parser = argparse.ArgumentParser(
         prog="worker schema", description="Write JSON Schemas of the wire contract for producers."
     )

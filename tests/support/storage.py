@@ -1,7 +1,7 @@
 """Helpers for the storage tests: a migrated connection, decoding to items, table snapshots.
 
-Test modules import the `db` fixture from here (`from storage_support import db`), the same
-way conftest.py imports `infra`: pytest puts tests/ (it has no __init__.py) on sys.path.
+Test modules import the `db` fixture from here (`from support.storage import db`), the same
+way conftest.py imports `support.infra`: pytest puts tests/ (it has no __init__.py) on sys.path.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from worker.decode import (
 from worker.dlq import Header
 from worker.retry import describe
 
-log = structlog.get_logger("worker.dlq_tools")
+log = structlog.get_logger("worker.tools.dlq")
 
 REASONS: tuple[str, ...] = (
     INVALID_JSON,

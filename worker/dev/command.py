@@ -24,8 +24,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from worker.config import Settings
+from worker.dev.seeds import interview_samples, proctoring_samples
 from worker.migrate import CONTRACT_TABLES, migrate_url
-from worker.seeds import interview_samples, proctoring_samples
 
 PARTITIONS = {"proctoring": 4, "interview": 4, "dlq": 1}
 MALFORMED = (
@@ -36,7 +36,7 @@ MALFORMED = (
 
 def run_dev(settings: Settings, data_dir: str, kafka_port: int, pg_port: int) -> int:
     from worker.cli import _event_loop_runner, run_worker
-    from worker.devstack import EmbeddedBroker, EmbeddedPostgres
+    from worker.dev.stack import EmbeddedBroker, EmbeddedPostgres
 
     root = Path(data_dir).resolve()
     pg_dir = root / "postgres"

@@ -5,7 +5,7 @@ PostgreSQL:
 
 1. the environment (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`), e.g. CI services;
 2. testcontainers, when a Docker engine answers;
-3. the embedded servers of `worker.devstack`, which need nothing but the `dev` extra.
+3. the embedded servers of `worker.dev.stack`, which need nothing but the `dev` extra.
 
 Only the embedded servers can be stopped and killed by a test, so the stacks expose them
 (`KafkaStack.broker`, `PgStack.server`) and leave them None otherwise.
@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import RecordMetadata
 
-from worker.devstack import EmbeddedBroker, EmbeddedPostgres
+from worker.dev.stack import EmbeddedBroker, EmbeddedPostgres
 
 Headers = Sequence[tuple[str, bytes]]
 Record = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, Headers | None]

@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from e2e_support import REPO_ROOT, worker_env
 
+from support.e2e import REPO_ROOT, worker_env
 from worker.config import Settings
 
 

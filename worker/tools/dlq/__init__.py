@@ -1,0 +1,1 @@
+"""`worker dlq inspect | replay`: the dead-letter topic read, a replay planned and published."""
