@@ -432,7 +432,8 @@ async def fetch(p: dict[str, Any]) -> dict[str, Any]:
     """Fetch all records with the worker's consumer settings, decode each with its decoder."""
     from aiokafka import TopicPartition
 
-    from worker.decode import DecodeFailure, proctoring_decoder
+    from worker.decode import proctoring_decoder
+    from worker.dlq import DecodeFailure
 
     consumer = _reader(p)
     await consumer.start()

@@ -9,8 +9,8 @@ from aiokafka import TopicPartition
 from worker.batch import Part, halves
 from worker.batching import BatchBudget
 from worker.commit import Letters
-from worker.decode import DecodeFailure, proctoring_decoder
-from worker.dlq import DeadLetter
+from worker.decode import proctoring_decoder
+from worker.dlq import DeadLetter, DecodeFailure
 from worker.handlers.base import Item
 from worker.partitions import PartitionState
 

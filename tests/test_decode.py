@@ -12,17 +12,15 @@ from support.event_builders import encode, proctoring, sample
 
 from schemas import interview as iv
 from schemas import proctoring as pr
-from worker.decode import (
+from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
+from worker.dev.seeds import interview_samples
+from worker.dlq import (
     EMPTY_PAYLOAD,
     INVALID_JSON,
     SCHEMA_VIOLATION,
     UNKNOWN_EVENT_TYPE,
     DecodeFailure,
-    EventDecoder,
-    interview_decoder,
-    proctoring_decoder,
 )
-from worker.dev.seeds import interview_samples
 
 REASONS = {INVALID_JSON, SCHEMA_VIOLATION, UNKNOWN_EVENT_TYPE, EMPTY_PAYLOAD}
 SAMPLES = interview_samples()

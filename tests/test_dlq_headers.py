@@ -16,8 +16,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
-from worker.decode import DecodeFailure
-from worker.dlq import DeadLetter, DeadLetterPublisher, dead_letter_headers
+from worker.dlq import DeadLetter, DeadLetterPublisher, DecodeFailure, dead_letter_headers
 
 ORIGINAL: list[tuple[str, bytes | None]] = [
     ("trace-id", b"abc"),

@@ -32,8 +32,8 @@ from support.e2e import (
 from support.infra import Topics, consume_all, produce
 
 from worker import __version__
-from worker.decode import MAX_ERROR_BYTES
 from worker.dev.seeds import interview_samples, proctoring_samples, system_check_example
+from worker.dlq import MAX_ERROR_BYTES
 from worker.migrate import migrate_url
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,9 @@ from support.storage import (
 
 from schemas import proctoring as pr
 from schemas.common import tag_of
-from worker.decode import SCHEMA_VIOLATION, DecodeFailure, proctoring_decoder
+from worker.decode import proctoring_decoder
 from worker.dev.seeds import system_check_example
+from worker.dlq import SCHEMA_VIOLATION, DecodeFailure
 from worker.handlers.base import Item
 
 EXAM = "exam-2025-backend-42"

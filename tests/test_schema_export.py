@@ -22,17 +22,15 @@ from jsonschema import Draft202012Validator
 from schemas.common import tag_of
 from schemas.interview import INTERVIEW_STRUCTS
 from schemas.proctoring import PROCTORING_STRUCTS
-from worker.decode import (
+from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
+from worker.dev.seeds import interview_samples, proctoring_samples
+from worker.dlq import (
     EMPTY_PAYLOAD,
     INVALID_JSON,
     SCHEMA_VIOLATION,
     UNKNOWN_EVENT_TYPE,
     DecodeFailure,
-    EventDecoder,
-    interview_decoder,
-    proctoring_decoder,
 )
-from worker.dev.seeds import interview_samples, proctoring_samples
 from worker.tools.schema import (
     DIALECT,
     RAW_BLOCK_KINDS,

@@ -45,8 +45,9 @@ from support.storage import PROCTORING_TOPIC
 from test_model_properties import ALL_KINDS, Ev, RandomChooser, build_events
 
 from schemas.proctoring import ProctoringEvent
-from worker.decode import DecodeFailure, interview_decoder, proctoring_decoder
+from worker.decode import interview_decoder, proctoring_decoder
 from worker.dev.seeds import interview_samples, proctoring_samples
+from worker.dlq import DecodeFailure
 
 pytestmark = pytest.mark.integration
 

@@ -25,14 +25,9 @@ from support.storage import (
 
 from schemas import interview as iv
 from schemas import proctoring as pr
-from worker.decode import (
-    SCHEMA_VIOLATION,
-    DecodeFailure,
-    EventDecoder,
-    interview_decoder,
-    proctoring_decoder,
-)
+from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
 from worker.dev.seeds import interview_samples, system_check_example
+from worker.dlq import SCHEMA_VIOLATION, DecodeFailure
 
 SAMPLES = interview_samples()
 STARTED, REPORT, RECORDING, WEBCAM, SCORE, APPLICANT = SAMPLES[:6]

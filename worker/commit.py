@@ -30,8 +30,14 @@ from aiokafka.structs import OffsetAndMetadata
 from schemas.common import tag_of
 from worker import offsets
 from worker.batch import Batch, Part
-from worker.decode import REJECTED_BY_DATABASE, SCHEMA_VIOLATION, DecodeFailure, truncate
-from worker.dlq import DeadLetter, DeadLetterPublisher
+from worker.dlq import (
+    REJECTED_BY_DATABASE,
+    SCHEMA_VIOLATION,
+    DeadLetter,
+    DeadLetterPublisher,
+    StorageRefusal,
+    truncate,
+)
 from worker.handlers.base import Item
 from worker.retry import describe, is_record_error
 from worker.router import Prepared, PrepareError, prepare_batch, write_batch
@@ -85,7 +91,7 @@ class Letters:
     def reject(self, part: Part, item: Item, reason: str, message: str) -> None:
         record = part.record_at(item.offset)
         self._rejected_at.add((item.topic, item.partition, item.offset))
-        self.rejected.append(DeadLetter(record, DecodeFailure(reason, message)))
+        self.rejected.append(DeadLetter(record, StorageRefusal(reason, message)))
         log.warning(
             "record rejected by database"
             if reason == REJECTED_BY_DATABASE

@@ -41,8 +41,8 @@ from worker.batching import BatchBudget
 from worker.clients import Clients, KafkaPostgresClients
 from worker.commit import Committer, Fenced, Letters, commit_kafka
 from worker.config import ConfigError, Settings
-from worker.decode import DecodeFailure, EventDecoder, interview_decoder, proctoring_decoder
-from worker.dlq import DeadLetter, DeadLetterPublisher
+from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
+from worker.dlq import DeadLetter, DeadLetterPublisher, DecodeFailure
 from worker.fetch import Fetched, PartitionReader
 from worker.handlers.base import Item
 from worker.metrics import HealthServer, LagCollector, Metrics

@@ -1,8 +1,8 @@
 """Bytes to structs: one msgspec decode per record, and a precise reason when it fails.
 
-The reasons are the dead-letter reasons of CONTRACT §6. Only the failure path does extra work
-(decoding again when msgspec refused a timestamp the contract accepts, classifying the error,
-hunting a NUL); the happy path is a single C-level decode.
+The reasons are the dead-letter reasons of CONTRACT §6, declared in worker/dlq.py. Only the
+failure path does extra work (decoding again when msgspec refused a timestamp the contract
+accepts, classifying the error, hunting a NUL); the happy path is a single C-level decode.
 """
 
 from __future__ import annotations
@@ -20,21 +20,14 @@ import structlog
 from schemas.common import parse_timestamp
 from schemas.interview import EVENT_NAMES, INTERVIEW_STRUCTS, InterviewUnion
 from schemas.proctoring import EVENT_TYPES, PROCTORING_STRUCTS, ProctoringUnion
-
-INVALID_JSON: Final = "invalid_json"
-SCHEMA_VIOLATION: Final = "schema_violation"
-UNKNOWN_EVENT_TYPE: Final = "unknown_event_type"
-EMPTY_PAYLOAD: Final = "empty_payload"
-REJECTED_BY_DATABASE: Final = "rejected_by_database"
-
-MAX_ERROR_BYTES: Final = 1024
-
-
-class DecodeFailure(msgspec.Struct, frozen=True):
-    """Why a record can never be stored."""
-
-    reason: str
-    message: str
+from worker.dlq import (
+    EMPTY_PAYLOAD,
+    INVALID_JSON,
+    SCHEMA_VIOLATION,
+    UNKNOWN_EVENT_TYPE,
+    DecodeFailure,
+    truncate,
+)
 
 
 class _TagProbe(msgspec.Struct):
@@ -49,14 +42,6 @@ log = structlog.get_logger("worker.decode")
 _NUL_ESCAPE: Final = b"\\u0000"
 # How msgspec says its RFC 3339 parser refused a string for a datetime field.
 _RFC3339_REFUSED: Final = "Invalid RFC3339 encoded datetime"
-
-
-def truncate(message: str, limit: int = MAX_ERROR_BYTES) -> str:
-    """Cut `message` to at most `limit` UTF-8 bytes without splitting a character."""
-    encoded = message.encode("utf-8", "replace")
-    if len(encoded) <= limit:
-        return message
-    return encoded[: limit - 3].decode("utf-8", "ignore") + "..."
 
 
 def _contains_nul(value: Any) -> bool:

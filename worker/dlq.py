@@ -1,5 +1,9 @@
 """The dead-letter path (CONTRACT §6): original key, value and headers, plus `dlq.*` context.
 
+This module holds the dead-letter vocabulary too: the five reasons, the headers, why a record
+can never be stored (`Unstorable`: a `DecodeFailure` or a `StorageRefusal`) and how long its
+message may be. The decoder and the commit path both speak it; it depends on neither.
+
 Dead letters of a batch are sent together and awaited together: the broker acknowledges all
 of them (acks=all) before the transaction that moves the offsets past them commits. A crash in
 between re-sends them on restart, so a dead letter may repeat, always with the same
@@ -11,16 +15,34 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
+import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
 from worker import __version__
-from worker.decode import DecodeFailure, truncate
 
 log = structlog.get_logger("worker.dlq")
+
+# The reasons a record can never be stored (`dlq.reason`, CONTRACT §6). The first four are the
+# decoder's verdicts; the last is PostgreSQL's refusal of a row that decoded.
+INVALID_JSON: Final = "invalid_json"
+SCHEMA_VIOLATION: Final = "schema_violation"
+UNKNOWN_EVENT_TYPE: Final = "unknown_event_type"
+EMPTY_PAYLOAD: Final = "empty_payload"
+REJECTED_BY_DATABASE: Final = "rejected_by_database"
+REASONS: tuple[str, ...] = (
+    INVALID_JSON,
+    SCHEMA_VIOLATION,
+    UNKNOWN_EVENT_TYPE,
+    EMPTY_PAYLOAD,
+    REJECTED_BY_DATABASE,
+)
+
+# `dlq.error` is cut to this many UTF-8 bytes: a message may quote a whole hostile record.
+MAX_ERROR_BYTES: Final = 1024
 
 # What is kept of a value that does not fit the dead-letter topic (Kafka's default limit for
 # a topic is 1 MiB; this leaves room for the key and headers).
@@ -62,9 +84,33 @@ CONTEXT_HEADERS: tuple[str, ...] = (
 )
 
 
+def truncate(message: str, limit: int = MAX_ERROR_BYTES) -> str:
+    """Cut `message` to at most `limit` UTF-8 bytes without splitting a character."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return message
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+class Unstorable(msgspec.Struct, frozen=True):
+    """Why a record can never be stored: one of REASONS, and a message for `dlq.error`."""
+
+    reason: str
+    message: str
+
+
+class DecodeFailure(Unstorable, frozen=True):
+    """The decoder's verdict on bytes that are no event of the contract (worker/decode.py)."""
+
+
+class StorageRefusal(Unstorable, frozen=True):
+    """A decoded record the storage refused (worker/commit.py): PostgreSQL rejected its row
+    (`rejected_by_database`), or a handler could not prepare it (`schema_violation`)."""
+
+
 class DeadLetter(NamedTuple):
     record: Any  # aiokafka ConsumerRecord
-    failure: DecodeFailure
+    failure: Unstorable
 
 
 def dead_letter_headers(

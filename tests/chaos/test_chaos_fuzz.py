@@ -51,8 +51,8 @@ from support.chaos import (
 )
 from support.e2e import committed_offsets, running_worker, settings_for, task_of
 
-from worker.decode import DecodeFailure
 from worker.dev.seeds import interview_samples, proctoring_samples
+from worker.dlq import DecodeFailure
 from worker.handlers.base import Item
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SIZES.test_timeout_s)]

@@ -25,7 +25,7 @@ from support.chaos import (
     report,
 )
 
-from worker.decode import DecodeFailure
+from worker.dlq import DecodeFailure
 from worker.handlers.base import Item
 from worker.migrate import migrate
 from worker.router import apply_batch

@@ -41,7 +41,8 @@ from schemas.proctoring import EVENT_TYPES, FLAG_TYPES
 from support import infra
 from support.e2e import committed_offsets, snapshot_diff, table_snapshot
 from support.storage import NOTATIONS, notate
-from worker.decode import DecodeFailure, EventDecoder, interview_decoder, proctoring_decoder
+from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
+from worker.dlq import DecodeFailure
 from worker.handlers.base import Item
 from worker.migrate import migrate
 from worker.retry import describe, is_record_error

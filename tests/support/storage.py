@@ -14,7 +14,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from worker.decode import DecodeFailure, EventDecoder, interview_decoder, proctoring_decoder
+from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
+from worker.dlq import DecodeFailure
 from worker.handlers.base import Item
 from worker.migrate import CONTENT_TABLES, migrate
 from worker.router import apply_batch

@@ -38,25 +38,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from worker.config import Settings
-from worker.decode import (
-    EMPTY_PAYLOAD,
-    INVALID_JSON,
-    REJECTED_BY_DATABASE,
-    SCHEMA_VIOLATION,
-    UNKNOWN_EVENT_TYPE,
-)
-from worker.dlq import Header
+from worker.dlq import REASONS, Header
 from worker.retry import describe
 
 log = structlog.get_logger("worker.tools.dlq")
 
-REASONS: tuple[str, ...] = (
-    INVALID_JSON,
-    SCHEMA_VIOLATION,
-    UNKNOWN_EVENT_TYPE,
-    EMPTY_PAYLOAD,
-    REJECTED_BY_DATABASE,
-)
 DLQ_HEADER_PREFIX = Header.PREFIX
 REPLAY_COUNT_HEADER = Header.REPLAY_COUNT
 REPLAY_OF_HEADER = Header.REPLAY_OF
