@@ -6,8 +6,7 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
-from worker.batch import Part, halves
-from worker.batching import BatchBudget
+from worker.batch import BatchBudget, Part, halves
 from worker.commit import Letters
 from worker.decode import proctoring_decoder
 from worker.dlq import DeadLetter, DecodeFailure

@@ -36,8 +36,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from worker.accounting import Progress, account
-from worker.batch import Batch, Part, halves
-from worker.batching import BatchBudget
+from worker.batch import Batch, BatchBudget, Part, halves
 from worker.clients import Clients, KafkaPostgresClients
 from worker.commit import Committer, Fenced, Letters, commit_kafka
 from worker.config import ConfigError, Settings
