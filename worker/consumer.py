@@ -44,6 +44,7 @@ from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
 from worker.dlq import DeadLetter, DeadLetterPublisher, DecodeFailure
 from worker.fetch import Fetched, PartitionReader
 from worker.handlers.base import Item
+from worker.logs import tp_names
 from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
 from worker.ownership import CHECK_INTERVAL_S, Ownership
@@ -487,7 +488,7 @@ class Worker:
             "failing_for_s": None if failing_s is None else round(failing_s, 1),
             "partitions_owned": len(self._partitions.consuming()),
             "partitions_pending": len(self._partitions.pending()) + len(self._partitions.waiting()),
-            "partitions_stuck": _names(unreadable),
+            "partitions_stuck": tp_names(unreadable),
         }
         return (started and database and not stuck and not unreadable), detail
 
@@ -530,11 +531,3 @@ def _reap(inflight: dict[int, asyncio.Task[None]]) -> None:
 
 def _dependency(exc: BaseException) -> str:
     return "kafka" if isinstance(exc, KafkaError) else "database"
-
-
-def _name(tp: TopicPartition) -> str:
-    return f"{tp.topic}[{tp.partition}]"
-
-
-def _names(tps: Any) -> list[str]:
-    return [_name(tp) for tp in sorted(tps)]

@@ -37,6 +37,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
+from worker.logs import tp_name
 from worker.metrics import Metrics
 from worker.retry import Backoff, describe
 
@@ -239,7 +240,7 @@ class PartitionReader:
         failing.paused = True
         consumer.pause(tp)
         if failing.stuck_since is not None:
-            log.debug("partition still unreadable", partition=_name(tp), error=failing.error)
+            log.debug("partition still unreadable", partition=tp_name(tp), error=failing.error)
             return
         failing.stuck_since = time.monotonic()
         failing.offset = await _position(consumer, tp)
@@ -330,7 +331,3 @@ async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | Non
         async with asyncio.timeout(1):
             return int(await consumer.position(tp))
     return None
-
-
-def _name(tp: TopicPartition) -> str:
-    return f"{tp.topic}[{tp.partition}]"

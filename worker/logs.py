@@ -3,6 +3,9 @@
 The libraries' own stdlib logging (aiokafka, asyncpg) goes through the same renderer, so an
 operator greps one format. aiokafka logs every failed reconnect attempt, many a second while a
 broker is down; a rate limit lets each distinct message through once per window.
+
+A partition is named one way everywhere an operator reads it (log fields, `/readyz`, the tools):
+`topic[partition]`, by `tp_name` (`tp_names` for several).
 """
 
 from __future__ import annotations
@@ -10,8 +13,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import structlog
+
+if TYPE_CHECKING:
+    from aiokafka import TopicPartition
 
 
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
@@ -78,3 +86,13 @@ class RateLimit(logging.Filter):
             self._last.clear()
         self._last[key] = now
         return True
+
+
+def tp_name(tp: TopicPartition) -> str:
+    """`topic[partition]`."""
+    return f"{tp.topic}[{tp.partition}]"
+
+
+def tp_names(tps: Iterable[TopicPartition]) -> list[str]:
+    """The names of `tps`, in partition order."""
+    return [tp_name(tp) for tp in sorted(tps)]

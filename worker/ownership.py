@@ -29,6 +29,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from worker import offsets
 from worker.config import Settings
+from worker.logs import tp_name, tp_names
 from worker.metrics import Metrics
 from worker.partitions import Partitions, PartitionState, Phase
 from worker.retry import TRANSIENT
@@ -78,13 +79,13 @@ class Ownership:
             return
         # Until its stored offset is known, a partition must not deliver records.
         self._consumer.pause(*(s.tp for s in new))
-        log.info("partitions assigned", partitions=_names(s.tp for s in new))
+        log.info("partitions assigned", partitions=tp_names(s.tp for s in new))
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
         gone = self.partitions.revoke(revoked)
         if not gone:
             return
-        log.info("partitions revoked", partitions=_names(s.tp for s in gone))
+        log.info("partitions revoked", partitions=tp_names(s.tp for s in gone))
         # Let the commit in flight finish so the next owner starts where it ended.
         try:
             async with asyncio.timeout(REVOKE_WAIT_S):
@@ -93,7 +94,7 @@ class Ownership:
         except TimeoutError:
             log.warning(
                 "revoked partitions still committing; what that commit returns is ignored",
-                partitions=_names(s.tp for s in gone),
+                partitions=tp_names(s.tp for s in gone),
                 waited_s=REVOKE_WAIT_S,
             )
 
@@ -125,8 +126,8 @@ class Ownership:
         self._consumer.resume(*positioned)
         log.info(
             "partitions positioned",
-            stored={_name(tp): stored.get(tp) for tp in sorted(positioned)},
-            from_log_start={_name(tp): starts[tp] for tp in sorted(positioned - stored.keys())},
+            stored={tp_name(tp): stored.get(tp) for tp in sorted(positioned)},
+            from_log_start={tp_name(tp): starts[tp] for tp in sorted(positioned - stored.keys())},
         )
 
     async def refence(self, tps: set[TopicPartition]) -> None:
@@ -140,8 +141,8 @@ class Ownership:
         self._reposition([s for s in states if s.consuming], stored, starts)
         log.warning(
             "offsets fenced by another writer",
-            partitions=_names(tps),
-            stored={_name(tp): stored.get(tp) for tp in sorted(tps)},
+            partitions=tp_names(tps),
+            stored={tp_name(tp): stored.get(tp) for tp in sorted(tps)},
         )
 
     def _reposition(
@@ -230,11 +231,3 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._ownership.assigned(set(assigned))
-
-
-def _name(tp: TopicPartition) -> str:
-    return f"{tp.topic}[{tp.partition}]"
-
-
-def _names(tps: Any) -> list[str]:
-    return [_name(tp) for tp in sorted(tps)]

@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.common import parse_timestamp, utc
 from worker import offsets
 from worker.config import ConfigError, Settings, redact_url
+from worker.logs import tp_name
 from worker.retry import describe
 
 _CONNECT_TIMEOUT_S = 15.0
@@ -381,7 +382,7 @@ async def _reset(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         )
         return 0
     for tp, old, new in changed:
-        out.write(f"reset {tp.topic}[{tp.partition}]: {_shown(old)} -> {new}\n")
+        out.write(f"reset {tp_name(tp)}: {_shown(old)} -> {new}\n")
     out.write(
         f"{len(changed)} of {len(plan)} partitions changed; running workers continue from "
         "them at their next batch\n"
