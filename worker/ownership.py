@@ -1,4 +1,4 @@
-"""Which partitions this worker owns and where each one reads from.
+"""Taking partitions on and giving them up: where each one reads from, and when it moves.
 
 The group's rebalance callbacks arrive here (`listener()`); so do the fences the commit path
 meets. Every (re)positioning reads the database's row (or, with none, the log start), gives

@@ -1,4 +1,4 @@
-"""Which partitions this worker owns and where each one stands: one object per partition.
+"""The state of each partition this worker owns: one object per partition, its phase and claims.
 
 A `PartitionState` lives from an assignment to its revocation; a later assignment of the same
 partition is a new object, so nothing an old one hears (a late commit, a late fetch) can touch
