@@ -488,9 +488,9 @@ KINDS = {
 
 def main() -> int:
     kind, params = sys.argv[1], json.loads(sys.argv[2])
-    from worker.cli import _event_loop_runner
+    from worker.runner import event_loop_runner
 
-    result = _event_loop_runner()(KINDS[kind](params))
+    result = event_loop_runner()(KINDS[kind](params))
     if "samples" in result:
         path, samples = result.pop("samples")
         Path(path).write_bytes(msgspec.json.encode(samples))

@@ -17,9 +17,9 @@ from pathlib import Path
 def main() -> int:
     from pyinstrument import Profiler
 
-    from worker.cli import _event_loop_runner, run_worker
     from worker.config import Settings
     from worker.logs import configure_logging
+    from worker.runner import event_loop_runner, run_worker
 
     out = Path(sys.argv[1])
     settings = Settings.from_env()
@@ -35,7 +35,7 @@ def main() -> int:
             profiler.stop()
 
     try:
-        return int(_event_loop_runner()(profiled()))
+        return int(event_loop_runner()(profiled()))
     finally:
         if profiler.last_session is not None:
             out.write_text(profiler.output_text(unicode=True, color=False, show_all=False))

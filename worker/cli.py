@@ -7,73 +7,18 @@ stderr naming the variable), including a topic the broker does not have.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
-import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import structlog
 
 from worker import __version__
 from worker.config import ConfigError, Settings, redact_url
 from worker.logs import configure_logging
+from worker.runner import event_loop_runner, run_worker, tune_gc
 from worker.tools.dlq.command import add_dlq_commands, run_dlq_command
 from worker.tools.offsets import add_offsets_commands, run_offsets_command
 
 log = structlog.get_logger("worker")
-
-
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, Any]], Any]:
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional (absent on Windows)
-        return asyncio.run
-    return uvloop.run
-
-
-async def run_worker(
-    settings: Settings,
-    companion: Callable[[Any], Coroutine[Any, Any, None]] | None = None,
-) -> int:
-    """Run the worker until SIGTERM/SIGINT; `companion(worker)` runs beside it (`worker dev`)."""
-    from worker.consumer import Worker
-
-    worker = Worker(settings)
-    main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info("signal received, stopping", signal=signal.Signals(signum).name)
-            worker.stop()
-            # Bounded shutdown: a stuck close must not keep a replica from being replaced.
-            loop.call_later(settings.shutdown_timeout_s + 5, _force, "shutdown timed out")
-        else:
-            _force("second signal")
-
-    def _force(why: str) -> None:
-        log.error("forcing exit", reason=why)
-        if main is not None:
-            main.cancel()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    side = asyncio.create_task(companion(worker)) if companion else None
-    try:
-        await worker.run()
-    except asyncio.CancelledError:
-        if worker.stopping:
-            return 0 if signals_seen == 1 else 1
-        raise
-    finally:
-        if side is not None:
-            side.cancel()
-    return 0
 
 
 async def _migrate(settings: Settings) -> int:
@@ -128,23 +73,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Objects the collector lets pile up before a young collection (CPython's default is 700). A
-# batch holds tens of thousands of container objects for as long as it is being committed,
-# so at the default the collector runs ~1 000 times per 200 000 events, walking those same
-# live objects every time, for 0.6-0.9 s in all; at this threshold it runs once or twice
-# (bench/README.md "Garbage collection"). Cyclic garbage is rare here (reference counting
-# frees the records); what there is waits for the next collection, a few MB at most.
-_GC_YOUNG_THRESHOLD = 100_000
-
-
-def _tune_gc() -> None:
-    # What is loaded by now (modules, classes, functions) lives as long as the process:
-    # frozen, it is left out of every later collection.
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(_GC_YOUNG_THRESHOLD, middle, old)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
@@ -158,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    run = _event_loop_runner()
+    run = event_loop_runner()
     try:
         if args.command == "run":
-            _tune_gc()
+            tune_gc()
             return int(run(run_worker(settings)))
         if args.command == "migrate":
             return int(run(_migrate(settings)))

@@ -26,6 +26,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from worker.config import Settings
 from worker.dev.seeds import interview_samples, proctoring_samples
 from worker.migrate import CONTRACT_TABLES, migrate_url
+from worker.runner import event_loop_runner, run_worker
 
 PARTITIONS = {"proctoring": 4, "interview": 4, "dlq": 1}
 MALFORMED = (
@@ -35,7 +36,6 @@ MALFORMED = (
 
 
 def run_dev(settings: Settings, data_dir: str, kafka_port: int, pg_port: int) -> int:
-    from worker.cli import _event_loop_runner, run_worker
     from worker.dev.stack import EmbeddedBroker, EmbeddedPostgres
 
     root = Path(data_dir).resolve()
@@ -53,7 +53,7 @@ def run_dev(settings: Settings, data_dir: str, kafka_port: int, pg_port: int) ->
             bootstrap_servers=broker.bootstrap_servers,
             database_url=postgres.url(),
         )
-        runner = _event_loop_runner()
+        runner = event_loop_runner()
         published = runner(_prepare(settings))
         _print_summary(settings, postgres, published)
 
