@@ -37,9 +37,10 @@ from aiokafka.errors import KafkaError
 
 from worker.accounting import Progress, account
 from worker.batch import Batch, BatchBudget, Part, halves
+from worker.broker import require_topics
 from worker.clients import Clients, KafkaPostgresClients
 from worker.commit import Committer, Fenced, Letters, commit_kafka
-from worker.config import ConfigError, Settings
+from worker.config import Settings
 from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
 from worker.dlq import DeadLetter, DeadLetterPublisher, DecodeFailure
 from worker.fetch import Fetched, PartitionReader
@@ -172,12 +173,8 @@ class Worker:
         otherwise surface at the first bad record, with every partition stuck behind it."""
         # Metadata for all topics: asking for these by name could auto-create them.
         existing = await self._retrying_call("kafka metadata", consumer.topics)
-        for name in ("proctoring_topic", "interview_topic", "dlq_topic"):
-            topic = getattr(self.settings, name)
-            if topic not in existing:
-                raise ConfigError(
-                    f"{Settings.env_name(name)}: topic {topic!r} does not exist on the broker"
-                )
+        s = self.settings
+        require_topics(existing, s, (s.proctoring_topic, s.interview_topic, s.dlq_topic))
 
     async def _migrate(self) -> None:
         assert self._pool is not None

@@ -37,6 +37,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
+from worker import broker
 from worker.config import Settings
 from worker.dlq import REASONS, Header
 from worker.retry import describe
@@ -214,13 +215,7 @@ async def scan_dead_letters(
     """
     topic = settings.dlq_topic
     deadline = time.monotonic() + timeout_s
-    consumer = AIOKafkaConsumer(
-        **settings.kafka_options(),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        client_id="worker-dlq-tools",
-    )
+    consumer = broker.reader(settings, "worker-dlq-tools", auto_offset_reset="earliest")
     await _start(consumer)
     views: list[DeadLetterView] = []
     read = 0
@@ -312,15 +307,9 @@ def _topic_deadline() -> float:
 async def _assign_from_beginning(
     consumer: AIOKafkaConsumer, topic: str, deadline: float
 ) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic)
-    while not partitions:
-        if time.monotonic() > deadline:
-            raise DeadLetterToolError(f"dead-letter topic {topic!r} not found on the broker")
-        await consumer.topics()  # refreshes the cluster metadata
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await asyncio.sleep(0.2)
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    tps = await broker.partitions(consumer, topic, wait_s=max(0.0, deadline - time.monotonic()))
+    if not tps:
+        raise DeadLetterToolError(f"dead-letter topic {topic!r} not found on the broker")
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     return tps

@@ -1,0 +1,95 @@
+"""The broker read without a consumer group: which topics exist, their partitions, and where
+their logs start and end.
+
+The worker's start check (`Worker._check_topics`) and the operator tools (worker/tools/) ask
+these questions here, one way:
+
+- Which topics exist is read from the metadata of all topics (`consumer.topics()`): asking for
+  a topic by name can create it on a broker that auto-creates topics.
+- A consumed or dead-letter topic the broker does not have is a configuration error naming its
+  setting (`topic_missing`), which the command line turns into exit code 2.
+- `reader()` builds a consumer outside any group: it never joins the workers' group, so it
+  triggers no rebalance, and it commits nothing.
+- A log's end (`log_bounds`) is ListOffsets' answer raised to the end a fetch there reports:
+  the development broker (Tansu) answers ListOffsets "latest" with the last batch's base
+  offset + 1, below the real end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from worker.config import ConfigError, Settings
+
+# The settings that name a topic the worker needs, in the order a start check reports them.
+TOPIC_SETTINGS: tuple[str, ...] = ("proctoring_topic", "interview_topic", "dlq_topic")
+# How long `log_bounds` waits for the fetch that finds the real log end; a partition that does
+# not answer in time keeps ListOffsets' end.
+END_PROBE_S = 5.0
+
+
+def reader(settings: Settings, client_id: str, **options: Any) -> AIOKafkaConsumer:
+    """An unstarted consumer outside any group, with the settings' connection and security."""
+    return AIOKafkaConsumer(
+        **settings.kafka_options(),
+        group_id=None,
+        client_id=client_id,
+        enable_auto_commit=False,
+        **options,
+    )
+
+
+def topic_missing(settings: Settings, topic: str) -> ConfigError:
+    """The configuration error for `topic`, one of the settings' topics, missing on the broker."""
+    field = next(f for f in TOPIC_SETTINGS if getattr(settings, f) == topic)
+    return ConfigError(f"{Settings.env_name(field)}: topic {topic!r} does not exist on the broker")
+
+
+def require_topics(existing: Collection[str], settings: Settings, topics: Iterable[str]) -> None:
+    """Raise `topic_missing` for the first of `topics` not in `existing` (the broker's topics)."""
+    for topic in topics:
+        if topic not in existing:
+            raise topic_missing(settings, topic)
+
+
+async def partitions(
+    consumer: AIOKafkaConsumer, topic: str, *, wait_s: float = 0.0
+) -> list[TopicPartition]:
+    """The partitions of `topic` in order; [] if the broker still has none after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        existing = await consumer.topics()
+        numbers = consumer.partitions_for_topic(topic) if topic in existing else None
+        if numbers:
+            return [TopicPartition(topic, p) for p in sorted(numbers)]
+        if time.monotonic() >= deadline:
+            return []
+        await asyncio.sleep(0.2)
+
+
+async def log_bounds(
+    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], probe_s: float = END_PROBE_S
+) -> dict[TopicPartition, tuple[int, int]]:
+    """{tp: (log start, log end)} now. Assigns `tps` to `consumer` (a `reader()`)."""
+    starts = await consumer.beginning_offsets(list(tps))
+    reported = await consumer.end_offsets(list(tps))
+    consumer.assign(list(tps))
+    for tp in tps:
+        consumer.seek(tp, reported[tp])
+    deadline = time.monotonic() + probe_s
+    while unanswered := [tp for tp in tps if consumer.highwater(tp) is None]:
+        if time.monotonic() > deadline:
+            break
+        await consumer.getmany(*unanswered, timeout_ms=200)
+    bounds: dict[TopicPartition, tuple[int, int]] = {}
+    for tp in tps:
+        seen = consumer.last_stable_offset(tp)
+        if seen is None:
+            seen = consumer.highwater(tp)
+        bounds[tp] = (starts[tp], max(reported[tp], seen or 0))
+    return bounds
