@@ -26,13 +26,9 @@ from support.infra import Topics, consume_all, produce
 from worker.config import Settings
 from worker.consumer import Worker
 from worker.migrate import migrate_url
-from worker.tools.dlq.command import (
-    DeadLetterView,
-    add_dlq_commands,
-    read_dead_letters,
-    replay_dead_letters,
-    run_dlq_command,
-)
+from worker.tools.dlq.command import add_dlq_commands, run_dlq_command
+from worker.tools.dlq.read import DeadLetterView, read_dead_letters
+from worker.tools.dlq.replay import replay_dead_letters
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.config import ConfigError, Settings
 
@@ -42,6 +42,15 @@ def reader(settings: Settings, client_id: str, **options: Any) -> AIOKafkaConsum
         enable_auto_commit=False,
         **options,
     )
+
+
+async def start(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Start a client; close it if starting fails, so no connection is left behind."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
 
 
 def topic_missing(settings: Settings, topic: str) -> ConfigError:
