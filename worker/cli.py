@@ -1,4 +1,9 @@
-"""`worker run | migrate | dev | produce | offsets`: the console script of pyproject.toml.
+"""`worker <command>`: the console script of pyproject.toml, and nothing but the command line.
+
+Every subcommand is one row of COMMANDS: how it adds its arguments and how it runs. The rows'
+functions live with what they run (worker/runner.py for `run`, worker/tools/ for the operator
+commands, worker/dev/ for `dev`); this module imports them and is imported by none of them, so
+adding a command is one module and one row here.
 
 Exit codes: 0 after a clean stop, 1 after a failure, 2 for a bad configuration (one line on
 stderr naming the variable), including a topic the broker does not have.
@@ -8,20 +13,50 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import structlog
 
 from worker import __version__
 from worker.config import ConfigError, Settings, redact_url
+from worker.dev import command as dev
 from worker.logs import configure_logging
 from worker.runner import event_loop_runner, run_worker, tune_gc
-from worker.tools.dlq.command import add_dlq_commands, run_dlq_command
-from worker.tools.offsets import add_offsets_commands, run_offsets_command
+from worker.tools import offsets, produce, schema
+from worker.tools.dlq import command as dlq
 
 log = structlog.get_logger("worker")
 
 
-async def _migrate(settings: Settings) -> int:
+class Command(NamedTuple):
+    """One subcommand: `add(subparsers)` registers its parser under its name; `run(args,
+    settings)` returns the exit code. `configured=False`: it runs without reading the
+    environment, and `run` gets None for the settings."""
+
+    add: Callable[[Any], None]
+    run: Callable[[argparse.Namespace, Any], int]
+    configured: bool = True
+
+
+def _add_run(subparsers: Any) -> None:
+    subparsers.add_parser("run", help="apply pending migrations, then consume until SIGTERM/SIGINT")
+
+
+def _run(_args: argparse.Namespace, settings: Settings) -> int:
+    tune_gc()
+    return int(event_loop_runner()(run_worker(settings)))
+
+
+def _add_migrate(subparsers: Any) -> None:
+    subparsers.add_parser("migrate", help="apply pending migrations from sql/ and exit")
+
+
+def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    return int(event_loop_runner()(_apply_migrations(settings)))
+
+
+async def _apply_migrations(settings: Settings) -> int:
     from worker.migrate import migrate_url
 
     applied = await migrate_url(settings.database_url)
@@ -29,21 +64,16 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-async def _produce(settings: Settings, topic: str, key: str | None, values: list[str]) -> int:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(**settings.kafka_options(), acks="all", enable_idempotence=False)
-    await producer.start()
-    try:
-        lines = values or [line for line in sys.stdin.read().splitlines() if line.strip()]
-        for value in lines:
-            md = await producer.send_and_wait(
-                topic, value.encode(), key=key.encode() if key else None
-            )
-            print(f"produced {md.topic}[{md.partition}]@{md.offset}")
-    finally:
-        await producer.stop()
-    return 0
+# In the order `worker --help` lists them.
+COMMANDS: dict[str, Command] = {
+    "run": Command(_add_run, _run),
+    "migrate": Command(_add_migrate, _migrate),
+    "dev": Command(dev.add_parser, dev.run),
+    "schema": Command(schema.add_parser, schema.run, configured=False),
+    "dlq": Command(dlq.add_dlq_commands, dlq.run_dlq_command),
+    "offsets": Command(offsets.add_offsets_commands, offsets.run_offsets_command),
+    "produce": Command(produce.add_parser, produce.run),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,55 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="apply pending migrations, then consume until SIGTERM/SIGINT")
-    sub.add_parser("migrate", help="apply pending migrations from sql/ and exit")
-    dev = sub.add_parser(
-        "dev", help="embedded broker and PostgreSQL, seed samples, and the worker in foreground"
-    )
-    dev.add_argument("--data-dir", default=".dev", help="where the embedded PostgreSQL keeps data")
-    dev.add_argument("--kafka-port", type=int, default=0, help="broker port (0: pick a free one)")
-    dev.add_argument("--pg-port", type=int, default=0, help="PostgreSQL port (0: pick a free one)")
-    schema = sub.add_parser("schema", help="write JSON Schemas of the wire contract for producers")
-    schema.add_argument("--out", default="schema", help="output directory (default: schema/)")
-    add_dlq_commands(sub)
-    add_offsets_commands(sub)
-    produce = sub.add_parser("produce", help="publish JSON values (arguments or stdin lines)")
-    produce.add_argument("topic")
-    produce.add_argument("values", nargs="*", help="record values; stdin lines if none")
-    produce.add_argument("--key", default=None)
+    for command in COMMANDS.values():
+        command.add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "schema":
-        # Needs no configuration: a producer can run it without the worker's environment.
-        from worker.tools.schema import run_schema_command
-
-        return run_schema_command(args.out)
+    command = COMMANDS[args.command]
+    if not command.configured:
+        return command.run(args, None)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    run = event_loop_runner()
     try:
-        if args.command == "run":
-            tune_gc()
-            return int(run(run_worker(settings)))
-        if args.command == "migrate":
-            return int(run(_migrate(settings)))
-        if args.command == "produce":
-            return int(run(_produce(settings, args.topic, args.key, args.values)))
-        if args.command == "dlq":
-            return run_dlq_command(args, settings)
-        if args.command == "offsets":
-            return run_offsets_command(args, settings)
-        if args.command == "dev":
-            from worker.dev.command import run_dev
-
-            return run_dev(settings, args.data_dir, args.kafka_port, args.pg_port)
+        return command.run(args, settings)
     except ConfigError as exc:  # found at start, e.g. a topic the broker does not have
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -113,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
         log.error("worker failed", error=describe(exc), exc_info=settings.log_level == "DEBUG")
         return 1
-    return 2
 
 
 if __name__ == "__main__":

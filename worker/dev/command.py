@@ -8,6 +8,7 @@ so the database is started empty too (stored offsets from an old broker would be
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -33,6 +34,20 @@ MALFORMED = (
     b'{"examId": "exam-demo", "candidateId": "cand-demo", "type": "TAB_NOT_FOCUS", '
     b'"createdAt": "yesterday"}'
 )
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `dev` on the CLI's subparsers."""
+    dev = subparsers.add_parser(
+        "dev", help="embedded broker and PostgreSQL, seed samples, and the worker in foreground"
+    )
+    dev.add_argument("--data-dir", default=".dev", help="where the embedded PostgreSQL keeps data")
+    dev.add_argument("--kafka-port", type=int, default=0, help="broker port (0: pick a free one)")
+    dev.add_argument("--pg-port", type=int, default=0, help="PostgreSQL port (0: pick a free one)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    return run_dev(settings, args.data_dir, args.kafka_port, args.pg_port)
 
 
 def run_dev(settings: Settings, data_dir: str, kafka_port: int, pg_port: int) -> int:

@@ -470,6 +470,22 @@ def run_schema_command(out_dir: str = DEFAULT_OUT_DIR) -> int:
     return 0
 
 
+def add_parser(subparsers: Any) -> None:
+    """Register `schema` on the CLI's subparsers."""
+    schema = subparsers.add_parser(
+        "schema", help="write JSON Schemas of the wire contract for producers"
+    )
+    schema.add_argument(
+        "--out", default=DEFAULT_OUT_DIR, help="output directory (default: schema/)"
+    )
+
+
+def run(args: argparse.Namespace, _settings: Settings | None = None) -> int:
+    """`worker schema`: needs no configuration, so a producer can run it without the worker's
+    environment (the command table calls it with no settings)."""
+    return run_schema_command(args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m worker.tools.schema [--out DIR]`, the same as `worker schema`."""
     parser = argparse.ArgumentParser(
