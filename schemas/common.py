@@ -16,8 +16,8 @@ import msgspec
 # hostile producer from making the primary-key indexes carry megabyte entries.
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=512, description="Opaque identifier")]
 
-# Free text and URLs have no bound of their own (CONTRACT §3): whatever the broker carries is
-# stored. The broker's record size limit is the only limit.
+# Free text and URLs have no bound of their own (docs/contract.md §3): whatever the broker
+# carries is stored. The broker's record size limit is the only limit.
 Text = str
 Url = Annotated[str, msgspec.Meta(min_length=1)]
 
@@ -47,7 +47,7 @@ _MAX_DECIMAL = Decimal("1e12")
 
 
 def parse_timestamp(text: str) -> dt.datetime:
-    """A timestamp in any form `datetime.fromisoformat` accepts (CONTRACT §3); naive if the
+    """A timestamp in any form `datetime.fromisoformat` accepts (docs/contract.md §3); naive if the
     text has no offset. `utc` still has to be applied, as for msgspec's own datetimes."""
     try:
         return dt.datetime.fromisoformat(text)

@@ -28,7 +28,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "SYSTEM_CHECK_COMPLETED",
 )
 
-# The events a proctor counts against a candidate (CONTRACT §4, proctoring_sessions.flag_count).
+# The events a proctor counts against a candidate (docs/contract.md §4,
+# proctoring_sessions.flag_count).
 FLAG_TYPES: frozenset[str] = frozenset(
     {"EXIT_FULLSCREEN", "TAB_NOT_FOCUS", "FACE_ABSENCE", "MULTIPLE_FACE", "SOUND_DETECTED"}
 )

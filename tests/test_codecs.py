@@ -1,4 +1,4 @@
-"""Records as real producers send them (CONTRACT §3, §6), through the real broker.
+"""Records as real producers send them (docs/contract.md §3, §6), through the real broker.
 
 librdkafka producers compress with snappy, lz4 or zstd in production; headers carry binary,
 empty and null values; keys may be null. One proctoring partition per codec, each written by

@@ -1,4 +1,5 @@
-"""Configuration: defaults of CONTRACT §2, one clear line per bad value, no secret echoed."""
+"""Configuration: defaults of docs/contract.md §2, one clear line per bad value, no secret
+echoed."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def test_cli_exits_2_with_one_line_for_a_bad_value() -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every variable and default that existed before the settings were declared once; none may
-# change (CONTRACT §2 fixes the first eight, operators' environments the rest).
+# change (docs/contract.md §2 fixes the first eight, operators' environments the rest).
 # field: (variable, default from the environment)
 KNOWN: dict[str, tuple[str, object]] = {
     "bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),

@@ -1,4 +1,4 @@
-"""Decoding failure kinds (CONTRACT §3 and §6 dead-letter reasons); no database involved."""
+"""Decoding failure kinds (docs/contract.md §3 and §6 dead-letter reasons); no database involved."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_invalid_utf8_in_an_interview_record_is_invalid_json() -> None:
 def test_bytes_that_are_not_utf8_json_are_invalid_json_whatever_else_is_wrong(
     value: bytes,
 ) -> None:
-    """CONTRACT §3/§6: the wire format is UTF-8 JSON, so bytes that are not UTF-8 JSON are
+    """docs/contract.md §3/§6: the wire format is UTF-8 JSON, so bytes that are not UTF-8 JSON are
     `invalid_json`, even when the part the parser read first also breaks the schema."""
     expect_failure(proctoring_decoder, value, INVALID_JSON)
 
@@ -308,7 +308,7 @@ def _minimal_report(**data: Any) -> bytes:
 
 
 def test_nul_inside_transcript_of_a_report_without_other_blocks_is_a_schema_violation() -> None:
-    """Producers may omit blocks (CONTRACT §3: other fields may be absent)."""
+    """Producers may omit blocks (docs/contract.md §3: other fields may be absent)."""
     transcript = [{"timestamp": 1, "role": "candidate", "content": "a\u0000b"}]
     expect_failure(
         interview_decoder, _minimal_report(interview_transcript=transcript), SCHEMA_VIOLATION

@@ -1,4 +1,5 @@
-"""Dead letters keep the original key and headers byte for byte (CONTRACT §6), null included.
+"""Dead letters keep the original key and headers byte for byte (docs/contract.md §6), null
+included.
 
 Kafka's header value is NULLABLE_BYTES: a null value (length -1) and an empty one (length 0)
 are different things on the wire, and a producer may rely on the difference. These tests pin

@@ -1,5 +1,5 @@
-"""The merge rules of README "What each table promises" (CONTRACT §5), one case each, against
-a real PostgreSQL: each test is a stream the pre-§5 handlers stored wrongly.
+"""The merge rules of README "What each table promises" (docs/contract.md §5), one case each,
+against a real PostgreSQL: each test is a stream the pre-§5 handlers stored wrongly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Property: the worker's tables equal the reference model's (README, CONTRACT §5).
+"""Property: the worker's tables equal the reference model's (README, docs/contract.md §5).
 
 Hypothesis generates streams as producers may send them, varying every field a producer may
 vary: names, emails, job names and ATS ids (code-point ties such as `Ann`/`ann`/`Ånn`), scores
@@ -767,7 +767,7 @@ async def test_first_and_last_instants_are_stored_and_ordered_as_instants(
     case: str,
     split: str,
 ) -> None:
-    """0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z decode (CONTRACT §3: years
+    """0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z decode (docs/contract.md §3: years
     1-9999); they must be stored as those instants and compare as any other time."""
     items = [
         Item(

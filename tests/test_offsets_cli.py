@@ -1,4 +1,4 @@
-"""`worker offsets show | reset` (CONTRACT §1) against a real broker and PostgreSQL.
+"""`worker offsets show | reset` (docs/contract.md §1) against a real broker and PostgreSQL.
 
 Every test starts from the same layout: records in two waves a second apart around a moment
 MARK, each wave in one producer batch per partition (the embedded broker's ListOffsets then

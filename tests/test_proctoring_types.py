@@ -176,7 +176,7 @@ def test_absent_description_means_empty() -> None:
         ("2025-09-21T12:00:00", utc(2025, 9, 21, 12)),
         ("2025-09-21T12:00:00.123456Z", dt.datetime(2025, 9, 21, 12, 0, 0, 123456, tzinfo=dt.UTC)),
         ("2025-09-21T08:00:00-04:00", utc(2025, 9, 21, 12)),
-        # CONTRACT §3: Java's OffsetDateTime/LocalDateTime drop zero seconds; short offsets;
+        # docs/contract.md §3: Java's OffsetDateTime/LocalDateTime drop zero seconds; short offsets;
         # the basic format.
         ("2025-09-21T12:00Z", utc(2025, 9, 21, 12)),
         ("2025-09-21T12:00", utc(2025, 9, 21, 12)),

@@ -1,7 +1,7 @@
 """Property: the final tables do not depend on delivery order, redelivery or batch splits.
 
-CONTRACT §5: upserts are idempotent and order-safe. Hypothesis generates event sequences over a
-few shared IDs, applies each sequence once in order, then again reordered within each key's
+docs/contract.md §5: upserts are idempotent and order-safe. Hypothesis generates event sequences
+over a few shared IDs, applies each sequence once in order, then again reordered within each key's
 allowed freedom, with redeliveries and random batch splits, and demands identical tables.
 
 The freedom (what Kafka and the contract permit):

@@ -1,5 +1,5 @@
-"""Replay (CONTRACT §5, "Exactly-once effect"): a partition without a `consumer_offsets` row is
-read from the start of its log, never from Kafka's committed offset, and reading it again
+"""Replay (docs/contract.md §5, "Exactly-once effect"): a partition without a `consumer_offsets`
+row is read from the start of its log, never from Kafka's committed offset, and reading it again
 changes no table.
 
 The worker commits its offsets to Kafka too (for lag tools), so after a first run Kafka's

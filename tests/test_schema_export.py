@@ -519,7 +519,7 @@ CASES: list[tuple[str, str, bytes, str | None]] = [
         edited(_STARTED, _set("createdAt", "2024-02-29T10:00:00Z")),
         None,
     ),
-    # CONTRACT §3: every form datetime.fromisoformat accepts.
+    # docs/contract.md §3: every form datetime.fromisoformat accepts.
     *(
         (f"createdAt_{stamp}", "proctoring", edited(_STARTED, _set("createdAt", stamp)), None)
         for stamp in (

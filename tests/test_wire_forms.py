@@ -1,4 +1,4 @@
-"""CONTRACT §3 "Wire format", as real producers send records: every timestamp form
+"""docs/contract.md §3 "Wire format", as real producers send records: every timestamp form
 `datetime.fromisoformat` accepts, text of any length, and scores and decimals exactly as written.
 
 Decoding is checked on its own (the exact UTC instant, the exact decimal) and through real
@@ -69,7 +69,7 @@ def expect_violation(decoder: EventDecoder, value: bytes) -> DecodeFailure:
 
 # Timestamps -----------------------------------------------------------------------------------
 
-# (text, the UTC instant it names). Every row is a form CONTRACT §3 names or implies.
+# (text, the UTC instant it names). Every row is a form docs/contract.md §3 names or implies.
 TIMESTAMP_FORMS: list[tuple[str, dt.datetime]] = [
     # Java OffsetDateTime / LocalDateTime with zero seconds: the forms that started the issue.
     ("2025-09-21T12:05Z", MINUTE_UTC),

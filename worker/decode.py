@@ -1,6 +1,6 @@
 """Bytes to structs: one msgspec decode per record, and a precise reason when it fails.
 
-The reasons are the dead-letter reasons of CONTRACT §6, declared in worker/dlq.py. Only the
+The reasons are the dead-letter reasons of docs/contract.md §6, declared in worker/dlq.py. Only the
 failure path does extra work (decoding again when msgspec refused a timestamp the contract
 accepts, classifying the error, hunting a NUL); the happy path is a single C-level decode.
 """
@@ -102,7 +102,7 @@ _Fields = tuple[tuple[str, str], ...]
 
 
 class _Lenient:
-    """The slow path, for records msgspec refused because of a timestamp that CONTRACT §3
+    """The slow path, for records msgspec refused because of a timestamp that docs/contract.md §3
     accepts all the same (`12:05Z`, `+02`, basic format: whatever `datetime.fromisoformat` takes).
 
     Each struct has a twin with the same fields, tag, defaults and constraints, except that its

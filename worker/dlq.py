@@ -1,4 +1,5 @@
-"""The dead-letter path (CONTRACT §6): original key, value and headers, plus `dlq.*` context.
+"""The dead-letter path (docs/contract.md §6): original key, value and headers, plus `dlq.*`
+context.
 
 This module holds the dead-letter vocabulary too: the five reasons, the headers, why a record
 can never be stored (`Unstorable`: a `DecodeFailure` or a `StorageRefusal`) and how long its
@@ -26,8 +27,8 @@ from worker import __version__
 
 log = structlog.get_logger("worker.dlq")
 
-# The reasons a record can never be stored (`dlq.reason`, CONTRACT §6). The first four are the
-# decoder's verdicts; the last is PostgreSQL's refusal of a row that decoded.
+# The reasons a record can never be stored (`dlq.reason`, docs/contract.md §6). The first four
+# are the decoder's verdicts; the last is PostgreSQL's refusal of a row that decoded.
 INVALID_JSON: Final = "invalid_json"
 SCHEMA_VIOLATION: Final = "schema_violation"
 UNKNOWN_EVENT_TYPE: Final = "unknown_event_type"
@@ -50,7 +51,7 @@ TRUNCATED_VALUE_BYTES = 256 * 1024
 
 
 class Header:
-    """The names of the headers the worker adds (CONTRACT §6), for the writer and readers."""
+    """The names of the headers the worker adds (docs/contract.md §6), for writer and readers."""
 
     PREFIX = "dlq."
     ORIGINAL_TOPIC = "dlq.original.topic"

@@ -18,7 +18,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-# The tables of CONTRACT §4 whose rows are the worker's output, and its progress table.
+# The tables of docs/contract.md §4 whose rows are the worker's output, and its progress table.
 CONTENT_TABLES: tuple[str, ...] = (
     "proctoring_events",
     "proctoring_sessions",

@@ -487,8 +487,8 @@ async def test_oversized_malformed_record_is_dead_lettered(
     malformed = publisher.malformed()
     letters = await read_dlq(kafka_bootstrap, topics.dlq, set(malformed))
     assert {dlq_origin(r) for r in letters} == set(malformed)
-    # CONTRACT §6 keeps the value byte for byte. A letter too large for the dead-letter topic
-    # cannot be; a copy cut short is accepted only if it says so (a dlq.value.truncated
+    # docs/contract.md §6 keeps the value byte for byte. A letter too large for the dead-letter
+    # topic cannot be; a copy cut short is accepted only if it says so (a dlq.value.truncated
     # header) and is a prefix of the original, never a silently different value.
     (original,) = malformed.values()
     modes = set()

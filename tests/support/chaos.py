@@ -1,7 +1,7 @@
 """Shared machinery of the chaos campaigns: sizes, a contract-respecting event stream, a
 publisher that keeps delivery reports, the reference database, and the final checks.
 
-The stream generator follows the ordering freedom of CONTRACT §5 exactly as
+The stream generator follows the ordering freedom of docs/contract.md §5 exactly as
 tests/test_properties.py spells it out:
 
 - proctoring events of different identity arrive in any order; one identity (exam, candidate,

@@ -41,7 +41,7 @@ KAFKA_COLUMNS: frozenset[str] = frozenset({"kafka_topic", "kafka_partition", "ka
 
 Snapshot = dict[str, list[tuple[Any, ...]]]
 
-# The headers CONTRACT §6 adds to every dead letter, written out here (not imported from the
+# The headers docs/contract.md §6 adds to every dead letter, written out here (not imported from the
 # worker) so that the tests hold the worker to the contract.
 DLQ_HEADERS: tuple[str, ...] = (
     "dlq.original.topic",
@@ -351,7 +351,7 @@ def _sort_key(row: tuple[Any, ...]) -> tuple[tuple[bool, str, str], ...]:
 
 
 async def table_snapshot(database_url: str, *, offsets: bool = True) -> Snapshot:
-    """{table: sorted rows} for the tables of CONTRACT §4, without volatile columns.
+    """{table: sorted rows} for the tables of docs/contract.md §4, without volatile columns.
 
     proctoring_events leaves out its kafka_* columns; consumer_offsets leaves out group_id
     (so that two groups over the same topics compare equal) and is left out entirely with

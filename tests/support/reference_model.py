@@ -1,4 +1,4 @@
-"""A reference model of CONTRACT §5, as the README's "What each table promises" states it.
+"""A reference model of docs/contract.md §5, as the README's "What each table promises" states it.
 
 Slow and plain on purpose: decoded events (the structs of schemas/, as worker.decode returns
 them) are applied ONE AT A TIME, IN STREAM ORDER, to one dictionary per table keyed by the
@@ -30,8 +30,8 @@ The rules, as applied below:
 
 `Model.tables()` gives {table: {primary key tuple: {column: value}}} in the normal form that
 `database_tables()` reads from PostgreSQL: numeric columns as their decimal text, jsonb as the
-parsed JSON document, timestamps as aware datetimes. Only the columns of CONTRACT §4 (and the
-interview attributes a report carries) are compared, never bookkeeping columns (updated_at,
+parsed JSON document, timestamps as aware datetimes. Only the columns of docs/contract.md §4 (and
+the interview attributes a report carries) are compared, never bookkeeping columns (updated_at,
 ingested_at, has_report, version columns such as `*_at`, counters the contract does not name).
 """
 
@@ -128,7 +128,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "proctoring_sessions": ("started_at", "ended_at", "last_event_at", "flag_count"),
     "system_checks": ("success", "results"),
 }
-# Columns of 001_initial_schema.sql that CONTRACT §4 does not list but a report event fills
+# Columns of 001_initial_schema.sql that docs/contract.md §4 does not list but a report event fills
 # (gated like the others): compared when the table has them.
 OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "interview_reports": ("interview_name", "ats_job_id", "ats_job_application_id"),

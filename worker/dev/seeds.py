@@ -38,8 +38,9 @@ def system_check_example() -> bytes:
 def proctoring_samples(exam_id: str = "exam-demo", candidate_id: str = "cand-demo") -> list[bytes]:
     """One realistic event of each of the 13 Proctorme types, for one exam session.
 
-    The seed defines the types but gives no full event; these follow CONTRACT §3 (media flags
-    carry `mediaUrl`; SYSTEM_CHECK_COMPLETED carries the seed's SystemCheck example verbatim).
+    The seed defines the types but gives no full event; these follow docs/contract.md §3 (media
+    flags carry `mediaUrl`; SYSTEM_CHECK_COMPLETED carries the seed's SystemCheck example
+    verbatim).
     """
     import json
 

@@ -1,5 +1,5 @@
 """`worker offsets show | reset`: the stored offsets of the consumed topics beside their logs,
-and moving them (CONTRACT §1).
+and moving them (docs/contract.md §1).
 
 Invariants:
 
