@@ -21,27 +21,17 @@ import pytest
 from support import infra
 from support.chaos import (
     FAST_GROUP_ENV,
-    SCALE,
     SEED,
     SIZES,
-    Clock,
-    Publisher,
-    build_reference,
+    ProcessCampaign,
     check_dlq,
-    check_offsets,
-    compare_with_reference,
     count_in_log,
-    generate_stream,
-    items_of,
-    make_topics,
     offsets_total,
-    paced_publish,
     read_dlq,
     report,
-    topic_map,
     wait_until,
 )
-from support.e2e import WorkerProcess, settings_for, worker_process
+from support.e2e import WorkerProcess, worker_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SIZES.test_timeout_s)]
 
@@ -56,13 +46,23 @@ async def test_crash_loop_loses_nothing_and_counts_nothing_twice(
     fresh_database: Callable[[], Awaitable[str]],
     tmp_path: Path,
 ) -> None:
-    clock = Clock()
-    stream = generate_stream(SEED, SIZES.crash_events)
-    topics = await make_topics(topic_factory, 4)
-    settings = settings_for(kafka_bootstrap, database_url, topics, max_batch_records=500)
+    campaign = await ProcessCampaign.create(
+        kafka_bootstrap,
+        database_url,
+        topic_factory,
+        seed=SEED,
+        events=SIZES.crash_events,
+        partitions=4,
+    )
+    clock, stream, topics, settings = (
+        campaign.clock,
+        campaign.stream,
+        campaign.topics,
+        campaign.settings,
+    )
+    procs = campaign.procs
     log_path = tmp_path / "worker.log"
     rng = random.Random(SEED + 1)
-    procs: list[WorkerProcess] = []
     cycles: list[str] = []
     modes: Counter[str] = Counter()
 
@@ -70,79 +70,62 @@ async def test_crash_loop_loses_nothing_and_counts_nothing_twice(
         if proc.poll() is not None:
             raise AssertionError(f"worker exited with {proc.returncode}:\n{proc.log_tail()}")
 
-    async with Publisher(kafka_bootstrap, topic_map(topics)) as publisher:
-        producing = asyncio.create_task(
-            paced_publish(publisher, stream.records, SIZES.crash_kills * PRODUCE_S_PER_KILL)
-        )
-        try:
-            for _ in range(SIZES.crash_kills):
-                before = await offsets_total(database_url, topics.group_id)
-                proc = worker_process(settings, log_path, FAST_GROUP_ENV)
-                procs.append(proc)
-                started = time.monotonic()
-                if rng.random() < 0.25:
-                    # Anywhere: importing, migrating, joining the group, or consuming.
-                    mode = "blind"
-                    await asyncio.sleep(rng.uniform(0.3, 5.0))
-                else:
-                    # Once it commits, at a random moment of the stream.
-                    mode = "mid-stream"
-
-                    async def progressed(proc: WorkerProcess = proc, before: int = before) -> bool:
-                        alive(proc)
-                        total = await offsets_total(database_url, topics.group_id)
-                        return total > before or (producing.done() and total >= publisher.produced)
-
-                    await wait_until(progressed, 120, "progress before the kill", interval=0.05)
-                    await asyncio.sleep(rng.uniform(0.0, 1.5))
-                alive(proc)
-                proc.kill()
-                await asyncio.to_thread(proc.wait, 30)
-                after = await offsets_total(database_url, topics.group_id)
-                modes[mode] += 1
-                cycles.append(f"{mode}@{time.monotonic() - started:.1f}s:+{after - before}")
-            await producing
-            killed_at = clock()
-
-            positioned = count_in_log(log_path, "partitions positioned")
+    seconds = SIZES.crash_kills * PRODUCE_S_PER_KILL
+    async with campaign.publishing(kafka_bootstrap, seconds) as (publisher, producing):
+        for _ in range(SIZES.crash_kills):
+            before = await offsets_total(database_url, topics.group_id)
             proc = worker_process(settings, log_path, FAST_GROUP_ENV)
             procs.append(proc)
-            expected = publisher.produced
+            started = time.monotonic()
+            if rng.random() < 0.25:
+                # Anywhere: importing, migrating, joining the group, or consuming.
+                mode = "blind"
+                await asyncio.sleep(rng.uniform(0.3, 5.0))
+            else:
+                # Once it commits, at a random moment of the stream.
+                mode = "mid-stream"
 
-            async def drained() -> bool:
-                alive(proc)
-                # Owning its partitions (so a SIGTERM tests a real shutdown), and done.
-                return count_in_log(log_path, "partitions positioned") > positioned and (
-                    await offsets_total(database_url, topics.group_id) >= expected
-                )
+                async def progressed(proc: WorkerProcess = proc, before: int = before) -> bool:
+                    alive(proc)
+                    total = await offsets_total(database_url, topics.group_id)
+                    return total > before or (producing.done() and total >= publisher.produced)
 
-            await wait_until(drained, SIZES.test_timeout_s / 2, "the last worker to drain")
-            drained_at = clock()
-            code = await asyncio.to_thread(proc.terminate_and_wait, 60)
-            assert code == 0, f"SIGTERM exit code {code}:\n{proc.log_tail()}"
-        finally:
-            if not producing.done():
-                producing.cancel()
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(30)
+                await wait_until(progressed, 120, "progress before the kill", interval=0.05)
+                await asyncio.sleep(rng.uniform(0.0, 1.5))
+            alive(proc)
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 30)
+            after = await offsets_total(database_url, topics.group_id)
+            modes[mode] += 1
+            cycles.append(f"{mode}@{time.monotonic() - started:.1f}s:+{after - before}")
+        await producing
+        killed_at = clock()
 
-    committed = await check_offsets(database_url, topics.group_id, publisher)
-    reference_url = await fresh_database()
-    assert await build_reference(reference_url, items_of(stream.events)) == []
-    tables = await compare_with_reference(database_url, reference_url)
+        positioned = count_in_log(log_path, "partitions positioned")
+        proc = worker_process(settings, log_path, FAST_GROUP_ENV)
+        procs.append(proc)
+        expected = publisher.produced
+
+        async def drained() -> bool:
+            alive(proc)
+            # Owning its partitions (so a SIGTERM tests a real shutdown), and done.
+            return count_in_log(log_path, "partitions positioned") > positioned and (
+                await offsets_total(database_url, topics.group_id) >= expected
+            )
+
+        await wait_until(drained, SIZES.test_timeout_s / 2, "the last worker to drain")
+        drained_at = clock()
+        code = await asyncio.to_thread(proc.terminate_and_wait, 60)
+        assert code == 0, f"SIGTERM exit code {code}:\n{proc.log_tail()}"
+
+    committed, tables = await campaign.judge_tables(database_url, publisher, fresh_database)
     malformed = publisher.malformed()
     assert len(malformed) == stream.malformed
     letters = await read_dlq(kafka_bootstrap, topics.dlq, set(malformed))
     dlq = check_dlq(letters, malformed)
     report(
         "1 crash loop",
-        scale=SCALE,
-        produced=publisher.produced,
-        distinct_valid=len(stream.events),
-        duplicates=stream.duplicates,
-        malformed=stream.malformed,
+        **campaign.figures(publisher),
         kills=len(cycles),
         kill_modes=dict(modes),
         cycles=" ".join(cycles),

@@ -23,27 +23,17 @@ import pytest
 from support import infra
 from support.chaos import (
     FAST_GROUP_ENV,
-    SCALE,
     SEED,
     SIZES,
-    Clock,
-    Publisher,
-    build_reference,
+    ProcessCampaign,
     check_dlq,
-    check_offsets,
-    compare_with_reference,
     count_in_log,
-    generate_stream,
-    items_of,
-    make_topics,
     offsets_total,
-    paced_publish,
     read_dlq,
     report,
-    topic_map,
     wait_until,
 )
-from support.e2e import WorkerProcess, settings_for, worker_process
+from support.e2e import WorkerProcess, worker_process
 
 from worker.config import Settings
 
@@ -79,7 +69,7 @@ ExtraFigures = Callable[[Sequence[Path]], Awaitable[Mapping[str, Any]]]
 
 
 async def rebalance_storm(
-    campaign: str,
+    name: str,
     *,
     kafka_bootstrap: str,
     database_url: str,
@@ -98,24 +88,29 @@ async def rebalance_storm(
     `seconds` while members join, leave (SIGTERM) and die (SIGKILL) every 2-5 s; then a full
     group drains the rest, stops gracefully, and the run is judged by the tables against the
     reference, the committed offsets and the dead-letter topic. Figures go to `report` under
-    `campaign`.
+    `name`.
 
     `before_members(settings)` runs once the topics and the members' settings exist, before
     any record is published or any member starts (the database is not migrated yet: a hook
     that needs the tables migrates it). `extra_figures(member_logs)` runs after every check
     passed; what it returns joins the report. `settings_overrides` go to `settings_for`."""
-    clock = Clock()
-    rng = random.Random(seed)
-    stream = generate_stream(seed, events, tag=tag)
-    topics = await make_topics(topic_factory, PARTITIONS)
-    settings = settings_for(
-        kafka_bootstrap, database_url, topics, max_batch_records=500, **settings_overrides
+    campaign = await ProcessCampaign.create(
+        kafka_bootstrap,
+        database_url,
+        topic_factory,
+        seed=seed,
+        events=events,
+        partitions=PARTITIONS,
+        tag=tag,
+        **settings_overrides,
     )
+    clock, topics, settings = campaign.clock, campaign.topics, campaign.settings
+    rng = random.Random(seed)
     if before_members is not None:
         await before_members(settings)
     logs = [tmp_path / f"member-{i}.log" for i in range(MEMBERS)]
     slots: list[WorkerProcess | None] = [None] * MEMBERS
-    procs: list[WorkerProcess] = []
+    procs = campaign.procs
     leaving: dict[int, asyncio.Task[int]] = {}  # pid -> graceful stop in flight
     killed: set[int] = set()
     actions: Counter[str] = Counter()
@@ -148,88 +143,72 @@ async def rebalance_storm(
             if p.poll() is not None and p.pid not in killed and p.pid not in leaving:
                 raise AssertionError(f"member died on its own ({p.returncode}):\n{p.log_tail()}")
 
-    async with Publisher(kafka_bootstrap, topic_map(topics)) as publisher:
-        producing = asyncio.create_task(paced_publish(publisher, stream.records, seconds))
-        try:
-            for slot in range(MEMBERS):
-                start(slot)
-            storm_ends = time.monotonic() + seconds
-            while time.monotonic() < storm_ends:
-                await asyncio.sleep(rng.uniform(2.0, 5.0))
-                check_members()
-                up = running()
-                free = [i for i in range(MEMBERS) if i not in up]
-                if len(up) <= 1:
-                    action = "join"
-                elif not free:
-                    action = rng.choice(("leave", "kill"))
+    async with campaign.publishing(kafka_bootstrap, seconds) as (publisher, producing):
+        for slot in range(MEMBERS):
+            start(slot)
+        storm_ends = time.monotonic() + seconds
+        while time.monotonic() < storm_ends:
+            await asyncio.sleep(rng.uniform(2.0, 5.0))
+            check_members()
+            up = running()
+            free = [i for i in range(MEMBERS) if i not in up]
+            if len(up) <= 1:
+                action = "join"
+            elif not free:
+                action = rng.choice(("leave", "kill"))
+            else:
+                action = rng.choice(("join", "leave", "kill"))
+            if action == "leave":
+                up = [i for i in up if booted(slots[i])]  # type: ignore[arg-type]
+                if not up:
+                    action = "kill"
+                    up = running()
+            if action == "join":
+                start(rng.choice(free))
+            else:
+                proc = slots[rng.choice(up)]
+                assert proc is not None
+                if action == "kill":
+                    killed.add(proc.pid)
+                    proc.kill()
                 else:
-                    action = rng.choice(("join", "leave", "kill"))
-                if action == "leave":
-                    up = [i for i in up if booted(slots[i])]  # type: ignore[arg-type]
-                    if not up:
-                        action = "kill"
-                        up = running()
-                if action == "join":
-                    start(rng.choice(free))
-                else:
-                    proc = slots[rng.choice(up)]
-                    assert proc is not None
-                    if action == "kill":
-                        killed.add(proc.pid)
-                        proc.kill()
-                    else:
-                        leaving[proc.pid] = asyncio.create_task(
-                            asyncio.to_thread(proc.terminate_and_wait, 60)
-                        )
-                actions[action] += 1
-                population.append(len(running()))
-            await producing
-            storm_end = clock()
+                    leaving[proc.pid] = asyncio.create_task(
+                        asyncio.to_thread(proc.terminate_and_wait, 60)
+                    )
+            actions[action] += 1
+            population.append(len(running()))
+        await producing
+        storm_end = clock()
 
-            # Calm: a full group drains the rest.
-            for i in range(MEMBERS):
-                if i not in running():
-                    start(i)
+        # Calm: a full group drains the rest.
+        for i in range(MEMBERS):
+            if i not in running():
+                start(i)
 
-            async def drained() -> bool:
-                check_members()
-                members = [slots[i] for i in running()]
-                return all(booted(p) for p in members if p is not None) and (
-                    await offsets_total(database_url, topics.group_id) >= publisher.produced
-                )
-
-            await wait_until(drained, SIZES.test_timeout_s / 2, "the group to drain")
-            drained_at = clock()
-            final = [slots[i] for i in running()]
-            codes = await asyncio.gather(
-                *(asyncio.to_thread(p.terminate_and_wait, 60) for p in final if p is not None)
+        async def drained() -> bool:
+            check_members()
+            members = [slots[i] for i in running()]
+            return all(booted(p) for p in members if p is not None) and (
+                await offsets_total(database_url, topics.group_id) >= publisher.produced
             )
-            leave_codes = await asyncio.gather(*leaving.values())
-        finally:
-            if not producing.done():
-                producing.cancel()
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(30)
+
+        await wait_until(drained, SIZES.test_timeout_s / 2, "the group to drain")
+        drained_at = clock()
+        final = [slots[i] for i in running()]
+        codes = await asyncio.gather(
+            *(asyncio.to_thread(p.terminate_and_wait, 60) for p in final if p is not None)
+        )
+        leave_codes = await asyncio.gather(*leaving.values())
 
     assert all(c == 0 for c in codes), (codes, [p.log_tail() for p in procs if p.returncode])
     assert all(c == 0 for c in leave_codes), leave_codes
-    committed = await check_offsets(database_url, topics.group_id, publisher)
-    reference_url = await fresh_database()
-    assert await build_reference(reference_url, items_of(stream.events)) == []
-    tables = await compare_with_reference(database_url, reference_url)
+    committed, tables = await campaign.judge_tables(database_url, publisher, fresh_database)
     malformed = publisher.malformed()
     dlq = check_dlq(await read_dlq(kafka_bootstrap, topics.dlq, set(malformed)), malformed)
     extra = {} if extra_figures is None else await extra_figures(logs)
     report(
-        campaign,
-        scale=SCALE,
-        produced=publisher.produced,
-        distinct_valid=len(stream.events),
-        duplicates=stream.duplicates,
-        malformed=stream.malformed,
+        name,
+        **campaign.figures(publisher),
         actions=dict(actions),
         member_processes=len(procs),
         members_over_time="".join(map(str, population)),

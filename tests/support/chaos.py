@@ -23,13 +23,14 @@ once, in generation order, through `worker.router.apply_batch`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +40,15 @@ from aiokafka.structs import ConsumerRecord
 
 from schemas.proctoring import EVENT_TYPES, FLAG_TYPES
 from support import infra
-from support.e2e import committed_offsets, snapshot_diff, table_snapshot
+from support.e2e import (
+    WorkerProcess,
+    committed_offsets,
+    settings_for,
+    snapshot_diff,
+    table_snapshot,
+)
 from support.storage import NOTATIONS, notate
+from worker.config import Settings
 from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
 from worker.dlq import DecodeFailure
 from worker.handlers.base import Item
@@ -960,3 +968,81 @@ async def make_topics(
 
 def topic_map(topics: infra.Topics) -> dict[str, str]:
     return {PROCTORING: topics.proctoring, INTERVIEW: topics.interview}
+
+
+# -- campaigns of worker processes ------------------------------------------------------------
+
+
+@dataclass
+class ProcessCampaign:
+    """What the campaigns of `python -m worker run` processes (crash loop, rebalance storm) set
+    up and judge the same way: a stream, fresh topics, the members' settings (batches of at most
+    500 records), the processes started, and a clock started first."""
+
+    clock: Clock
+    stream: Stream
+    topics: infra.Topics
+    settings: Settings
+    procs: list[WorkerProcess] = field(default_factory=list)
+
+    @classmethod
+    async def create(
+        cls,
+        kafka_bootstrap: str,
+        database_url: str,
+        topic_factory: infra.TopicFactory,
+        *,
+        seed: int,
+        events: int,
+        partitions: int,
+        tag: str = "",
+        **settings_overrides: Any,
+    ) -> ProcessCampaign:
+        clock = Clock()
+        stream = generate_stream(seed, events, tag=tag)
+        topics = await make_topics(topic_factory, partitions)
+        settings = settings_for(
+            kafka_bootstrap, database_url, topics, max_batch_records=500, **settings_overrides
+        )
+        return cls(clock, stream, topics, settings)
+
+    @contextlib.asynccontextmanager
+    async def publishing(
+        self, kafka_bootstrap: str, seconds: float
+    ) -> AsyncIterator[tuple[Publisher, asyncio.Task[None]]]:
+        """The stream published over about `seconds` (the task); on the way out, publishing
+        stops and every process still alive is killed."""
+        async with Publisher(kafka_bootstrap, topic_map(self.topics)) as publisher:
+            producing = asyncio.create_task(paced_publish(publisher, self.stream.records, seconds))
+            try:
+                yield publisher, producing
+            finally:
+                if not producing.done():
+                    producing.cancel()
+                for p in self.procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait(30)
+
+    async def judge_tables(
+        self,
+        database_url: str,
+        publisher: Publisher,
+        fresh_database: Callable[[], Awaitable[str]],
+    ) -> tuple[int, dict[str, Any]]:
+        """The committed offsets account for every record produced, and the tables equal the
+        reference built from the stream's distinct valid events: (offsets sum, table figures)."""
+        committed = await check_offsets(database_url, self.topics.group_id, publisher)
+        reference_url = await fresh_database()
+        assert await build_reference(reference_url, items_of(self.stream.events)) == []
+        return committed, await compare_with_reference(database_url, reference_url)
+
+    def figures(self, publisher: Publisher) -> dict[str, Any]:
+        """The figures every campaign reports first: the scale and what was produced."""
+        return {
+            "scale": SCALE,
+            "produced": publisher.produced,
+            "distinct_valid": len(self.stream.events),
+            "duplicates": self.stream.duplicates,
+            "malformed": self.stream.malformed,
+        }
