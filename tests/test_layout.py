@@ -4,6 +4,8 @@
   import: at the top, inside functions, under TYPE_CHECKING;
 - no module imports another module's private (underscore) name, nor reaches one through an
   imported module (`module._name`);
+- the core (the path of a record) imports none of the edges: the command line, the process
+  runner, the operator commands (worker/tools/) and the development stack (worker/dev/);
 - the README's "Repository layout" names every module of worker/ and schemas/, and nothing else;
 - docs/contract.md is the shared contract (when that file is beside the repository), and the code
   cites it as `docs/contract.md §N`.
@@ -150,6 +152,24 @@ def test_no_import_cycle() -> None:
     assert len(graph) > 40, sorted(graph)  # the walk found the project
     assert sum(map(len, graph.values())) > 80
     assert cycles(graph) == []
+
+
+# The edges: the command line, the process runner, the operator commands, the development
+# stack. The core (every other module of worker/) imports none of them.
+EDGES = ("worker.__main__", "worker.cli", "worker.runner", "worker.tools", "worker.dev")
+
+
+def _is_edge(module: str) -> bool:
+    return any(module == edge or module.startswith(edge + ".") for edge in EDGES)
+
+
+def test_the_core_imports_no_edge() -> None:
+    graph, _ = import_graph(ROOT)
+    core = [m for m in graph if m.startswith("worker") and not _is_edge(m)]
+    assert len(core) > 20
+    assert {
+        m: sorted(filter(_is_edge, graph[m])) for m in core if any(map(_is_edge, graph[m]))
+    } == {}
 
 
 def test_no_module_imports_another_modules_private_name() -> None:
