@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -257,3 +258,19 @@ def test_code_cites_the_contract_in_the_repository() -> None:
         if STALE_CITATION in line
     ]
     assert stale == []
+
+
+def test_every_package_is_shipped() -> None:
+    """pyproject.toml lists the packages setuptools ships: a new subpackage missing there would
+    import in a checkout and be absent from the wheel and the image."""
+    packages = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("worker", "schemas")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert sorted(on_disk - packages) == []
