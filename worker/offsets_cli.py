@@ -28,7 +28,6 @@ import asyncio
 import datetime as dt
 import json
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
@@ -38,13 +37,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.common import parse_timestamp, utc
 from worker import offsets
+from worker.clients import KafkaPostgresClients
 from worker.config import ConfigError, Settings, redact_url
+from worker.logbounds import log_bounds
 from worker.retry import describe
 
 _CONNECT_TIMEOUT_S = 15.0
-# How long the fetch that finds the real log end may take; an unanswered partition keeps
-# ListOffsets' end.
-_END_PROBE_S = 5.0
 _RESET_ATTEMPTS = 3  # a deadlock with a worker's commit aborts one side: try again
 
 
@@ -183,17 +181,7 @@ class Partition:
 
 
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        **settings.kafka_options(),
-        group_id=None,
-        client_id=f"{settings.group_id}-offsets",
-        enable_auto_commit=False,
-        # The end a worker reads to: the last stable offset.
-        isolation_level="read_committed",
-        fetch_max_wait_ms=100,
-        max_partition_fetch_bytes=64 << 10,
-        request_timeout_ms=int(_CONNECT_TIMEOUT_S * 1000),
-    )
+    return KafkaPostgresClients(settings).reader("offsets", timeout_s=_CONNECT_TIMEOUT_S)
 
 
 async def _partitions(
@@ -210,29 +198,6 @@ async def _partitions(
             )
         found.extend(TopicPartition(topic, p) for p in sorted(numbers))
     return found
-
-
-async def _log_bounds(
-    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
-) -> dict[TopicPartition, tuple[int, int]]:
-    """{tp: (log start, log end)} now."""
-    starts = await consumer.beginning_offsets(list(tps))
-    reported = await consumer.end_offsets(list(tps))
-    consumer.assign(list(tps))
-    for tp in tps:
-        consumer.seek(tp, reported[tp])
-    deadline = time.monotonic() + _END_PROBE_S
-    while unanswered := [tp for tp in tps if consumer.highwater(tp) is None]:
-        if time.monotonic() > deadline:
-            break
-        await consumer.getmany(*unanswered, timeout_ms=200)
-    bounds: dict[TopicPartition, tuple[int, int]] = {}
-    for tp in tps:
-        seen = consumer.last_stable_offset(tp)
-        if seen is None:
-            seen = consumer.highwater(tp)
-        bounds[tp] = (starts[tp], max(reported[tp], seen or 0))
-    return bounds
 
 
 async def _at_times(
@@ -282,7 +247,7 @@ async def _broker_view(
                 have = ", ".join(f"{t} has {_count(tps, t)}" for t in topics)
                 raise UsageError(f"--partition {missing[0]}: no such partition ({have})")
             tps = [tp for tp in tps if tp.partition in partitions]
-        return consumer, await _log_bounds(consumer, tps)
+        return consumer, await log_bounds(consumer, tps)
     except (UsageError, ConfigError):
         await consumer.stop()
         raise
