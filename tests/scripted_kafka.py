@@ -688,6 +688,15 @@ class ScriptedProducer:
                 self._ack(s)
         self.signal.notify()
 
+    def fail_held(self, error: Callable[[], BaseException] = KafkaTimeoutError) -> None:
+        """Every held send fails now, as sends the broker never acknowledged."""
+        held, self._held = self._held, []
+        for s in held:
+            if not s.future.done():
+                s.outcome = "failed"
+                s.future.set_exception(error())
+        self.signal.notify()
+
     @property
     def held(self) -> int:
         return len(self._held)

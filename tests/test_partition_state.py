@@ -8,9 +8,11 @@ partition over and store progress of its own. Fetches, claims (the decode step, 
 wait while other steps run), commit start, the database commit, commit finish, fences,
 revocations and reassignments interleave freely, and so do polls whose records are returned
 and never claimed (a getmany while backing off): the next claim then starts above where the
-partition was read to, and must be refused with a seek back rather than span the hole. Invariants: the stored offset only moves
-forward, no offset is stored twice and none is skipped (what this worker and the other one
-stored tiles the log from 0 to the stored offset), and a revoked state never changes again.
+partition was read to, and must be refused with a seek back rather than span the hole; the log
+has holes (compaction), which a claim may span only once a fetch after a seek proves them.
+Invariants: the stored offset only moves forward, no offset is stored twice and none is
+skipped (what this worker and the other one stored tiles the log from 0 to the stored offset),
+no claim skips a record, and a revoked state never changes again.
 """
 
 from __future__ import annotations
