@@ -25,6 +25,7 @@ import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import infra
@@ -32,6 +33,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaTimeoutError
 from e2e_support import settings_for
+from pg_proxy import PgProxy
 from scripted_kafka import (
     RunningWorker,
     ScriptedBroker,
@@ -952,3 +954,52 @@ async def test_i_a_fenced_member_cannot_move_the_new_owners_offset_back(
         check_rows(problems, await db.rows(P1), P1, present=[o for o in range(15) if o != 12])
         check_common(problems, run, watch)
         assert not problems, "\n".join(problems)
+
+
+# -- j. a statement over PostgreSQL's message limit -------------------------------------------
+
+
+async def test_j_a_statement_over_the_message_limit_is_split(database_url: str) -> None:
+    """The server answers a protocol message over its limit by closing the connection without
+    a word (PostgreSQL at 1 GB; tests/pg_proxy.py at 16 KiB). The database still answers, so
+    the batch must be split until its statements fit, not retried whole forever: every record
+    stored once, nothing dead-lettered."""
+    await migrate_url(database_url)
+    parts = urlsplit(database_url)
+    proxy = PgProxy(upstream_port=parts.port or 5432, max_message=16 << 10)
+    await proxy.start()
+    via_proxy = urlunsplit(
+        parts._replace(
+            netloc=f"{parts.netloc.rsplit(':', 1)[0]}:{proxy.port}", query="sslmode=disable"
+        )
+    )
+    s = settings(via_proxy, db_lanes=1)
+    clients = ScriptedClients(s, partitions=1)
+    c = clients.scripted_consumer
+    for offset in range(40):  # ~1.5 KB each: one COPY of them all is over 16 KiB
+        created = BASE + dt.timedelta(seconds=offset)
+        value = {
+            "examId": "exam-0",
+            "candidateId": "cand",
+            "type": "TAB_NOT_FOCUS",
+            "createdAt": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "description": f"record {offset} " + "x" * 1500,
+        }
+        c.append(P0, json.dumps(value).encode(), key=b"exam-0:cand")
+    try:
+        async with scenario(database_url, s, clients) as (run, db, watch):
+            await c.assign({P0})
+            problems: list[str] = []
+            try:
+                await db.wait_offsets({P0: 40}, run, timeout=30.0)
+            except AssertionError as exc:
+                problems.append(f"{exc} (connections cut for their size: {proxy.cut})")
+            check_rows(problems, await db.rows(P0), P0, present=range(40))
+            if not proxy.cut:
+                problems.append("no statement was over the limit: the test proves nothing")
+            if dead_letters(run.producer):
+                problems.append(f"dead letters: {dict(dead_letters(run.producer))}")
+            check_common(problems, run, watch)
+            assert not problems, "\n".join(problems)
+    finally:
+        await proxy.close()
