@@ -25,11 +25,13 @@ import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaTimeoutError
+from pg_proxy import PgProxy
 from support import infra
 from support.e2e import settings_for
 from support.scripted_kafka import (
@@ -41,6 +43,9 @@ from support.scripted_kafka import (
     start_worker,
 )
 
+from worker import consumer as consumer_module
+from worker import offsets as offsets_module
+from worker import ownership as ownership_module
 from worker.config import Settings
 from worker.migrate import migrate_url
 
@@ -190,6 +195,19 @@ class Db:
                 raise AssertionError(f"{n} commits blocked on the test's locks never happened")
             await asyncio.sleep(0.01)
         return pids
+
+    async def wait_statement_waiting(self, fragment: str, timeout: float = 10.0) -> None:
+        """Until a backend of this database running a statement that contains `fragment` is
+        waiting for a lock."""
+        deadline = time.monotonic() + timeout
+        while not await self._c().fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+            fragment,
+        ):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no statement with {fragment!r} waited for a lock")
+            await asyncio.sleep(0.01)
 
     async def terminate(self, pids: list[int]) -> None:
         await self._c().execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
@@ -770,3 +788,218 @@ async def test_f_stop_while_joining_the_group(database_url: str) -> None:
         failure = await run.stop(timeout=10.0)
         assert failure is None, failure
         assert time.monotonic() - started < 5.0
+
+
+# -- g. records polled while a lane backs off -------------------------------------------------
+
+
+async def test_g_records_polled_while_a_lane_backs_off_are_read_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P0's commit outlasts a rebalance's wait for it (a row lock), so the reassigned P0 is
+    positioned only once it ends; P1 is positioned first and its new batch waits for its dead
+    letter's acknowledgement. When P0's old commit ends the loop positions P0, but that read
+    of consumer_offsets is held (the test's ACCESS EXCLUSIVE lock, queued behind P0's commit).
+    Meanwhile P1's dead letter is refused and its lane backs off with every partition paused,
+    polling. When the read returns, P0 must stay paused with the rest until the back-off ends;
+    whatever a poll returns must be read again, never skipped: every record of P0 stored once
+    and its offset at the log end."""
+    monkeypatch.setattr(ownership_module, "REVOKE_WAIT_S", 0.3)
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=2, max_batch_records=5)
+    clients = ScriptedClients(s)
+    c, p = clients.scripted_consumer, clients.scripted_producer
+    fill(c, P0, 5)
+    fill(c, P1, 5)
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0, P1})
+        await db.wait_offsets({P0: 5, P1: 5}, run)
+
+        _, tx0 = await db.lock_row(P0)
+        p.hold_sends()
+        fill(c, P0, 5)  # [5, 10): lane 0's commit waits on the row lock
+        fill(c, P1, 5, bad={7})  # [5, 10): lane 1 waits for its dead letter's acknowledgement
+        await db.wait_lock_waiters(1)
+        await p.wait_held(1)
+        await asyncio.wait_for(c.revoke(), 10)  # gives up waiting after 0.3 s: both retire
+        await c.assign({P0, P1})  # each is positioned once its old commit ends
+        p.fail_held()  # P1's old commit ends (its batch is no longer ours): P1 positioned at 5
+        await c.until(lambda: P1 in run.worker.owned(), 5.0, "P1 positioned")
+        await p.wait_held(1)  # P1's new batch [5, 10) waits for its dead letter
+
+        locker = await db.connect()
+        ltx = locker.transaction()
+        await ltx.start()
+        locking = asyncio.create_task(
+            locker.execute("LOCK TABLE consumer_offsets IN ACCESS EXCLUSIVE MODE")
+        )
+        await db.wait_statement_waiting("LOCK TABLE")  # queued behind lane 0's commit
+        fill(c, P0, 10)  # [10, 20): read once P0 is positioned
+        await tx0.rollback()  # P0's old commit stores [5, 10) and ends
+        await locking
+        # P0's positioning reads its consumer_offsets row: held.
+        await db.wait_statement_waiting("(topic, partition) IN")
+        p.fail_sends()
+        p.fail_held()  # lane 1 backs off, every partition paused, polling
+        p.release_sends()
+        await c.until(lambda: run.worker.retrying, 5.0, "lane 1 backing off")
+        await ltx.rollback()  # P0's positioning ends
+        await asyncio.sleep(1.5)  # polls of the back-off
+        fill(c, P0, 5)  # [20, 25)
+        p.stop_failing()
+        await db.wait_offsets({P1: 10}, run)
+        await asyncio.sleep(0.5)
+        fill(c, P0, 5)  # [25, 30): a batch after the back-off must not span a hole
+        problems: list[str] = []
+        try:
+            await db.wait_offsets({P0: 30}, run)
+        except AssertionError as exc:
+            problems.append(str(exc))
+        await asyncio.sleep(0.2)
+        check_rows(problems, await db.rows(P0), P0, present=range(30))
+        check_rows(problems, await db.rows(P1), P1, present=[o for o in range(10) if o != 7])
+        if dead_letters(p) != {(1, 7): 1}:
+            problems.append(f"dead letters by (partition, offset): {dict(dead_letters(p))}")
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+# -- h, i. a stale high watermark: a reset past a stuck partition, a fenced member ------------
+
+
+async def test_h_a_reset_past_a_stuck_partition_is_not_undone(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P0 is stuck on an unreadable batch at 7 (paused, so its cached high watermark stops at
+    10) while records keep arriving; the operator resets P0 to the log end (15), as the README
+    advises. The worker follows the reset and must stay there: the log end it compares the
+    stored offset with is the broker's, not the stale high watermark, so no rewind to 0, no
+    dead letter sent again, no offset moved back, and what comes after 15 is stored."""
+    monkeypatch.setattr(consumer_module, "CHECK_INTERVAL_S", 0.1)
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=1)
+    clients = ScriptedClients(s, partitions=1)
+    c = clients.scripted_consumer
+    fill(c, P0, 10, bad={3})
+    c.broker.unreadable[P0] = {7}
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0})
+        await db.wait_offsets({P0: 7}, run)
+        await c.until(lambda: run.worker._reader.stuck(), 10.0, "P0 stuck at 7")
+        fill(c, P0, 5)  # [10, 15) while P0 is paused
+        # What `worker offsets reset --to-latest --execute` writes.
+        await offsets_module.reset(await db.connect(), s.group_id, {P0: 15})
+        await asyncio.sleep(1.0)  # the worker follows the reset, checks for lost logs
+        fill(c, P0, 5)  # [15, 20)
+        problems: list[str] = []
+        try:
+            await db.wait_offsets({P0: 20}, run, timeout=30.0)
+        except AssertionError as exc:
+            problems.append(str(exc))
+        await asyncio.sleep(0.3)
+        rows = await db.rows(P0)
+        check_rows(problems, rows, P0, present=[o for o in range(7) if o != 3])
+        check_rows(problems, rows, P0, present=range(15, 20))
+        check_rows(problems, rows, P0, absent=range(7, 15), what=" (skipped by the reset)")
+        if dead_letters(run.producer) != {(0, 3): 1}:
+            problems.append(f"dead letters: {dict(dead_letters(run.producer))}")
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+async def test_i_a_fenced_member_cannot_move_the_new_owners_offset_back(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P1's lane backs off (its dead letter refused) with every partition paused, so P0's
+    cached high watermark stays at 15 while a new owner stores P0 up to 30. P0's own batch
+    [10, 15), waiting on the row lock meanwhile, is fenced and continues from 30, still paused.
+    The stale high watermark must not pass for a lost log: no rewind to 0, consumer_offsets
+    never moves below 30, and P0 continues from there once the back-off ends."""
+    monkeypatch.setattr(consumer_module, "CHECK_INTERVAL_S", 0.05)
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=2, max_batch_records=5)
+    clients = ScriptedClients(s)
+    c, p = clients.scripted_consumer, clients.scripted_producer
+    fill(c, P0, 10)
+    fill(c, P1, 10)
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0, P1})
+        await db.wait_offsets({P0: 10, P1: 10}, run)
+
+        owner, tx0 = await db.lock_row(P0)
+        p.hold_sends()
+        fill(c, P1, 5, bad={12})  # [10, 15): lane 1 waits for its dead letter's acknowledgement
+        await p.wait_held(1)
+        fill(c, P0, 5)  # [10, 15): lane 0's commit waits on the row lock
+        await db.wait_lock_waiters(1)
+        p.fail_sends()
+        p.fail_held()  # lane 1 backs off: every partition paused
+        p.release_sends()
+        await c.until(lambda: run.worker.retrying, 5.0, "the back-off")
+        fill(c, P0, 15)  # [15, 30): stored by the new owner
+        await db.move(owner, P0, 30)
+        await tx0.commit()  # lane 0 is fenced and continues from 30
+        await asyncio.sleep(1.0)  # lost-log checks while P0 is still paused
+        p.stop_failing()
+        fill(c, P0, 5)  # [30, 35)
+        problems: list[str] = []
+        try:
+            await db.wait_offsets({P0: 35, P1: 15}, run)
+        except AssertionError as exc:
+            problems.append(str(exc))
+        await asyncio.sleep(0.5)
+        rows = await db.rows(P0)
+        check_rows(problems, rows, P0, present=range(30, 35))
+        check_rows(problems, rows, P0, absent=range(10, 30), what=" (the new owner's)")
+        check_rows(problems, await db.rows(P1), P1, present=[o for o in range(15) if o != 12])
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+# -- j. a statement over PostgreSQL's message limit -------------------------------------------
+
+
+async def test_j_a_statement_over_the_message_limit_is_split(database_url: str) -> None:
+    """The server answers a protocol message over its limit by closing the connection without
+    a word (PostgreSQL at 1 GB; tests/pg_proxy.py at 16 KiB). The database still answers, so
+    the batch must be split until its statements fit, not retried whole forever: every record
+    stored once, nothing dead-lettered."""
+    await migrate_url(database_url)
+    parts = urlsplit(database_url)
+    proxy = PgProxy(upstream_port=parts.port or 5432, max_message=16 << 10)
+    await proxy.start()
+    via_proxy = urlunsplit(
+        parts._replace(
+            netloc=f"{parts.netloc.rsplit(':', 1)[0]}:{proxy.port}", query="sslmode=disable"
+        )
+    )
+    s = settings(via_proxy, db_lanes=1)
+    clients = ScriptedClients(s, partitions=1)
+    c = clients.scripted_consumer
+    for offset in range(40):  # ~1.5 KB each: one COPY of them all is over 16 KiB
+        created = BASE + dt.timedelta(seconds=offset)
+        value = {
+            "examId": "exam-0",
+            "candidateId": "cand",
+            "type": "TAB_NOT_FOCUS",
+            "createdAt": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "description": f"record {offset} " + "x" * 1500,
+        }
+        c.append(P0, json.dumps(value).encode(), key=b"exam-0:cand")
+    try:
+        async with scenario(database_url, s, clients) as (run, db, watch):
+            await c.assign({P0})
+            problems: list[str] = []
+            try:
+                await db.wait_offsets({P0: 40}, run, timeout=30.0)
+            except AssertionError as exc:
+                problems.append(f"{exc} (connections cut for their size: {proxy.cut})")
+            check_rows(problems, await db.rows(P0), P0, present=range(40))
+            if not proxy.cut:
+                problems.append("no statement was over the limit: the test proves nothing")
+            if dead_letters(run.producer):
+                problems.append(f"dead letters: {dict(dead_letters(run.producer))}")
+            check_common(problems, run, watch)
+            assert not problems, "\n".join(problems)
+    finally:
+        await proxy.close()

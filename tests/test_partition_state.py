@@ -6,9 +6,13 @@ a log of offsets, the database's `consumer_offsets` row (with the compare-and-se
 path does), a consumer position that follows seeks, and another worker that may take the
 partition over and store progress of its own. Fetches, claims (the decode step, which may
 wait while other steps run), commit start, the database commit, commit finish, fences,
-revocations and reassignments interleave freely. Invariants: the stored offset only moves
-forward, no offset is stored twice and none is skipped (what this worker and the other one
-stored tiles the log from 0 to the stored offset), and a revoked state never changes again.
+revocations and reassignments interleave freely, and so do polls whose records are returned
+and never claimed (a getmany while backing off): the next claim then starts above where the
+partition was read to, and must be refused with a seek back rather than span the hole; the log
+has holes (compaction), which a claim may span only once a fetch after a seek proves them.
+Invariants: the stored offset only moves forward, no offset is stored twice and none is
+skipped (what this worker and the other one stored tiles the log from 0 to the stored offset),
+no claim skips a record, and a revoked state never changes again.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from worker.partitions import Claim, PartitionState, Phase
+from worker.partitions import Claim, PartitionState, Phase, Refetch
 
 TP = TopicPartition("t", 0)
 LOG_END = 200
+# Offsets compaction (or transaction markers) left empty: no record is ever returned for them,
+# so a fetch can start above where the previous one ended without anything being lost.
+HOLES = frozenset(o for o in range(LOG_END) if o % 11 == 5 or o % 17 == 3)
 
 
 @dataclass(frozen=True)
@@ -89,12 +96,27 @@ class PartitionLife(RuleBasedStateMachine):
     @rule(n=st.integers(1, 7))
     def fetch(self, n: int) -> None:
         assert self.state is not None
-        generation = self.state.fetch_generation()
+        generation = self.state.fetch_epoch()
         end = min(self.position + n, LOG_END)
-        records = [Record(o) for o in range(self.position, end)]
+        records = [Record(o) for o in range(self.position, end) if o not in HOLES]
         self.position = end
         if records and generation is not None:
             self.fetched.append((generation, records))
+
+    @precondition(lambda self: self.state is not None and self.state.consuming)
+    @rule(n=st.integers(1, 7))
+    def poll_drops(self, n: int) -> None:
+        """A getmany returns records that nobody claims (a poll while backing off): the worker
+        puts them back, seeking to the first of them."""
+        assert self.state is not None
+        epoch = self.state.fetch_epoch()
+        returned = [o for o in range(self.position, min(self.position + n, LOG_END))]
+        returned = [o for o in returned if o not in HOLES]
+        if not returned:
+            return
+        self.position = returned[-1] + 1
+        if epoch is not None and self.state.put_back(epoch, returned[0]):
+            self.position = returned[0]
 
     @precondition(lambda self: self.fetched)
     @rule(data=st.data())
@@ -105,8 +127,12 @@ class PartitionLife(RuleBasedStateMachine):
             return
         claim, reset = self.state.claim(generation, records)
         assert not reset, "no log reset happens in this model"
+        if isinstance(claim, Refetch):
+            self.position = claim.offset  # consumer.seek
+            return
         if claim is not None:
-            assert claim.start == records[0].offset
+            skipped = range(claim.start, records[0].offset)
+            assert all(o in HOLES for o in skipped), f"claim {claim} skips records {skipped}"
             self.claims.append(claim)
 
     # A partition's batches commit one after the other (one lane, one batch in flight).

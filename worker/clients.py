@@ -28,6 +28,11 @@ class Clients(Protocol):
         """An unstarted AIOKafkaProducer for dead letters, or anything with its interface."""
         ...
 
+    def reader(self) -> Any:
+        """An unstarted group-less AIOKafkaConsumer for reading log bounds
+        (worker/logbounds.py), or anything with its interface."""
+        ...
+
 
 class KafkaPostgresClients:
     """The real clients, configured from `settings`."""
@@ -78,6 +83,21 @@ class KafkaPostgresClients:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
+        )
+
+    def reader(self, purpose: str = "log-ends", timeout_s: float | None = None) -> AIOKafkaConsumer:
+        s = self.settings
+        timeouts = {} if timeout_s is None else {"request_timeout_ms": int(timeout_s * 1000)}
+        return AIOKafkaConsumer(
+            **s.kafka_options(),
+            group_id=None,
+            client_id=f"{s.group_id}-{purpose}",
+            enable_auto_commit=False,
+            # The end a worker reads to: the last stable offset.
+            isolation_level="read_committed",
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=64 << 10,
+            **timeouts,
         )
 
 

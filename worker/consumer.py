@@ -49,7 +49,8 @@ from worker.logs import tp_names
 from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
 from worker.ownership import CHECK_INTERVAL_S, Ownership
-from worker.retry import TRANSIENT, Backoff, describe, is_size_error
+from worker.partitions import Refetch
+from worker.retry import TRANSIENT, Backoff, describe, is_dropped_connection, is_size_error
 from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
 
 log = structlog.get_logger("worker")
@@ -73,7 +74,9 @@ class Worker:
         }
         self._stop = asyncio.Event()
         self.metrics = Metrics()
-        self._ownership = Ownership(settings, self.metrics, self._retrying_call)
+        self._ownership = Ownership(
+            settings, self.metrics, self._retrying_call, reader=self.clients.reader
+        )
         self._partitions = self._ownership.partitions
         # One commit lane per database connection: partitions are split between lanes, and
         # each lane commits its share of a batch on its own connection, so PostgreSQL works on
@@ -84,7 +87,9 @@ class Worker:
         self._fetch_lock = asyncio.Lock()
         self._fetch_backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._budget = BatchBudget(settings.max_batch_records, settings.max_batch_bytes)
-        self._reader = PartitionReader(self.metrics, stamp=self._ownership.generation_of)
+        self._reader = PartitionReader(
+            self.metrics, stamp=self._ownership.epoch_of, dropped=self._ownership.reclaim.dropped
+        )
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
         self._committer: Committer | None = None
@@ -241,8 +246,9 @@ class Worker:
         try:
             while not self._stop.is_set():
                 progress.maybe_log()
+                self._ownership.reclaim.collect_if_due()
                 if time.monotonic() >= next_check:
-                    self._ownership.rewind_lost_logs()
+                    await self._ownership.rewind_lost_logs()
                     await self._ownership.follow_moved_offsets()
                     next_check = time.monotonic() + CHECK_INTERVAL_S
                 if self._retrying and inflight:
@@ -318,6 +324,9 @@ class Worker:
             if state is None or generation is None:
                 continue
             claim, reset = state.claim(generation, records)
+            if isinstance(claim, Refetch):
+                self._ownership.refetch(state, claim)
+                continue
             if claim is None:
                 continue
             if reset:
@@ -373,7 +382,7 @@ class Worker:
             if lane in self._retrying:
                 self._retrying.discard(lane)
                 if not self._retrying:
-                    consumer.resume(*(s.tp for s in self._partitions.consuming()))
+                    self._ownership.release()
                     self._failing_since = None
 
     async def _handle_batch(
@@ -398,7 +407,11 @@ class Worker:
                 continue
             except TRANSIENT as exc:
                 self.metrics.retries.labels(_dependency(exc)).inc()
-                parts = halves({tp: batch[tp] for tp in live}) if is_size_error(exc) else None
+                parts = (
+                    halves({tp: batch[tp] for tp in live})
+                    if await self._failed_for_size(exc)
+                    else None
+                )
                 if parts is not None:
                     # Retrying the same batch would fail the same way: commit it in two
                     # parts, in order (the second one continues where the first ends).
@@ -412,7 +425,7 @@ class Worker:
                     return
                 if backoff.attempt == 0:
                     log.warning("batch failed, retrying", error=describe(exc), records=records)
-                    consumer.pause(*consumer.assignment())
+                    self._ownership.hold()
                     self._retrying.add(lane)
                     self._failing_since = self._failing_since or time.monotonic()
                 if await self._wait_polling(consumer, backoff.next_delay()):
@@ -430,6 +443,14 @@ class Worker:
             self.metrics, self.stats, batch, live, letters.rejected, time.perf_counter() - started
         )
         await commit_kafka(consumer, {tp: batch[tp].next_offset for tp in applied})
+
+    async def _failed_for_size(self, exc: BaseException) -> bool:
+        """A smaller batch may succeed: the failure is one of size or duration, or the
+        connection was dropped mid-statement while the database itself still answers (an
+        outage is waited out whole instead)."""
+        if is_size_error(exc):
+            return True
+        return is_dropped_connection(exc) and await self._database_answers(fresh=True)
 
     async def _commit(
         self,
@@ -489,9 +510,9 @@ class Worker:
         }
         return (started and database and not stuck and not unreadable), detail
 
-    async def _database_answers(self) -> bool:
+    async def _database_answers(self, fresh: bool = False) -> bool:
         checked_at, ok = self._db_check
-        if time.monotonic() - checked_at < 1.0:
+        if not fresh and time.monotonic() - checked_at < 1.0:
             return ok
         ok = False
         if self._pool is not None:
@@ -506,16 +527,31 @@ class Worker:
 
     async def _wait_polling(self, consumer: Any, delay: float) -> bool:
         """Back off for `delay` seconds while polling the paused consumer, so the group does
-        not evict this member for exceeding max.poll.interval. True if stopping."""
+        not evict this member for exceeding max.poll.interval. True if stopping.
+
+        Every partition is held paused, so a poll returns nothing; should one return records
+        anyway, their partition is put back where they start (`Ownership.unread`): records
+        a fetch returned are claimed or read again, never dropped."""
         deadline = time.monotonic() + delay
         while (remaining := deadline - time.monotonic()) > 0:
             if self._stop.is_set():
                 return True
             with contextlib.suppress(KafkaError):
                 async with self._fetch_lock:
-                    poll = consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
-                    await self._unless_stopped(poll, {})
+                    poll = self._poll(consumer, int(min(remaining, 1.0) * 1000))
+                    returned = await self._unless_stopped(poll, {})
+                    self._ownership.unread(returned)
+            self._ownership.reclaim.collect_if_due()
         return self._stop.is_set()
+
+    async def _poll(
+        self, consumer: Any, timeout_ms: int
+    ) -> dict[TopicPartition, tuple[int | None, int]]:
+        """One getmany; for each partition it returned records of, the stamp they were
+        fetched with (taken before anything else runs) and their first offset."""
+        polled = await consumer.getmany(timeout_ms=timeout_ms)
+        epoch_of = self._ownership.epoch_of
+        return {tp: (epoch_of(tp), records[0].offset) for tp, records in polled.items() if records}
 
 
 def _reap(inflight: dict[int, asyncio.Task[None]]) -> None:

@@ -126,8 +126,11 @@ class PartitionReader:
         retry_initial_s: float = STUCK_RETRY_INITIAL_S,
         retry_max_s: float = STUCK_RETRY_MAX_S,
         stamp: Stamp = _no_stamp,
+        dropped: Callable[[], None] = lambda: None,
     ) -> None:
         self._metrics = metrics
+        # Told when pausing a partition drops its buffered data (worker/reclaim.py).
+        self._dropped = dropped
         # Called for a partition right as its records return from getmany, before any other
         # task runs: nothing (a seek) can come between the two.
         self._stamp = stamp
@@ -239,6 +242,7 @@ class PartitionReader:
         failing.retry_at = time.monotonic() + delay
         failing.paused = True
         consumer.pause(tp)
+        self._dropped()
         if failing.stuck_since is not None:
             log.debug("partition still unreadable", partition=tp_name(tp), error=failing.error)
             return

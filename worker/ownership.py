@@ -11,7 +11,14 @@ so a fetch can never return records of the old position stamped with the new gen
   their in-flight commit is waited for, bounded by REVOKE_WAIT_S;
 - fence: another writer (a new owner, `worker offsets reset`, a deleted row) moved an offset;
   continue from what is stored now;
-- lost log: a stored offset beyond the log end; read the new log from its start;
+- lost log: a stored offset beyond the log end, read fresh from the broker (a cached high
+  watermark is stale for every partition not fetched since, paused ones above all, and a
+  stale one would turn a reset or a new owner's progress into a rewind to offset 0); read the
+  new log from its start;
+- hold: while a commit lane backs off from a transient failure every partition stays paused
+  (`hold`/`release`); a partition positioned meanwhile is resumed only at the release;
+- records a fetch returned that nobody claims (a poll during a back-off) put their partition
+  back where they started (`unread`), so they are read again rather than skipped;
 - moved offsets under idle partitions, which no commit would ever find fenced: compared with
   the database every CHECK_INTERVAL_S.
 """
@@ -29,10 +36,12 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from worker import offsets
 from worker.config import Settings
+from worker.logbounds import log_ends
 from worker.logs import tp_name, tp_names
 from worker.metrics import Metrics
-from worker.partitions import Partitions, PartitionState, Phase
-from worker.retry import TRANSIENT
+from worker.partitions import Partitions, PartitionState, Phase, Refetch
+from worker.reclaim import Reclaimer
+from worker.retry import TRANSIENT, describe
 
 log = structlog.get_logger("worker")
 
@@ -42,19 +51,38 @@ log = structlog.get_logger("worker")
 REVOKE_WAIT_S = 10.0
 # How often the loop looks for lost logs and for offsets moved under idle partitions.
 CHECK_INTERVAL_S = 5.0
+# A suspected lost log (stored offset above the cached high watermark) that the broker's
+# fresh answer clears is not asked about again for this long, unless its offset moves.
+CLEARED_FOR_S = 60.0
 
 RetryingCall = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+# A group-less consumer, unstarted, for reading log ends fresh (worker/clients.py).
+ReaderFactory = Callable[[], Any]
 
 
 class Ownership:
-    def __init__(self, settings: Settings, metrics: Metrics, retrying_call: RetryingCall) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        retrying_call: RetryingCall,
+        reader: ReaderFactory | None = None,
+    ) -> None:
         self._group_id = settings.group_id
         self._metrics = metrics
         self._retrying_call = retrying_call
+        self._reader = reader
         self.partitions = Partitions()
+        # Every pause, seek and revocation drops buffered fetch data (worker/reclaim.py).
+        self.reclaim = Reclaimer()
         # Partitions read again from the start because their log was lost: the state and the
         # stored offset it was rewound from, so that it is rewound once.
         self._rewound: dict[TopicPartition, tuple[PartitionState, int | None]] = {}
+        # Suspected lost logs the broker's fresh log end cleared: (state, generation,
+        # stored) and until when they are not asked about again.
+        self._cleared: dict[TopicPartition, tuple[tuple[Any, ...], float]] = {}
+        # Every partition paused: a commit lane is backing off.
+        self._held = False
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
 
@@ -62,13 +90,56 @@ class Ownership:
         self._pool = pool
         self._consumer = consumer
 
+    # -- holding every partition while a lane backs off -----------------------------------
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def hold(self) -> None:
+        """Pause every assigned partition until `release()`."""
+        self._held = True
+        self._consumer.pause(*self._consumer.assignment())
+        self.reclaim.dropped()
+
+    def release(self) -> None:
+        """Resume the consuming partitions (a stuck one is paused again by worker/fetch.py
+        before its next read is due)."""
+        self._held = False
+        self._consumer.resume(*(s.tp for s in self.partitions.consuming()))
+
+    def unread(self, returned: Mapping[TopicPartition, tuple[int | None, int]]) -> None:
+        """Records a fetch returned that will not be claimed: {tp: (the epoch they were
+        stamped with, their first offset)}. Seek each partition back to that offset, unless
+        it was sought since (then that seek decides where it reads)."""
+        for tp, (epoch, first) in returned.items():
+            state = self.partitions.get(tp)
+            if state is None or epoch is None or not state.put_back(epoch, first):
+                continue
+            self._consumer.seek(tp, first)
+            self.reclaim.dropped()
+            log.warning(
+                "records fetched while paused put back", partition=tp_name(tp), offset=first
+            )
+
+    def refetch(self, state: PartitionState, refetch: Refetch) -> None:
+        """Records came after a gap nothing proves: read the partition again from where its
+        claims end (synchronously after the refused claim: nothing fetched in between)."""
+        log.info(
+            "records start past where the partition was read to; reading it again from there",
+            partition=tp_name(state.tp),
+            offset=refetch.offset,
+        )
+        self._consumer.seek(state.tp, refetch.offset)
+        self.reclaim.dropped()
+
     def listener(self) -> ConsumerRebalanceListener:
         return _Listener(self)
 
-    def generation_of(self, tp: TopicPartition) -> int | None:
-        """The generation records of `tp` fetched now belong to (None: not consuming)."""
+    def epoch_of(self, tp: TopicPartition) -> int | None:
+        """The stamp of records of `tp` fetched now (None: not consuming)."""
         state = self.partitions.get(tp)
-        return None if state is None else state.fetch_generation()
+        return None if state is None else state.fetch_epoch()
 
     def stored_offsets(self) -> Mapping[TopicPartition, int | None]:
         return self.partitions.stored_offsets()
@@ -85,6 +156,7 @@ class Ownership:
         gone = self.partitions.revoke(revoked)
         if not gone:
             return
+        self.reclaim.dropped()
         log.info("partitions revoked", partitions=tp_names(s.tp for s in gone))
         # Let the commit in flight finish so the next owner starts where it ended.
         try:
@@ -123,7 +195,10 @@ class Ownership:
             return
         stored, starts = await self._stored_and_starts({s.tp for s in pending})
         positioned = self._reposition(pending, stored, starts)
-        self._consumer.resume(*positioned)
+        # A lane may have started backing off during the reads above: then they stay paused
+        # like every other partition, and `release` resumes them.
+        if not self._held:
+            self._consumer.resume(*positioned)
         log.info(
             "partitions positioned",
             stored={tp_name(tp): stored.get(tp) for tp in sorted(positioned)},
@@ -167,15 +242,24 @@ class Ownership:
             state.positioned(stored.get(tp), start)
             consumer.seek(tp, start)
             done.add(tp)
+        if done:
+            self.reclaim.dropped()
         return done
 
-    def rewind_lost_logs(self) -> None:
+    async def rewind_lost_logs(self) -> None:
         """A stored offset beyond the broker's log end means the log was lost (topic deleted
         and recreated, a broker without its data). Kafka answers such a fetch with
         OffsetOutOfRange and the consumer resets to the earliest offset; some brokers just
         return nothing, forever. Either way the records now in the log are new: read them
-        from the start (the compare-and-set still expects the stored offset)."""
+        from the start (the compare-and-set still expects the stored offset).
+
+        The cached high watermark only says which partitions to ask about: it is as old as
+        the last fetch of the partition, and a paused partition is not fetched. The log end
+        that decides is read from the broker now, and a partition is rewound only if its
+        state did not change while it was read (no fence, reset or commit moved it)."""
         consumer = self._consumer
+        now = asyncio.get_running_loop().time()
+        suspects: dict[TopicPartition, tuple[Any, ...]] = {}
         for state in self.partitions.consuming():
             tp = state.tp
             try:
@@ -186,16 +270,37 @@ class Ownership:
                 continue
             if self._rewound.get(tp) == (state, state.stored):
                 continue  # already reading it again from the start
-            self._rewound[tp] = (state, state.stored)
+            seen = (state, state.generation, state.stored)
+            cleared = self._cleared.get(tp)
+            if cleared is not None and cleared[0] == seen and now < cleared[1]:
+                continue
+            suspects[tp] = seen
+        if not suspects or self._reader is None:
+            return
+        try:
+            ends = await log_ends(self._reader, set(suspects))
+        except TRANSIENT as exc:
+            log.warning("could not read log ends; checked again later", error=describe(exc))
+            return
+        for tp, seen in suspects.items():
+            state, generation, stored = seen
+            end = ends.get(tp)
+            if end is None or (state.generation, state.stored) != (generation, stored):
+                continue  # unknown, or moved while the end was read: look again next time
+            if stored <= end:
+                self._cleared[tp] = (seen, now + CLEARED_FOR_S)
+                continue
             log.warning(
                 "stored offset is beyond the partition's log end; reading it from the start",
                 topic=tp.topic,
                 partition=tp.partition,
-                stored_offset=state.stored,
-                log_end=highwater,
+                stored_offset=stored,
+                log_end=end,
             )
+            self._rewound[tp] = (state, stored)
             state.rewound(0)
             consumer.seek(tp, 0)
+            self.reclaim.dropped()
 
     async def follow_moved_offsets(self) -> None:
         """Follow an operator's `worker offsets reset` (or deleted rows) on partitions that

@@ -15,10 +15,17 @@ on and tests/test_partition_state.py checks under random interleavings:
 
 - `stored` is consumer_offsets' next offset for the partition as far as this worker knows
   (None: no row); the compare-and-set of the next commit expects exactly it.
-- A `Claim` is taken on the records of one fetch, tagged with the generation they were fetched
-  in: records fetched before a seek can never join a later generation. Within a generation,
+- A `Claim` is taken on the records of one fetch, stamped with the *epoch* they were fetched
+  in: every seek starts a new epoch (a positioning starts a generation and its first epoch),
+  and records fetched before a seek are stale whatever their offsets, since the seek reads
+  them again. Within a generation,
   claims are contiguous: each starts where the previous one ended (`next_fetch`), so a batch
-  never skips a record.
+  never skips a record. Records that start above `next_fetch` are a gap, and a gap is taken
+  only when the records prove it: they are the first ones returned after a seek to
+  `next_fetch` (compaction or transaction markers left those offsets empty). Any other gap
+  means records were returned and not claimed; the claim is refused with a `Refetch` at
+  `next_fetch`, and the caller seeks there, so the missing records are read again (or the
+  gap is proven by the read after the seek).
 - A claim may commit only while the partition is consuming in the claim's generation and the
   claim starts at `stored`: a batch behind an abandoned or fenced one can never commit past
   the records that were not stored. Committing moves `stored` to the claim's end, forward.
@@ -47,6 +54,14 @@ class Phase(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Refetch:
+    """Records came after a gap nothing proves: seek the partition to `offset` and read
+    from there (the fetch after that seek proves or fills the gap)."""
+
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """The right to commit [start, end) of one partition, in one generation."""
 
@@ -64,6 +79,8 @@ class PartitionState:
         "_claimed",
         "_idle",
         "_inflight",
+        "_sought",
+        "epoch",
         "generation",
         "next_fetch",
         "phase",
@@ -75,10 +92,16 @@ class PartitionState:
         self.tp = tp
         self.phase = Phase.ASSIGNED
         self.generation = 0
+        # Changes at every seek; the stamp of the records fetched since (a generation's
+        # first epoch is the generation's own number, both from one counter).
+        self.epoch = 0
         self.stored: int | None = None
         # The offset the next fetched record continues from (None: not positioned).
         self.next_fetch: int | None = None
         self._claimed = False  # whether this generation has handed out a claim
+        # The offset the consumer was last sought to, until records are claimed after it:
+        # the first records a fetch returns after a seek prove any gap below them.
+        self._sought: int | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -108,10 +131,11 @@ class PartitionState:
         self.phase = Phase.CONSUMING
         # Unique across objects: records fetched for an earlier assignment of the same
         # partition must not match a generation of the next one.
-        self.generation = next(_generations)
+        self.generation = self.epoch = next(_generations)
         self.stored = stored
         self.next_fetch = start
         self._claimed = False
+        self._sought = start
         return self.generation
 
     def rewound(self, start: int) -> int:
@@ -122,30 +146,49 @@ class PartitionState:
     def revoke(self) -> None:
         self.phase = Phase.REVOKED
 
+    def put_back(self, epoch: int, first: int) -> bool:
+        """Records stamped `epoch`, starting at `first`, were returned by a fetch and will
+        not be claimed: the caller seeks to `first` (True) unless the partition was sought
+        since (False: that seek already decides where it reads). A new epoch either way,
+        since whatever else was fetched before the seek is read again after it."""
+        if epoch != self.epoch or not self.consuming:
+            return False
+        self.epoch = next(_generations)
+        self._sought = first
+        return True
+
     # -- fetching ------------------------------------------------------------------------
 
-    def fetch_generation(self) -> int | None:
-        """The generation records fetched now belong to (None: not consuming)."""
-        return self.generation if self.consuming else None
+    def fetch_epoch(self) -> int | None:
+        """The stamp of records fetched now (None: not consuming): the epoch since the last
+        seek of this partition."""
+        return self.epoch if self.consuming else None
 
-    def claim(self, generation: int, records: list[Any]) -> tuple[Claim | None, bool]:
-        """A claim on `records` (one fetch, in offset order) fetched in `generation`.
+    def claim(self, epoch: int, records: list[Any]) -> tuple[Claim | Refetch | None, bool]:
+        """A claim on `records` (one fetch, in offset order) fetched in `epoch`.
 
-        None when they are stale (an older generation, or not consuming). The flag says the
-        log was reset under us: the records start below where this generation had read to,
-        which only the consumer's own reset to the earliest offset does (the log was deleted
-        and recreated); they are new records and are taken, from there."""
-        if not records or generation != self.generation or not self.consuming:
+        None when they are stale: fetched before the last seek, or not consuming. A
+        `Refetch` when they start above `next_fetch` and are not the first records after a
+        seek to `next_fetch` (a gap nothing proves). The flag says the log was reset under
+        us: the records start below where this generation had read to, which only the
+        consumer's own reset to the earliest offset does (the log was deleted and recreated);
+        they are new records and are taken, from there."""
+        if not records or epoch != self.epoch or not self.consuming:
             return None, False
         assert self.next_fetch is not None
         first = int(records[0].offset)
+        if first > self.next_fetch and self._sought != self.next_fetch:
+            self._sought = self.next_fetch
+            self.epoch = next(_generations)
+            return Refetch(self.next_fetch), False
         reset = first < self.next_fetch
         start = first if reset else self.next_fetch
         end = int(records[-1].offset) + 1
-        first = reset or not self._claimed
+        first_claim = reset or not self._claimed
         self.next_fetch = end
         self._claimed = True
-        return Claim(self, generation, start, end, first), reset
+        self._sought = None
+        return Claim(self, self.generation, start, end, first_claim), reset
 
     # -- committing ----------------------------------------------------------------------
 

@@ -36,15 +36,36 @@ RECORD_ERRORS: tuple[type[BaseException], ...] = (
 
 
 # Failures a smaller batch avoids: a statement cut off by statement_timeout or by the client's
-# command timeout, a message over PostgreSQL's 1 GB protocol limit (the server answers it as a
-# protocol violation), memory the server ran out of for this much data. The batch is
-# split and its halves committed in turn; a single record that still fails is retried.
+# command timeout, memory the server ran out of for this much data. The batch is split and its
+# halves committed in turn; a single record that still fails is retried. A message over
+# PostgreSQL's 1 GB protocol limit is one too, but the server answers it by closing the
+# connection (`is_dropped_connection`), which only the database still answering tells from
+# an outage.
 SIZE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.QueryCanceledError,
     asyncpg.exceptions.ProtocolViolationError,
     asyncpg.exceptions.OutOfMemoryError,
     TimeoutError,
 )
+
+
+def is_dropped_connection(exc: BaseException) -> bool:
+    """The connection closed in the middle of a statement without a word from the server.
+
+    That is how PostgreSQL refuses a protocol message over its 1 GB limit: it logs "invalid
+    message length" and closes the connection, and asyncpg raises ConnectionDoesNotExistError
+    (which `Transaction.__aexit__` then buries under an InterfaceError, hence the walk down
+    the chain). A server that ends a session for a reason (an administrator's terminate, a
+    shutdown) says so first: asyncpg makes that message the error's cause. Whether the
+    database still answers, which tells this from an outage, is the caller's question."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, asyncpg.exceptions.ConnectionDoesNotExistError):
+            return not isinstance(current.__cause__, asyncpg.PostgresError)
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def is_record_error(exc: BaseException) -> bool:

@@ -82,7 +82,10 @@ async def run_worker(
 # so at the default the collector runs ~1 000 times per 200 000 events, walking those same
 # live objects every time, for 0.6-0.9 s in all; at this threshold it runs once or twice
 # (bench/README.md "Garbage collection"). Cyclic garbage is rare here (reference counting
-# frees the records); what there is waits for the next collection, a few MB at most.
+# frees the records), with one exception that is not small: the fetch buffers aiokafka drops
+# at every pause, seek and revocation sit in a reference cycle (up to
+# max_partition_fetch_bytes each), and while paused or backing off little is allocated, so
+# the worker collects them itself after such events (worker/reclaim.py).
 GC_YOUNG_THRESHOLD = 100_000
 
 

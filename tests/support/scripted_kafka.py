@@ -59,6 +59,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from aiokafka.errors import (
     ConsumerStoppedError,
+    CorruptRecordException,
     IllegalStateError,
     KafkaError,
     KafkaTimeoutError,
@@ -114,6 +115,8 @@ class ScriptedBroker:
         }
         self.log_start: dict[TopicPartition, int] = dict.fromkeys(self.logs, 0)
         self.committed: dict[TopicPartition, int] = {}
+        # Offsets of record batches no fetch can decode (a corrupt or unsupported batch).
+        self.unreadable: dict[TopicPartition, set[int]] = {}
         # When each record arrived (a global sequence): fetch responses drain in this order.
         self._arrival: dict[tuple[TopicPartition, int], int] = {}
         self._sequence = itertools.count()
@@ -179,11 +182,14 @@ class ScriptedBroker:
 class _PartitionState:
     """aiokafka's TopicPartitionState, reduced to what the worker can observe."""
 
-    __slots__ = ("paused", "position", "version")
+    __slots__ = ("highwater", "paused", "position", "version")
 
     def __init__(self, position: int) -> None:
         self.position = position
         self.paused = False
+        # The log end as of the last fetch of this partition: aiokafka learns it from fetch
+        # responses, and a paused partition is not fetched, so it goes stale.
+        self.highwater: int | None = None
         # Bumped by seek and pause: a fetch in flight for an older version returns nothing.
         self.version = 0
 
@@ -340,7 +346,7 @@ class ScriptedConsumer:
 
     def highwater(self, partition: TopicPartition) -> int | None:
         assert partition in self._assigned, "Partition is not assigned"
-        return self.broker.end(partition)
+        return self._assigned[partition].highwater
 
     def last_stable_offset(self, partition: TopicPartition) -> int | None:
         return self.highwater(partition)
@@ -426,6 +432,8 @@ class ScriptedConsumer:
             for tp, s in self._assigned.items()
             if tp in wanted and not s.paused and tp not in self._reserved
         ]
+        for tp in tps:  # a fetch response for each: their high watermarks are fresh
+            self._assigned[tp].highwater = self.broker.end(tp)
         # Fetch responses drain in the order they arrived.
         return sorted(tps, key=lambda tp: self.broker.arrival(tp, self._assigned[tp].position))
 
@@ -442,6 +450,12 @@ class ScriptedConsumer:
             log = self.broker.logs[tp]
             start = max(state.position, self.broker.log_start[tp])
             stop = len(log) if budget is None else min(len(log), start + budget)
+            bad = [o for o in self.broker.unreadable.get(tp, ()) if start <= o < stop]
+            if bad:
+                stop = min(bad)
+                if stop == start:
+                    # aiokafka raises from getmany, naming no partition (worker/fetch.py).
+                    raise CorruptRecordException(f"unreadable record batch at {tp} {start}")
             records = log[start:stop]
             if not records:
                 continue
@@ -674,6 +688,15 @@ class ScriptedProducer:
                 self._ack(s)
         self.signal.notify()
 
+    def fail_held(self, error: Callable[[], BaseException] = KafkaTimeoutError) -> None:
+        """Every held send fails now, as sends the broker never acknowledged."""
+        held, self._held = self._held, []
+        for s in held:
+            if not s.future.done():
+                s.outcome = "failed"
+                s.future.set_exception(error())
+        self.signal.notify()
+
     @property
     def held(self) -> int:
         return len(self._held)
@@ -724,6 +747,47 @@ class ScriptedProducer:
 # -- injection into the worker ----------------------------------------------------------------
 
 
+class ScriptedReader:
+    """A group-less consumer reading log bounds (worker/logbounds.py): ListOffsets answers
+    and fetch responses carry the broker's log ends as they are now."""
+
+    def __init__(self, broker: ScriptedBroker) -> None:
+        self.broker = broker
+        self._assigned: dict[TopicPartition, int | None] = {}
+        self.reads = 0  # log-bound reads: how often the worker asked the broker
+
+    async def start(self) -> None:
+        self.reads += 1
+
+    async def stop(self) -> None:
+        pass
+
+    async def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        return {tp: self.broker.log_start[tp] for tp in partitions}
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.broker.end(tp) for tp in partitions}
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        self._assigned = dict.fromkeys(partitions)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        assert partition in self._assigned
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0) -> dict[Any, Any]:
+        for tp in partitions or tuple(self._assigned):
+            self._assigned[tp] = self.broker.end(tp)
+        return {}
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return self._assigned[partition]
+
+    def last_stable_offset(self, partition: TopicPartition) -> int | None:
+        return self._assigned[partition]
+
+
 class ScriptedClients:
     """worker/clients.py's `Clients`: a real pool on the test database, scripted Kafka."""
 
@@ -736,6 +800,7 @@ class ScriptedClients:
         )
         self.scripted_consumer = ScriptedConsumer(broker=self.broker)
         self.scripted_producer = ScriptedProducer(broker=self.broker)
+        self.scripted_reader = ScriptedReader(self.broker)
         self.pools: list[asyncpg.Pool] = []
 
     async def database(self) -> asyncpg.Pool:
@@ -754,6 +819,9 @@ class ScriptedClients:
 
     def producer(self) -> ScriptedProducer:
         return self.scripted_producer
+
+    def reader(self) -> ScriptedReader:
+        return self.scripted_reader
 
 
 def worker_takes_clients() -> bool:
@@ -865,6 +933,7 @@ __all__ = [
     "ScriptedClients",
     "ScriptedConsumer",
     "ScriptedProducer",
+    "ScriptedReader",
     "Sent",
     "start_worker",
     "until",

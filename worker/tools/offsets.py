@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.common import parse_timestamp, utc
 from worker import broker, offsets
+from worker.clients import KafkaPostgresClients
 from worker.config import ConfigError, Settings, redact_url
 from worker.logs import tp_name
 from worker.retry import describe
@@ -216,15 +217,7 @@ async def _broker_view(
     settings: Settings, topics: Sequence[str], partitions: Sequence[int] | None
 ) -> tuple[AIOKafkaConsumer, dict[TopicPartition, tuple[int, int]]]:
     """The selected partitions and their log bounds, and the consumer to ask more of."""
-    consumer = broker.reader(
-        settings,
-        f"{settings.group_id}-offsets",
-        # The end a worker reads to: the last stable offset.
-        isolation_level="read_committed",
-        fetch_max_wait_ms=100,
-        max_partition_fetch_bytes=64 << 10,
-        request_timeout_ms=int(_CONNECT_TIMEOUT_S * 1000),
-    )
+    consumer = KafkaPostgresClients(settings).reader("offsets", timeout_s=_CONNECT_TIMEOUT_S)
     try:
         await consumer.start()
         tps: list[TopicPartition] = []
