@@ -1,4 +1,4 @@
-"""The log ends the worker decides lost logs by, read from a real broker (worker/logbounds.py).
+"""The log ends the worker decides lost logs by, read from a real broker (worker/broker.py).
 
 Produced in several batches, the end must be what was produced, whatever ListOffsets answers
 (Tansu's under-reports by part of the last batch); and a consumer that has fetched a partition
@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from support.infra import TopicFactory
 from support.offsets import produce_to
 
-from worker.logbounds import log_ends
+from worker.broker import log_ends
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """The broker read without a consumer group: which topics exist, their partitions, and where
 their logs start and end.
 
-The worker's start check (`Worker._check_topics`) and the operator tools (worker/tools/) ask
+The worker (its start check, its lost-log check) and the operator tools (worker/tools/) ask
 these questions here, one way:
 
 - Which topics exist is read from the metadata of all topics (`consumer.topics()`): asking for
@@ -10,16 +10,20 @@ these questions here, one way:
   setting (`topic_missing`), which the command line turns into exit code 2.
 - `reader()` builds a consumer outside any group: it never joins the workers' group, so it
   triggers no rebalance, and it commits nothing.
-- A log's end (`log_bounds`) is ListOffsets' answer raised to the end a fetch there reports:
-  the development broker (Tansu) answers ListOffsets "latest" with the last batch's base
-  offset + 1, below the real end.
+- A log's end (`log_bounds`) is the larger of two answers, because brokers differ: ListOffsets
+  (`end_offsets`) is exact on Kafka but under-reports on some Kafka-protocol brokers (Tansu
+  answers with an offset inside the last batch), while the high watermark of a fetch response
+  is exact on both. So the reader is positioned at the reported end and fetches until every
+  partition's response has come back. A consumer's cached high watermark is never used as the
+  end: it is as old as that consumer's last fetch of the partition, and a paused partition is
+  not fetched (`log_ends` reads through a new consumer every time).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -28,8 +32,7 @@ from worker.config import ConfigError, Settings
 
 # The settings that name a topic the worker needs, in the order a start check reports them.
 TOPIC_SETTINGS: tuple[str, ...] = ("proctoring_topic", "interview_topic", "dlq_topic")
-# How long `log_bounds` waits for the fetch that finds the real log end; a partition that does
-# not answer in time keeps ListOffsets' end.
+# How long the fetches that read the high watermarks may take before the reported ends stand.
 END_PROBE_S = 5.0
 
 
@@ -82,12 +85,14 @@ async def partitions(
 
 
 async def log_bounds(
-    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], probe_s: float = END_PROBE_S
+    consumer: Any, tps: Collection[TopicPartition], probe_s: float = END_PROBE_S
 ) -> dict[TopicPartition, tuple[int, int]]:
-    """{tp: (log start, log end)} now. Assigns `tps` to `consumer` (a `reader()`)."""
-    starts = await consumer.beginning_offsets(list(tps))
-    reported = await consumer.end_offsets(list(tps))
-    consumer.assign(list(tps))
+    """{tp: (log start, log end)} now, through `consumer` (started, group-less; it is
+    assigned `tps` and its positions are moved)."""
+    tps = list(tps)
+    starts = await consumer.beginning_offsets(tps)
+    reported = await consumer.end_offsets(tps)
+    consumer.assign(tps)
     for tp in tps:
         consumer.seek(tp, reported[tp])
     deadline = time.monotonic() + probe_s
@@ -102,3 +107,17 @@ async def log_bounds(
             seen = consumer.highwater(tp)
         bounds[tp] = (starts[tp], max(reported[tp], seen or 0))
     return bounds
+
+
+async def log_ends(
+    reader: Callable[[], Any], tps: Collection[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """{tp: log end} now, through a new consumer from `reader()` (a fresh one, so that no high
+    watermark of an earlier read can stand in for the broker's answer)."""
+    consumer = reader()
+    await consumer.start()
+    try:
+        bounds = await log_bounds(consumer, tps)
+    finally:
+        await consumer.stop()
+    return {tp: end for tp, (_, end) in bounds.items()}

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from worker import broker
 from worker.config import Settings
 
 
@@ -30,7 +31,7 @@ class Clients(Protocol):
 
     def reader(self) -> Any:
         """An unstarted group-less AIOKafkaConsumer for reading log bounds
-        (worker/logbounds.py), or anything with its interface."""
+        (worker/broker.py), or anything with its interface."""
         ...
 
 
@@ -88,11 +89,9 @@ class KafkaPostgresClients:
     def reader(self, purpose: str = "log-ends", timeout_s: float | None = None) -> AIOKafkaConsumer:
         s = self.settings
         timeouts = {} if timeout_s is None else {"request_timeout_ms": int(timeout_s * 1000)}
-        return AIOKafkaConsumer(
-            **s.kafka_options(),
-            group_id=None,
-            client_id=f"{s.group_id}-{purpose}",
-            enable_auto_commit=False,
+        return broker.reader(
+            s,
+            f"{s.group_id}-{purpose}",
             # The end a worker reads to: the last stable offset.
             isolation_level="read_committed",
             fetch_max_wait_ms=100,

@@ -35,8 +35,8 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from worker import offsets
+from worker.broker import log_ends
 from worker.config import Settings
-from worker.logbounds import log_ends
 from worker.logs import tp_name, tp_names
 from worker.metrics import Metrics
 from worker.partitions import Partitions, PartitionState, Phase, Refetch

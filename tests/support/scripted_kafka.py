@@ -748,7 +748,7 @@ class ScriptedProducer:
 
 
 class ScriptedReader:
-    """A group-less consumer reading log bounds (worker/logbounds.py): ListOffsets answers
+    """A group-less consumer reading log bounds (worker/broker.py): ListOffsets answers
     and fetch responses carry the broker's log ends as they are now."""
 
     def __init__(self, broker: ScriptedBroker) -> None:
