@@ -31,9 +31,9 @@ import asyncpg
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaTimeoutError
-from pg_proxy import PgProxy
 from support import infra
 from support.e2e import settings_for
+from support.pg_proxy import PgProxy
 from support.scripted_kafka import (
     RunningWorker,
     ScriptedBroker,
@@ -961,7 +961,7 @@ async def test_i_a_fenced_member_cannot_move_the_new_owners_offset_back(
 
 async def test_j_a_statement_over_the_message_limit_is_split(database_url: str) -> None:
     """The server answers a protocol message over its limit by closing the connection without
-    a word (PostgreSQL at 1 GB; tests/pg_proxy.py at 16 KiB). The database still answers, so
+    a word (PostgreSQL at 1 GB; tests/support/pg_proxy.py at 16 KiB). The database still answers, so
     the batch must be split until its statements fit, not retried whole forever: every record
     stored once, nothing dead-lettered."""
     await migrate_url(database_url)
