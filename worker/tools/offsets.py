@@ -3,7 +3,7 @@ and moving them (docs/contract.md §1).
 
 Invariants:
 
-- The broker is read without a consumer group (assign, ListOffsets, one fetch): the tool never
+- The broker is read without a consumer group (worker/broker.py): the tool never
   joins the workers' group, so it triggers no rebalance, and it commits nothing to Kafka.
 - `reset` writes nothing without `--execute`. With it, every row that moves is written in one
   transaction (`worker.offsets.reset`) and no row is deleted: `--to-earliest` writes the
@@ -14,9 +14,9 @@ Invariants:
 - Every target lies in [log start, log end]: `--to-offset` beyond either is clamped (like
   `kafka-consumer-groups --reset-offsets`), `--to-datetime T` is the first offset whose record
   is stamped at or after T, or the log end when none is.
-- The log end is ListOffsets' answer raised to the end a fetch there reports: the development
-  broker (Tansu) answers ListOffsets "latest" with the last batch's base offset + 1, below the
-  real end, and a reset to that would replay the last batch.
+- The log end is `worker.broker.log_bounds`' (ListOffsets raised to what a fetch there
+  reports): a reset to the end the development broker's ListOffsets alone reports would replay
+  the last batch.
 - Exit codes: 0 ok; 2 bad arguments or configuration, one line on stderr; 1 failure, one line,
   without the DATABASE_URL password.
 """
