@@ -1,0 +1,1 @@
+"""Operator commands of the `worker` console script, one module per command."""
