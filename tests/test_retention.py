@@ -355,3 +355,17 @@ def test_a_record_with_any_instant_past_the_horizon_is_expired() -> None:
         kept, _ = retention.Horizon(days, dropped_before).sift(items, now)
         assert [i.offset for i in kept] == []
     assert retention.Horizon(None).sift(items, now) == (items, [])
+
+
+async def test_maintenance_runs_on_one_replica_at_a_time(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+) -> None:
+    other = await asyncpg.connect(database_url)
+    try:
+        await db.execute("SELECT pg_advisory_lock($1)", retention.LOCK_ID)
+        assert await retention.apply_locked(other, 90, wait=False) is None
+        await db.execute("SELECT pg_advisory_unlock($1)", retention.LOCK_ID)
+        assert await retention.apply_locked(other, 90, wait=False) is not None
+    finally:
+        await other.close()
