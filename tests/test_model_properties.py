@@ -41,16 +41,18 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from support.reference_model import database_tables, diff_tables, model_tables
+from support.reference_model import Model, database_tables, diff_tables, model_tables
 from support.storage import (
     INTERVIEW_TOPIC,
     PROCTORING_TOPIC,
     db,  # noqa: F401  (fixture)
     decode_ok,
+    snapshot,
     truncate_all,
 )
 
 from schemas.proctoring import EVENT_TYPES
+from worker import retention
 from worker.decode import interview_decoder, proctoring_decoder
 from worker.handlers.base import Item
 from worker.router import apply_batch
@@ -383,13 +385,18 @@ def report_part(ch: Chooser, event: str | None = None) -> Ev:
     return envelope(ch, event, data)
 
 
-def proctoring(ch: Chooser, types: Sequence[str] = EVENT_TYPES) -> Ev:
+def proctoring(
+    ch: Chooser,
+    types: Sequence[str] = EVENT_TYPES,
+    times: Sequence[dt.datetime] = P_TIMES,
+    check_times: Sequence[dt.datetime] = P_TIMES[:2],
+) -> Ev:
     exam, candidate, kind = ch.one(EXAMS), ch.one(PROCTORED), ch.one(types)
     fields: dict[str, Any] = {
         "examId": exam,
         "candidateId": candidate,
         "type": kind,
-        "createdAt": when(ch, P_TIMES),
+        "createdAt": when(ch, times),
     }
     if ch.flag():
         fields["description"] = ch.one(("", "Candidate switched tab", "second copy"))
@@ -398,7 +405,7 @@ def proctoring(ch: Chooser, types: Sequence[str] = EVENT_TYPES) -> Ev:
     if kind == "SYSTEM_CHECK_COMPLETED":
         fields["systemCheck"] = {
             "success": ch.flag(),
-            "timestamp": when(ch, P_TIMES[:2]),
+            "timestamp": when(ch, check_times),
             "data": ch.one(CHECK_DATA),
         }
     body = to_json(fields, ascii_only=ch.flag())
@@ -416,6 +423,15 @@ BUILDERS: dict[str, Callable[[Chooser], Ev]] = {
 SESSION_TYPES = ("STARTED", "END_PROCTORING", "TAB_NOT_FOCUS", "SYSTEM_CHECK_COMPLETED")
 ALL_KINDS = tuple(BUILDERS)
 BUILDERS["session"] = lambda ch: proctoring(ch, SESSION_TYPES)
+
+# Retention: instants from today back to 400 days, none within hours of a horizon in days.
+R_NOW = dt.datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+R_TIMES = tuple(
+    R_NOW - dt.timedelta(days=d, hours=5) for d in (0, 3, 20, 40, 70, 95, 130, 200, 400)
+)
+R_HORIZONS = (30, 90, 150)
+R_GRACE = dt.timedelta(hours=1)  # partitions drop one hour after wholly passing the horizon
+BUILDERS["aged"] = lambda ch: proctoring(ch, (*SESSION_TYPES, "FACE_ABSENCE"), R_TIMES, R_TIMES)
 
 
 def build_events(ch: Chooser, kinds: Sequence[str], count: int) -> list[Ev]:
@@ -708,6 +724,87 @@ async def test_reports_and_their_parts_match_the_reference_model(
 ) -> None:
     """The four events of a report in any order, partial and stale reports, violations."""
     await check_against_model([db, db2], stream, data)
+
+
+# Retention: the horizon, a drop, a replay from offset 0 -----------------------------------------
+
+
+async def reset_retention(conn: asyncpg.Connection) -> None:
+    """Empty tables, nothing dropped yet, and a far_past partition below the months again."""
+    await truncate_all(conn)
+    await conn.execute("DELETE FROM retention_state")
+    for table, _ in retention.TABLES:
+        lowest = (await retention.partitions(conn, table))[0]
+        if lowest.kind != retention.FAR_PAST:
+            assert lowest.lo is not None
+            await conn.execute(
+                f'CREATE TABLE "{table}_{retention.FAR_PAST}" PARTITION OF "{table}" '
+                f"FOR VALUES FROM (MINVALUE) TO ('{lowest.lo.isoformat()}')"
+            )
+
+
+async def store_sifted(
+    conn: asyncpg.Connection,
+    horizon: retention.Horizon,
+    items: dict[TP, list[Item]],
+    rnd: random.Random,
+) -> int:
+    """Store `items` in random batches, each sifted as the commit path sifts it; return how
+    many were expired."""
+    expired = 0
+    for batch in batches(items, rnd):
+        kept, gone = horizon.sift(batch.items, R_NOW)
+        expired += len(gone)
+        await commit(conn, Batch(kept, batch.bisect))
+    return expired
+
+
+@_settings(30)
+@given(stream=streams(("aged",), 30), data=st.data())
+async def test_retention_matches_the_reference_model_and_a_replay_after_a_drop_changes_nothing(
+    db: asyncpg.Connection,  # noqa: F811
+    stream: Stream,
+    data: st.DataObject,
+) -> None:
+    """Part of the stream stored under one horizon (or none), the partitions past a horizon
+    dropped, the rest stored under it, then the whole stream replayed from offset 0: every
+    table equals the model's at each step, the replay changes none, and it expires exactly
+    the records the model expires."""
+    rnd = data.draw(st.randoms(use_true_random=False), label="rnd")
+    days = data.draw(st.sampled_from(R_HORIZONS), label="days")
+    # Before the drop: none, the same or a longer horizon (a shorter one would let a replay
+    # store what it had expired: a legitimate change, not the property here).
+    before = data.draw(st.sampled_from((None, days, days + 60)), label="days before the drop")
+    items = stream.items()
+    note(f"stream ({sum(map(len, items.values()))} records):\n{stream.describe()}")
+    cut = {tp: rnd.randint(0, len(records)) for tp, records in items.items()}
+    first = {tp: records[: cut[tp]] for tp, records in items.items()}
+    rest = {tp: records[cut[tp] :] for tp, records in items.items()}
+    await reset_retention(db)
+
+    model = Model(before, R_NOW).apply_all(canonical(first))
+    await store_sifted(db, retention.Horizon(before), first, rnd)
+    await retention.apply_locked(db, days, wait=True, now=R_NOW)
+    month = retention.month_floor(R_NOW - dt.timedelta(days=days) - R_GRACE)
+    model.drop_before(month)
+    assert await retention.read_expired_before(db) == month
+    model.days = days
+    model.apply_all(canonical(rest))
+    horizon = retention.Horizon(days, await retention.read_expired_before(db))
+    await store_sifted(db, horizon, rest, rnd)
+    expected = model.tables()
+    diff = diff_tables(expected, await database_tables(db))
+    assert not diff, f"tables differ from the reference model after the drop:\n{diff}"
+
+    counted = model.expired.get(PROCTORING_TOPIC, 0)
+    model.apply_all(canonical(items))
+    assert not diff_tables(expected, model.tables()), "the model changed on a replay"
+    stored = await snapshot(db)  # every column, event_count included
+    replay_expired = await store_sifted(db, horizon, items, rnd)
+    assert replay_expired == model.expired.get(PROCTORING_TOPIC, 0) - counted
+    diff = diff_tables(expected, await database_tables(db))
+    assert not diff, f"the replay changed tables:\n{diff}"
+    assert await snapshot(db) == stored, "the replay changed a column the model does not hold"
 
 
 # The first and last instants the contract accepts ---------------------------------------------

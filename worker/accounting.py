@@ -30,7 +30,7 @@ def account(
     """Counters and the batch log line for the `committed` partitions of `batch`."""
     m = metrics
     rejected_at = {(d.record.topic, d.record.partition, d.record.offset) for d in rejected}
-    consumed = nbytes = partitions = 0
+    consumed = nbytes = partitions = expired = 0
     stored_by_class: dict[tuple[str, type], int] = {}
     dead: list[DeadLetter] = list(rejected)
     for tp in committed:
@@ -46,6 +46,9 @@ def account(
             key = (item.topic, type(item.event))
             stored_by_class[key] = stored_by_class.get(key, 0) + 1
         dead.extend(part.letters)
+        if part.expired:
+            expired += len(part.expired)
+            m.expired.labels(part.tp.topic).inc(len(part.expired))
     # Counted by struct class per record, named (tag_of) once per class and batch.
     stored = {(topic, tag_of(cls)): n for (topic, cls), n in stored_by_class.items()}
     for (topic, event_type), n in stored.items():
@@ -64,6 +67,7 @@ def account(
         bytes=nbytes,
         stored=sum(stored.values()),
         dead_lettered=len(dead),
+        expired=expired,
         partitions=partitions,
         duration_ms=round(duration * 1000, 2),
     )

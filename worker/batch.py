@@ -23,13 +23,15 @@ from worker.partitions import Claim
 class Part:
     """One partition's share of a batch."""
 
-    __slots__ = ("_by_offset", "claim", "items", "letters", "nbytes", "records")
+    __slots__ = ("_by_offset", "claim", "expired", "items", "letters", "nbytes", "records")
 
     def __init__(self, claim: Claim) -> None:
         self.claim = claim
         self.records: list[Any] = []
         self.items: list[Item] = []
         self.letters: list[DeadLetter] = []
+        # Items past the retention horizon, moved out of `items` by the commit path.
+        self.expired: list[Item] = []
         self.nbytes = 0  # keys and values, as fetched
         self._by_offset: dict[int, Any] | None = None
 
@@ -68,6 +70,7 @@ class Part:
             part.nbytes = sum(record_size(r) for r in part.records)
             part.items = [i for i in self.items if keep(i.offset)]
             part.letters = [d for d in self.letters if keep(d.record.offset)]
+            part.expired = [i for i in self.expired if keep(i.offset)]
         return head, tail
 
 

@@ -11,6 +11,10 @@
    the batch stored without them.
 3. After the commit, the offsets are also committed to Kafka, for lag tools only.
 
+Before step 2, records past the retention horizon (worker/retention.py) are moved out of each
+part's items into its `expired` list: they store nothing, but their offsets commit with the
+rest. This is the place for any further check that turns a record into a counted discard.
+
 A transient failure anywhere propagates to the caller, which retries the same batch; what a
 failed attempt learnt (which letters the broker acknowledged, which records the database
 rejected) is kept in `Letters`, so a retry neither re-sends nor re-discovers them.
@@ -39,6 +43,7 @@ from worker.dlq import (
     truncate,
 )
 from worker.handlers.base import Item
+from worker.retention import Horizon
 from worker.retry import describe, is_record_error
 from worker.router import Prepared, PrepareError, prepare_batch, write_batch
 
@@ -111,10 +116,27 @@ def coordinates(record: Any) -> Coordinates:
 class Committer:
     """Commits batches through one pool and one dead-letter publisher."""
 
-    def __init__(self, pool: asyncpg.Pool, dlq: DeadLetterPublisher, group_id: str) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dlq: DeadLetterPublisher,
+        group_id: str,
+        horizon: Horizon | None = None,
+    ) -> None:
         self._pool = pool
         self._dlq = dlq
         self._group_id = group_id
+        self._horizon = horizon
+
+    def _sift(self, batch: Batch, live: set[TopicPartition]) -> bool:
+        """Move the items past the horizon out of the live parts; True if any part of the
+        batch holds expired items (its preparation then no longer matches its items)."""
+        if self._horizon is not None:
+            for tp in live:
+                part = batch[tp]
+                part.items, expired = self._horizon.sift(part.items)
+                part.expired.extend(expired)
+        return any(part.expired for part in batch.values())
 
     async def commit(
         self,
@@ -125,6 +147,7 @@ class Committer:
     ) -> None:
         """Dead letters, then the rows and offsets of the `live` partitions of `batch` in one
         transaction. Raises `Fenced` (nothing committed) or a transient error."""
+        sifted = self._sift(batch, live)
         items = [item for tp in sorted(live) for item in batch[tp].items]
         decoded_out = [letter for tp in sorted(live) for letter in batch[tp].letters]
         while True:
@@ -134,7 +157,8 @@ class Committer:
             storable = letters.storable(items)
             # The batch was prepared for all its records; if some were lost since (a
             # rebalance during the previous commit, a rejected record), they are prepared again.
-            prepared = batch_prepared if live == set(batch) and not letters.rejected else None
+            whole = live == set(batch) and not letters.rejected and not sifted
+            prepared = batch_prepared if whole else None
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     moves = {

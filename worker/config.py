@@ -272,6 +272,16 @@ class Settings:
         high=86400,
     )
 
+    proctoring_retention_days: int | None = _declare(
+        None,
+        "WORKER_PROCTORING_RETENTION_DAYS",
+        "proctoring events, system checks and sessions older than this many days are dropped, "
+        'and records older than it store nothing (README "Data lifecycle"); unset: kept forever',
+        "integer",
+        low=1,
+        high=36_500,
+    )
+
     @property
     def topics(self) -> tuple[str, str]:
         return (self.proctoring_topic, self.interview_topic)

@@ -50,6 +50,7 @@ from worker.metrics import HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
 from worker.ownership import CHECK_INTERVAL_S, Ownership
 from worker.partitions import Refetch
+from worker.retention import Maintenance
 from worker.retry import TRANSIENT, Backoff, describe, is_dropped_connection, is_size_error
 from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
 
@@ -144,7 +145,11 @@ class Worker:
         producer = self.clients.producer()
         consumer = self._consumer = self.clients.consumer()
         dlq = DeadLetterPublisher(producer, s.dlq_topic, s.group_id)
-        self._committer = Committer(self._pool, dlq, s.group_id)
+        # Retention: what was dropped is known before the first batch; then maintained aside.
+        retention = Maintenance(s.proctoring_retention_days, self._pool)
+        await self._retrying_call("database", retention.load)
+        maintenance = asyncio.create_task(retention.run(self._stop))
+        self._committer = Committer(self._pool, dlq, s.group_id, retention.horizon)
         self._ownership.attach(self._pool, consumer)
         try:
             await self._retrying_call("kafka producer", producer.start)
@@ -155,6 +160,9 @@ class Worker:
             self.ready.set()
             await self._loop(consumer)
         finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
             await self._shutdown(consumer, producer)
 
     async def _shutdown(self, consumer: Any, producer: Any) -> None:

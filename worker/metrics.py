@@ -72,6 +72,14 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        # Retention (worker/retention.py): records past the horizon, stored nowhere.
+        self.expired = Counter(
+            "worker_records_expired",
+            "Proctoring records older than the retention horizon: not stored, not "
+            "dead-lettered, their offsets committed",
+            ["topic"],
+            registry=r,
+        )
         self.unreadable_batches = Counter(
             "worker_unreadable_batches",
             "Failed reads of record batches the consumer could not decode (corrupt, unknown "

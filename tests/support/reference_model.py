@@ -26,7 +26,15 @@ The rules, as applied below:
   `interview_recording_url` and `proctoring_score` are the part event's value, else the report's.
 - `proctoring_events`, `system_checks`: the first event with a key is kept.
   `proctoring_sessions`: earliest STARTED, latest END_PROCTORING, latest event, and the number
-  of distinct flag events stored in `proctoring_events`.
+  of distinct flag events ever stored in `proctoring_events` (a session's aggregates change
+  only when one of its events is stored for the first time).
+- Retention (docs/contract.md §7), the horizon learnt first: with `days` set and the clock at
+  `now`, a proctoring record one of whose instants (createdAt; a system check's timestamp too) lies
+  before `max(now - days, expired_before)` is *expired*: it changes no table and is counted
+  per topic. `drop_before(month)` (a UTC month start: partitions are UTC months, and one is
+  dropped when its whole month lies before the drop bound) removes the events and system
+  checks before it, the sessions whose last event is before it, and raises `expired_before`
+  to it.
 
 `Model.tables()` gives {table: {primary key tuple: {column: value}}} in the normal form that
 `database_tables()` reads from PostgreSQL: numeric columns as their decimal text, jsonb as the
@@ -269,7 +277,12 @@ _APPLICANT_OWN: dict[str, str] = {
 class Model:
     """The tables after applying events one at a time, in the order `apply` is called."""
 
-    def __init__(self) -> None:
+    def __init__(self, days: int | None = None, now: dt.datetime | None = None) -> None:
+        self.days = days
+        self.now = now  # the clock the horizon is measured from (None: no age rule)
+        self.expired_before: dt.datetime | None = None
+        self.expired: dict[str, int] = {}  # records expired, by topic
+        self.sessions: dict[tuple[Any, ...], Row] = {}
         self.candidates: dict[str, dict[str, Register]] = {}
         self.jobs: dict[str, dict[str, Register]] = {}
         self.interviews: dict[str, dict[str, Register]] = {}
@@ -287,6 +300,9 @@ class Model:
 
     def apply(self, event: Any, topic: str = "", partition: int = 0, offset: int = 0) -> None:
         if isinstance(event, pr.ProctoringEvent):
+            if self._is_expired(event):
+                self.expired[topic] = self.expired.get(topic, 0) + 1
+                return
             self._proctoring(event, topic, partition, offset)
         elif isinstance(event, iv.InterviewStarted):
             self._started(event.data)
@@ -307,6 +323,30 @@ class Model:
             self._applicant(event)
         else:
             raise TypeError(f"no rule for {type(event).__name__}")
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def cutoff(self) -> dt.datetime | None:
+        bounds = [b for b in (self.expired_before,) if b is not None]
+        if self.days is not None and self.now is not None:
+            bounds.append(self.now - dt.timedelta(days=self.days))
+        return max(bounds) if bounds else None
+
+    def _is_expired(self, e: pr.ProctoringEvent) -> bool:
+        cutoff = self.cutoff()
+        if cutoff is None:
+            return False
+        instants = [e.createdAt]
+        if isinstance(e, pr.SystemCheckCompleted):
+            instants.append(e.systemCheck.timestamp)
+        return min(instants) < cutoff
+
+    def drop_before(self, month: dt.datetime) -> None:
+        """Retention dropped every month before `month`."""
+        self.proctoring_events = {k: v for k, v in self.proctoring_events.items() if k[3] >= month}
+        self.system_checks = {k: v for k, v in self.system_checks.items() if k[2] >= month}
+        self.sessions = {k: v for k, v in self.sessions.items() if v["last_event_at"] >= month}
+        self.expired_before = max(month, self.expired_before or month)
 
     def _candidate(self, candidate_id: str, time: Any, name: Any, email: Any) -> None:
         row = self.candidates.setdefault(candidate_id, _registers(COLUMNS["candidates"]))
@@ -413,8 +453,11 @@ class Model:
                 {"success": check.success, "results": results},
             )
         kind = type(e).__struct_config__.tag
+        key = (e.examId, e.candidateId, kind, e.createdAt)
+        if key not in self.proctoring_events:
+            self._session_adds(e.examId, e.candidateId, kind, e.createdAt)
         self.proctoring_events.setdefault(
-            (e.examId, e.candidateId, kind, e.createdAt),
+            key,
             {
                 "description": e.description,
                 "media_url": e.mediaUrl if isinstance(e, pr.FlagDataWithFile) else None,
@@ -475,21 +518,22 @@ class Model:
         row["proctoring_score"] = score if score is not None else own["proctoring_score"]
         return {c: _normal(v) for c, v in row.items()}
 
+    def _session_adds(self, exam: str, candidate: str, kind: str, created: dt.datetime) -> None:
+        """A session's aggregates take an event stored for the first time."""
+        s = self.sessions.setdefault(
+            (exam, candidate),
+            {"started_at": None, "ended_at": None, "last_event_at": None, "flag_count": 0},
+        )
+        if kind == "STARTED":
+            s["started_at"] = _least(s["started_at"], created)
+        if kind == "END_PROCTORING":
+            s["ended_at"] = _greatest(s["ended_at"], created)
+        s["last_event_at"] = _greatest(s["last_event_at"], created)
+        if kind in FLAG_TYPES:
+            s["flag_count"] += 1
+
     def _sessions(self) -> dict[tuple[Any, ...], Row]:
-        sessions: dict[tuple[Any, ...], Row] = {}
-        for exam, candidate, kind, created in self.proctoring_events:
-            s = sessions.setdefault(
-                (exam, candidate),
-                {"started_at": None, "ended_at": None, "last_event_at": None, "flag_count": 0},
-            )
-            if kind == "STARTED":
-                s["started_at"] = _least(s["started_at"], created)
-            if kind == "END_PROCTORING":
-                s["ended_at"] = _greatest(s["ended_at"], created)
-            s["last_event_at"] = _greatest(s["last_event_at"], created)
-            if kind in FLAG_TYPES:
-                s["flag_count"] += 1
-        return sessions
+        return {key: dict(row) for key, row in self.sessions.items()}
 
 
 def _least(a: Any, b: Any) -> Any:

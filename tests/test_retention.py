@@ -1,0 +1,371 @@
+"""Retention and time partitions (docs/contract.md §7, worker/retention.py, sql/005).
+
+- Any instant of years 1-9999 stores (the seeds' instants, 0001-01-01, 9999-12-31), and a row
+  in far_future never blocks creating the next month's partition: it moves into it.
+- A database populated before partitioning (migrations 001-004) keeps every row through 005.
+- Events spread over 400 days, a 90-day horizon: `worker retention apply --execute` drops the
+  partitions past it (gone from the catalogue; no row deleted from the partitions that stay),
+  the remaining rows equal the reference model's, and `worker offsets reset --to-earliest
+  --execute` under a running worker changes no table and counts the expired records.
+
+The reference model's retention rules are exercised by tests/test_model_properties.py too
+(hypothesis streams, a drop, a replay from offset 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+from support.e2e import (
+    committed_offsets,
+    running_worker,
+    settings_for,
+    snapshot_diff,
+    table_snapshot,
+    wait_for,
+    wait_for_offsets,
+    worker_env,
+)
+from support.infra import Topics
+from support.offsets import produce_to, run_offsets_cli
+from support.reference_model import Model, database_tables, diff_tables
+from support.storage import (
+    PROCTORING_TOPIC,
+    apply,
+    db,  # noqa: F401  (fixture)
+    decode_ok,
+    snapshot,
+)
+
+from worker import retention
+from worker.config import Settings
+from worker.decode import proctoring_decoder
+from worker.dev.seeds import proctoring_samples, system_check_example
+from worker.handlers.base import Item
+from worker.migrate import load_migrations, migrate
+
+pytestmark = pytest.mark.integration
+
+UTC = dt.UTC
+FIRST = dt.datetime(1, 1, 1, tzinfo=UTC)
+LAST = dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+GRACE = dt.timedelta(hours=1)  # the model's statement of retention.GRACE
+
+
+def event(
+    exam: str, kind: str, at: dt.datetime, candidate: str = "cand", check_at: Any = None
+) -> bytes:
+    body: dict[str, Any] = {
+        "examId": exam,
+        "candidateId": candidate,
+        "type": kind,
+        "createdAt": at.isoformat(),
+    }
+    if kind in ("FACE_ABSENCE", "MULTIPLE_FACE", "SOUND_DETECTED", "PERIODIC_SNAPSHOT"):
+        body["mediaUrl"] = f"https://m.example/{exam}/{at.timestamp()}.jpg"
+    if kind == "SYSTEM_CHECK_COMPLETED":
+        stamp = (check_at or at - dt.timedelta(minutes=1)).isoformat()
+        body["systemCheck"] = {"success": True, "timestamp": stamp, "data": []}
+    return json.dumps(body).encode()
+
+
+def items_of(bodies: Sequence[bytes], partition: int = 0) -> list[Item]:
+    return [
+        Item(decode_ok(proctoring_decoder, b), PROCTORING_TOPIC, partition, n)
+        for n, b in enumerate(bodies)
+    ]
+
+
+async def partition_of(conn: asyncpg.Connection, table: str, column: str) -> dict[Any, str]:
+    rows = await conn.fetch(f"SELECT {column} AS at, tableoid::regclass::text AS p FROM {table}")
+    return {r["at"]: r["p"] for r in rows}
+
+
+# -- any instant stores; far_future never blocks the next month ----------------------------------
+
+
+async def test_seed_and_edge_instants_store_and_far_future_moves_into_new_months(
+    db: asyncpg.Connection,  # noqa: F811
+) -> None:
+    now = dt.datetime.now(UTC)
+    # The first month maintenance will have to create when the clock moves on two months.
+    soon = retention.add_months(retention.month_floor(now), retention.AHEAD_MONTHS) + dt.timedelta(
+        days=3, hours=2
+    )
+    check = json.loads(system_check_example())
+    bodies = [
+        *proctoring_samples(),
+        event("edge", "STARTED", FIRST),
+        event("edge", "END_PROCTORING", LAST),
+        event("edge", "SYSTEM_CHECK_COMPLETED", LAST, check_at=FIRST),
+        event("edge", "TAB_NOT_FOCUS", soon),
+        event("edge", "SYSTEM_CHECK_COMPLETED", soon, check_at=soon),
+    ]
+    seeded = dict(json.loads(proctoring_samples()[0]), type="SYSTEM_CHECK_COMPLETED")
+    bodies.append(json.dumps({**seeded, "systemCheck": check}).encode())
+    items = items_of(bodies)
+    for batch in (items[:5], items[5:]):
+        await apply(db, batch)
+    expected = Model().apply_all(items).tables()
+    diff = diff_tables(expected, await database_tables(db))
+    assert not diff, diff
+    where = await partition_of(db, "proctoring_events", "created_at")
+    assert where[FIRST] == "proctoring_events_far_past"
+    assert where[LAST] == "proctoring_events_far_future"
+    assert where[soon] == "proctoring_events_far_future"
+
+    # Two months later: the month of `soon` is created out of far_future, and its rows move.
+    later = now + dt.timedelta(days=62)
+    done = await retention.apply_locked(db, None, wait=True, now=later)
+    assert done is not None and all(t.ahead for t in done.tables), done
+    month = f"p{retention.month_floor(soon):%Y%m}"
+    where = await partition_of(db, "proctoring_events", "created_at")
+    assert where[soon] == f"proctoring_events_{month}"
+    assert where[LAST] == "proctoring_events_far_future"
+    checks = await partition_of(db, "system_checks", "checked_at")
+    assert checks[soon] == f"system_checks_{month}" and checks[FIRST] == "system_checks_far_past"
+    diff = diff_tables(expected, await database_tables(db))
+    assert not diff, f"rows changed when partitions were created:\n{diff}"
+    # Still storable afterwards, on both sides of the new bounds.
+    extra = items_of([event("edge2", "TAB_NOT_FOCUS", t) for t in (FIRST, soon, LAST)], 1)
+    await apply(db, extra)
+    expected = Model().apply_all([*items, *extra]).tables()
+    assert not diff_tables(expected, await database_tables(db))
+
+
+# -- a pre-partitioning database upgrades without loss ---------------------------------------------
+
+
+async def test_migration_keeps_every_row_of_a_populated_database(database_url: str) -> None:
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn, [m for m in load_migrations() if m.version <= 4])
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM pg_partitioned_table "
+            "WHERE partrelid = 'proctoring_events'::regclass"
+        )
+        bodies = [
+            event(f"e{n % 5}", kind, now - dt.timedelta(days=n * 7, minutes=n))
+            for n in range(110)  # two years, weekly
+            for kind in ("TAB_NOT_FOCUS", "SYSTEM_CHECK_COMPLETED")
+        ]
+        bodies += [event("edge", "STARTED", FIRST), event("edge", "END_PROCTORING", LAST)]
+        bodies.append(event("edge", "SYSTEM_CHECK_COMPLETED", now, check_at=FIRST))
+        await apply(conn, items_of(bodies))
+        before = await snapshot(conn)
+        assert len(before["proctoring_events"]) == len(bodies)
+        assert await migrate(conn) == [m.version for m in load_migrations() if m.version > 4]
+        after = await snapshot(conn)
+        assert after == before
+        for table in ("proctoring_events", "system_checks"):
+            parts = await retention.partitions(conn, table, rows=True)
+            # Months laid out from the oldest row of the last ten years, not one big far_past.
+            past = next(p for p in parts if p.kind == retention.FAR_PAST)
+            oldest = now - dt.timedelta(days=109 * 7, minutes=110)  # the oldest check
+            assert past.hi == retention.month_floor(oldest)
+            assert past.rows == 1, parts
+            assert sum(p.rows or 0 for p in parts) == len(before[table])
+    finally:
+        await conn.close()
+
+
+# -- 400 days, a 90-day horizon, a drop and a replay ---------------------------------------------
+
+
+def spread(now: dt.datetime) -> list[tuple[int, bytes]]:
+    """(partition, record) over 400 days: sessions wholly old, wholly recent and mixed ones
+    with flags on both sides of the horizon; no instant within a day of it."""
+    out: list[tuple[int, bytes]] = []
+    kinds = ("STARTED", "TAB_NOT_FOCUS", "FACE_ABSENCE", "SYSTEM_CHECK_COMPLETED", "END_PROCTORING")
+    for n, age in enumerate(d for d in range(0, 400, 3) if abs(d - 90) > 1):
+        at = now - dt.timedelta(days=age, hours=7)
+        exam = "old" if age > 150 else "recent" if age < 40 else f"mixed{n % 3}"
+        out.append((n % 4, event(exam, kinds[n % len(kinds)], at, candidate=f"c{n % 2}")))
+        if age % 2:
+            out.append((n % 4, event("mixed0", "EXIT_FULLSCREEN", at, candidate="c0")))
+    return out
+
+
+async def retention_cli(settings: Settings, days: int, *args: str) -> str:
+    env = worker_env(settings, {"WORKER_PROCTORING_RETENTION_DAYS": str(days)})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "retention",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out.decode()}\n{err.decode()}"
+    return out.decode()
+
+
+async def catalogue(database_url: str) -> dict[str, int]:
+    """Every partition of the two tables and the rows it holds."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {
+            p.name: p.rows or 0
+            for table, _ in retention.TABLES
+            for p in await retention.partitions(conn, table, rows=True)
+        }
+    finally:
+        await conn.close()
+
+
+async def deleted_rows(database_url: str, names: Sequence[str]) -> int:
+    """Rows ever deleted from these partitions (statistics, flushed by the sessions' ends)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        return await conn.fetchval(
+            "SELECT coalesce(sum(n_tup_del), 0) FROM pg_stat_user_tables WHERE relname = ANY($1)",
+            list(names),
+        )
+    finally:
+        await conn.close()
+
+
+async def test_horizon_drops_partitions_and_a_replay_changes_nothing(
+    kafka_bootstrap: str, database_url: str, topics: Topics
+) -> None:
+    now = dt.datetime.now(UTC)
+    records = spread(now)
+    await produce_to(
+        kafka_bootstrap,
+        topics.proctoring,
+        {p: [(None, v, None) for q, v in records if q == p] for p in range(4)},
+    )
+    end = {(topics.proctoring, p): sum(1 for q, _ in records if q == p) for p in range(4)}
+    # The stream in an order the partitions allow, for the model.
+    items = [
+        Item(decode_ok(proctoring_decoder, v), topics.proctoring, p, n)
+        for p in range(4)
+        for n, v in enumerate(v for q, v in records if q == p)
+    ]
+    model = Model().apply_all(items)
+
+    # 1. Kept forever: everything stores.
+    keep = settings_for(kafka_bootstrap, database_url, topics)
+    async with running_worker(keep):
+        await wait_for_offsets(database_url, topics.group_id, end)
+    assert not diff_tables(model.tables(), await _tables(database_url))
+    before = await catalogue(database_url)
+
+    # 2. A 90-day horizon, applied by the operator command.
+    printed = await retention_cli(keep, 90, "apply", "--execute")
+    month = retention.month_floor(now - dt.timedelta(days=90) - GRACE)
+    model.drop_before(month)
+    after = await catalogue(database_url)
+    dropped = sorted(set(before) - set(after))
+    assert dropped, f"nothing dropped:\n{printed}"
+    assert all(f"drop {name}" in printed for name in dropped), printed
+    assert before[f"proctoring_events_{retention.FAR_PAST}"] > 0  # 310 days of rows went
+    conn = await asyncpg.connect(database_url)
+    try:
+        gone = await conn.fetchval("SELECT count(*) FROM pg_class WHERE relname = ANY($1)", dropped)
+        assert gone == 0, "dropped partitions still in the catalogue"
+        assert await conn.fetchval("SELECT expired_before FROM retention_state") == month
+    finally:
+        await conn.close()
+    assert await deleted_rows(database_url, list(after)) == 0, "rows were DELETEd"
+    tables = await _tables(database_url)
+    diff = diff_tables(model.tables(), tables)
+    assert not diff, f"after the drop:\n{diff}"
+    assert tables["proctoring_sessions"] and all(
+        s["last_event_at"] >= month for s in tables["proctoring_sessions"].values()
+    )
+    assert ("old", "c0") not in tables["proctoring_sessions"]
+    assert sum(after.values()) == len(tables["proctoring_events"]) + len(tables["system_checks"])
+
+    # 3. A replay from offset 0 under a running worker with the horizon: no table changes.
+    snap = await table_snapshot(database_url, offsets=False)
+    replay = Model(90, dt.datetime.now(UTC))
+    replay.expired_before = month
+    replay.apply_all(items)
+    expected_expired = replay.expired[topics.proctoring]
+    assert 0 < expected_expired < len(items)
+    horizon = settings_for(kafka_bootstrap, database_url, topics, proctoring_retention_days=90)
+    async with running_worker(horizon) as worker:
+        await wait_for_offsets(database_url, topics.group_id, end)
+        result = await run_offsets_cli(horizon, "reset", "--to-earliest", "--execute")
+        assert result.code == 0, result
+        assert all(
+            v == 0 for v in (await committed_offsets(database_url, topics.group_id)).values()
+        )
+
+        def expired() -> float:
+            return (
+                worker.metrics.registry.get_sample_value(
+                    "worker_records_expired_total", {"topic": topics.proctoring}
+                )
+                or 0.0
+            )
+
+        async def replayed() -> bool:
+            return expired() >= expected_expired
+
+        await wait_for(replayed, 60, "the replay's expired records counted")
+        await wait_for_offsets(database_url, topics.group_id, end)
+        assert expired() == expected_expired
+        assert worker.stats["dead_lettered"] == 0
+    changed = snapshot_diff(snap, await table_snapshot(database_url, offsets=False))
+    assert changed == "identical", f"the replay changed tables:\n{changed}"
+    assert not diff_tables(model.tables(), await _tables(database_url))
+
+
+async def _tables(database_url: str) -> Any:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await database_tables(conn)
+    finally:
+        await conn.close()
+
+
+# -- the ingest check, without a database ----------------------------------------------------------
+
+
+def test_a_record_with_any_instant_past_the_horizon_is_expired() -> None:
+    now = dt.datetime(2026, 12, 3, 12, tzinfo=UTC)
+    old, new = now - dt.timedelta(days=91), now - dt.timedelta(days=89)
+    items = items_of(
+        [
+            event("e", "TAB_NOT_FOCUS", new),
+            event("e", "TAB_NOT_FOCUS", old),
+            event("e", "SYSTEM_CHECK_COMPLETED", new, check_at=old),
+            event("e", "SYSTEM_CHECK_COMPLETED", new, check_at=new),
+        ]
+    )
+    kept, gone = retention.Horizon(90).sift(items, now)
+    assert [i.offset for i in kept] == [0, 3] and [i.offset for i in gone] == [1, 2]
+    # What was dropped stays expired when the horizon is lengthened or removed.
+    dropped_before = now - dt.timedelta(days=60)
+    for days in (None, 365):
+        kept, _ = retention.Horizon(days, dropped_before).sift(items, now)
+        assert [i.offset for i in kept] == []
+    assert retention.Horizon(None).sift(items, now) == (items, [])
+
+
+async def test_maintenance_runs_on_one_replica_at_a_time(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+) -> None:
+    other = await asyncpg.connect(database_url)
+    try:
+        await db.execute("SELECT pg_advisory_lock($1)", retention.LOCK_ID)
+        assert await retention.apply_locked(other, 90, wait=False) is None
+        await db.execute("SELECT pg_advisory_unlock($1)", retention.LOCK_ID)
+        assert await retention.apply_locked(other, 90, wait=False) is not None
+    finally:
+        await other.close()
