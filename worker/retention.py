@@ -2,7 +2,7 @@
 horizon, and the ingest check that keeps a late record or a replay from writing back what
 retention removed.
 
-Layout (sql/005_time_partitions_i18.sql): each of `proctoring_events` (by created_at) and
+Layout (sql/005_time_partitions.sql): each of `proctoring_events` (by created_at) and
 `system_checks` (by checked_at) is `<table>_far_past` [MINVALUE, A), one partition per UTC
 month [A, B), `<table>_far_future` [B, MAXVALUE). Both tables keep the same bounds. Any instant
 of years 1-9999 therefore has a partition, unless retention dropped its range (below).
