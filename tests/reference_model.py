@@ -24,6 +24,12 @@ The rules, as applied below:
   empty), the whole violation set (a type listed twice keeps its last entry). `candidate_id` is
   the report event's; until one arrives, the smallest the part events carry.
   `interview_recording_url` and `proctoring_score` are the part event's value, else the report's.
+- Erasure (contract §7): `forget(candidate, ends)` removes every row naming the candidate
+  (`candidates`; `applicants`, `interviews`, `interview_reports` whose candidate_id is theirs,
+  with the reports' violations; the candidate's proctoring events, sessions and system
+  checks). From then on an event naming the candidate whose offset (or, for a replayed dead
+  letter, its origin's offset) lies below the erasure's end for that partition is skipped
+  whole, contributing to no table, and counted in `erased`; later events apply as usual.
 - `proctoring_events`, `system_checks`: the first event with a key is kept.
   `proctoring_sessions`: earliest STARTED, latest END_PROCTORING, latest event, and the number
   of distinct flag events stored in `proctoring_events`.
@@ -277,6 +283,46 @@ class Model:
         self.reports: dict[str, Report] = {}
         self.proctoring_events: dict[tuple[Any, ...], Row] = {}
         self.system_checks: dict[tuple[Any, ...], Row] = {}
+        # Erasures made so far: (candidate, {(topic, partition): end offset}).
+        self.erasures: list[tuple[str, dict[tuple[str, int], int]]] = []
+        self.erased: dict[str, int] = {}  # skipped events, by topic
+
+    # -- erasing -------------------------------------------------------------------------------
+
+    def forget(self, candidate: str, ends: Mapping[tuple[str, int], int]) -> None:
+        """Erase `candidate` with the log ending at `ends` (per topic and partition)."""
+        self.erasures.append((candidate, dict(ends)))
+        self.candidates.pop(candidate, None)
+        for key in [
+            k for k, a in self.applicants.items() if a.columns["candidate_id"] == candidate
+        ]:
+            del self.applicants[key]
+        for key in [
+            k for k, row in self.interviews.items() if row["candidate_id"].value == candidate
+        ]:
+            del self.interviews[key]
+        for key in [
+            k
+            for k, report in self.reports.items()
+            if self._report_columns(report)["candidate_id"] == candidate
+        ]:
+            del self.reports[key]
+        for table in (self.proctoring_events, self.system_checks):
+            for key in [k for k in table if k[1] == candidate]:
+                del table[key]
+
+    def _is_erased(self, event: Any, topic: str, partition: int, offset: int, origin: Any) -> bool:
+        named = (
+            event.candidateId if isinstance(event, pr.ProctoringEvent) else event.data.candidate_id
+        )
+        for candidate, ends in self.erasures:
+            if candidate != named:
+                continue
+            if offset < ends.get((topic, partition), 0):
+                return True
+            if origin is not None and origin[2] < ends.get((origin[0], origin[1]), 0):
+                return True
+        return False
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -285,7 +331,19 @@ class Model:
             self.apply(event, topic, partition, offset)
         return self
 
-    def apply(self, event: Any, topic: str = "", partition: int = 0, offset: int = 0) -> None:
+    def apply(
+        self,
+        event: Any,
+        topic: str = "",
+        partition: int = 0,
+        offset: int = 0,
+        origin: tuple[str, int, int] | None = None,
+    ) -> None:
+        """Apply one event read at (topic, partition, offset); `origin` is where a replayed
+        dead letter first was."""
+        if self.erasures and self._is_erased(event, topic, partition, offset, origin):
+            self.erased[topic] = self.erased.get(topic, 0) + 1
+            return
         if isinstance(event, pr.ProctoringEvent):
             self._proctoring(event, topic, partition, offset)
         elif isinstance(event, iv.InterviewStarted):

@@ -14,6 +14,7 @@ from aiokafka import TopicPartition
 from schemas.common import tag_of
 from worker.batch import Batch
 from worker.dlq import DeadLetter
+from worker.handlers.base import Item
 from worker.metrics import Metrics
 
 log = structlog.get_logger("worker")
@@ -25,11 +26,16 @@ def account(
     batch: Batch,
     committed: Iterable[TopicPartition],
     rejected: Sequence[DeadLetter],
+    erased: Sequence[Item],
     duration: float,
 ) -> None:
-    """Counters and the batch log line for the `committed` partitions of `batch`."""
+    """Counters and the batch log line for the `committed` partitions of `batch`; `erased`
+    are the records the erasure ledger kept out (worker/erasure.py)."""
     m = metrics
     rejected_at = {(d.record.topic, d.record.partition, d.record.offset) for d in rejected}
+    rejected_at.update((i.topic, i.partition, i.offset) for i in erased)
+    for item in erased:
+        m.erased.labels(item.topic).inc()
     consumed = nbytes = partitions = 0
     stored_by_class: dict[tuple[str, type], int] = {}
     dead: list[DeadLetter] = list(rejected)
@@ -58,9 +64,11 @@ def account(
     stats["consumed"] += consumed
     stats["stored"] += sum(stored.values())
     stats["dead_lettered"] += len(dead)
+    stats["erased"] = stats.get("erased", 0) + len(erased)
     log.debug(
         "batch committed",
         records=consumed,
+        erased=len(erased),
         bytes=nbytes,
         stored=sum(stored.values()),
         dead_lettered=len(dead),

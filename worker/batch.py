@@ -67,6 +67,11 @@ class Part:
 Batch = dict[TopicPartition, Part]
 
 
+def record_of(batch: Batch, item: Any) -> Any:
+    """The record `item` (an Item of one of the batch's parts) was decoded from."""
+    return batch[TopicPartition(item.topic, item.partition)].record_at(item.offset)
+
+
 def halves(batch: Batch) -> tuple[Batch, Batch] | None:
     """`batch` in two smaller batches to commit one after the other, or None for a single
     record. Whole partitions go to either half while there are several; a lone partition is

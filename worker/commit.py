@@ -11,6 +11,10 @@
    the batch stored without them.
 3. After the commit, the offsets are also committed to Kafka, for lag tools only.
 
+Records of erased candidates that were in the log when the erasure was made (worker/erasure.py)
+are screened out inside the transaction, before anything is written; they commit their offsets
+like the rest and are returned for counting.
+
 A transient failure anywhere propagates to the caller, which retries the same batch; what a
 failed attempt learnt (which letters the broker acknowledged, which records the database
 rejected) is kept in `Letters`, so a retry neither re-sends nor re-discovers them.
@@ -18,6 +22,7 @@ rejected) is kept in `Letters`, so a retry neither re-sends nor re-discovers the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,8 +33,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.common import tag_of
-from worker import offsets
-from worker.batch import Batch, Part
+from worker import erasure, offsets
+from worker.batch import Batch, Part, record_of
 from worker.decode import REJECTED_BY_DATABASE, SCHEMA_VIOLATION, DecodeFailure, truncate
 from worker.dlq import DeadLetter, DeadLetterPublisher
 from worker.handlers.base import Item
@@ -116,9 +121,10 @@ class Committer:
         live: set[TopicPartition],
         batch_prepared: Prepared | None,
         letters: Letters,
-    ) -> None:
+    ) -> list[Item]:
         """Dead letters, then the rows and offsets of the `live` partitions of `batch` in one
-        transaction. Raises `Fenced` (nothing committed) or a transient error."""
+        transaction; returns the records the erasure ledger kept out. Raises `Fenced`
+        (nothing committed) or a transient error."""
         items = [item for tp in sorted(live) for item in batch[tp].items]
         decoded_out = [letter for tp in sorted(live) for letter in batch[tp].letters]
         while True:
@@ -137,10 +143,13 @@ class Committer:
                     done = await offsets.advance(conn, self._group_id, moves)
                     if done != live:
                         raise Fenced(live - done)
-                    found = await self.store(conn, storable, prepared)
+                    kept, erased = await erasure.screen(
+                        conn, storable, functools.partial(record_of, batch)
+                    )
+                    found = await self.store(conn, kept, None if erased else prepared)
                     if found:
                         raise _Rejected(found)  # rolls the transaction back
-                return
+                return erased
             except _Rejected as rejected:
                 for item, reason, message in rejected.found:
                     part = batch[TopicPartition(item.topic, item.partition)]

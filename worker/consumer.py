@@ -402,7 +402,7 @@ class Worker:
             if not live:
                 return
             try:
-                applied = await self._commit(batch, live, prepared, letters, lane)
+                applied, erased = await self._commit(batch, live, prepared, letters, lane)
             except Fenced as fenced:
                 await self._retrying_call(
                     "database", functools.partial(self._ownership.refence, fenced.partitions)
@@ -443,7 +443,13 @@ class Worker:
         if not self._retrying - {lane}:
             self._failing_since = None
         account(
-            self.metrics, self.stats, batch, live, letters.rejected, time.perf_counter() - started
+            self.metrics,
+            self.stats,
+            batch,
+            live,
+            letters.rejected,
+            erased,
+            time.perf_counter() - started,
         )
         await commit_kafka(consumer, {tp: batch[tp].next_offset for tp in applied})
 
@@ -462,21 +468,23 @@ class Worker:
         prepared: Prepared | None,
         letters: Letters,
         lane: int,
-    ) -> set[TopicPartition]:
+    ) -> tuple[set[TopicPartition], list[Item]]:
         """One commit attempt of the `live` partitions; the partitions whose stored offset it
-        moved (a partition revoked meanwhile is committed in the database, not here)."""
+        moved (a partition revoked meanwhile is committed in the database, not here), and the
+        records the erasure ledger kept out."""
         assert self._committer is not None
         states = [batch[tp].claim.state for tp in live]
         for state in states:
             state.commit_started()
         try:
             async with self._commit_locks[lane]:
-                await self._committer.commit(batch, live, prepared, letters)
+                erased = await self._committer.commit(batch, live, prepared, letters)
         except BaseException:
             for state in states:
                 state.commit_finished(None)
             raise
-        return {tp for tp in live if batch[tp].claim.state.commit_finished(batch[tp].claim)}
+        applied = {tp for tp in live if batch[tp].claim.state.commit_finished(batch[tp].claim)}
+        return applied, erased
 
     # -- health --------------------------------------------------------------------------
 

@@ -150,8 +150,11 @@ class DeadLetterFilter:
     topic: str | None = None
     offsets: tuple[int, int] | None = None  # inclusive range of dlq.original.offset
     partition: int | None = None  # dlq.original.partition
+    candidate: str | None = None  # the candidate the value names (see names_candidate)
 
     def matches(self, view: DeadLetterView) -> bool:
+        if self.candidate is not None and not names_candidate(view.value, self.candidate):
+            return False
         if self.reasons is not None and view.reason not in self.reasons:
             return False
         if self.topic is not None and view.original_topic != self.topic:
@@ -163,6 +166,27 @@ class DeadLetterFilter:
             if view.original_offset is None or not low <= view.original_offset <= high:
                 return False
         return True
+
+
+def names_candidate(value: bytes | None, candidate: str) -> bool:
+    """Whether a dead letter's value names `candidate`: as the event's candidate id when it
+    parses (`candidateId`, or `data.candidate_id`), else anywhere in it as a JSON string (a
+    raw copy that never parsed may still carry the id, and erasure needs to find those too)."""
+    if not value:
+        return False
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        data = doc.get("data")
+        named = doc.get("candidateId", data.get("candidate_id") if isinstance(data, dict) else None)
+        if named == candidate:
+            return True
+    return (
+        json.dumps(candidate).encode() in value
+        or json.dumps(candidate, ensure_ascii=False).encode() in value
+    )
 
 
 def parse_dead_letter(record: Any) -> DeadLetterView:
@@ -437,10 +461,19 @@ async def plan_replay(
 
 
 def replay_headers(view: DeadLetterView) -> list[tuple[str, bytes]]:
+    """The original headers, the replay count and reference, and where the record first was
+    (`dlq.replay.origin`, kept from an earlier replay): the erasure ledger tells a replay of
+    an old record from a new record by it (worker/erasure.py)."""
+    origin = view.headers.get(Header.REPLAY_ORIGIN) or (
+        f"{view.original_topic}:{view.original_partition}:{view.original_offset}".encode()
+        if view.original_offset is not None
+        else None
+    )
     return [
         *view.original_headers(),
         (REPLAY_COUNT_HEADER, str(view.replay_count + 1).encode()),
         (REPLAY_OF_HEADER, view.ref.encode()),
+        *([(Header.REPLAY_ORIGIN, origin)] if origin else []),
     ]
 
 
@@ -513,6 +546,7 @@ async def replay_dead_letters(
     topic: str | None = None,
     offsets: tuple[int, int] | None = None,
     partition: int | None = None,
+    candidate: str | None = None,
     limit: int | None = None,
     max_replays: int = 1,
     include_replayed: bool = False,
@@ -527,6 +561,7 @@ async def replay_dead_letters(
         topic=topic,
         offsets=offsets,
         partition=partition,
+        candidate=candidate,
     )
     plan = await plan_replay(
         settings,
@@ -691,6 +726,12 @@ def add_dlq_commands(subparsers: Any) -> None:
     group.add_argument(
         "--to-offset", type=_non_negative, help="highest dlq.original.offset (inclusive)"
     )
+    group.add_argument(
+        "--candidate",
+        metavar="ID",
+        help="dead letters whose value names this candidate (its raw copies, e.g. before or "
+        "after `worker forget`)",
+    )
     group.add_argument("--limit", type=_positive, help="act on the first N matches only")
     reading = filters.add_argument_group("reading")
     reading.add_argument(
@@ -754,6 +795,7 @@ async def _inspect(args: argparse.Namespace, settings: Settings, out: TextIO) ->
         topic=args.topic,
         offsets=_offsets(args),
         partition=args.partition,
+        candidate=args.candidate,
     )
     scan = await scan_dead_letters(
         settings,
@@ -785,6 +827,7 @@ async def _replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         topic=args.topic,
         offsets=_offsets(args),
         partition=args.partition,
+        candidate=args.candidate,
         limit=args.limit,
         max_replays=args.max_replays,
         include_replayed=args.include_replayed,

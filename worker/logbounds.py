@@ -20,6 +20,17 @@ from aiokafka import TopicPartition
 END_PROBE_S = 5.0
 
 
+async def topic_partitions(consumer: Any, topics: Collection[str]) -> list[TopicPartition]:
+    """Every partition of `topics` (metadata of all topics: asking for some by name could
+    create them); a topic the broker does not have contributes none."""
+    existing = await consumer.topics()
+    found: list[TopicPartition] = []
+    for topic in topics:
+        numbers = consumer.partitions_for_topic(topic) if topic in existing else None
+        found.extend(TopicPartition(topic, p) for p in sorted(numbers or ()))
+    return found
+
+
 async def log_bounds(
     consumer: Any, tps: Collection[TopicPartition]
 ) -> dict[TopicPartition, tuple[int, int]]:
