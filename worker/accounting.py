@@ -64,7 +64,7 @@ def account(
     stats["consumed"] += consumed
     stats["stored"] += sum(stored.values())
     stats["dead_lettered"] += len(dead)
-    stats["erased"] = stats.get("erased", 0) + len(erased)
+    stats["erased"] += len(erased)
     log.debug(
         "batch committed",
         records=consumed,
