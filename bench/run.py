@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and `worker
 import asyncpg
 import msgspec
 
-from bench import data, measure, produce, profile, sysinfo
+from bench import data, ledger, measure, produce, profile, sysinfo
 from bench.stack import Stack
 from bench.workerproc import (
     PROFILERS,
@@ -38,7 +38,17 @@ from bench.workerproc import (
     wait_committed,
 )
 
-ALL = ("proctoring", "naive", "peer", "copy", "bare-copy", "fetch", "mixed", "latency")
+ALL = (
+    "proctoring",
+    "naive",
+    "peer",
+    "copy",
+    "bare-copy",
+    "fetch",
+    "mixed",
+    "latency",
+    "ledger",
+)
 PARTITIONS = 12
 LATENCY_RATE = 5_000.0
 LATENCY_SECONDS = 60.0  # per side at --scale 1
@@ -277,6 +287,11 @@ class Bench:
             await self.mixed()
         if "latency" in self.only:
             await self.latency()
+        if "ledger" in self.only:
+            say("ledger: the erasure ledger's check per batch, empty and 10 000 entries ...")
+            db = await self.stack.fresh_database("ledger")
+            self.results["ledger"] = await ledger.measure(db, 10_000, 5, self.args.scale)
+            await self.stack.drop_database(db)
 
     async def proctoring(self, spec: data.ProctoringSpec) -> None:
         say(f"proctoring: generating {spec.events} events ...")
@@ -843,6 +858,8 @@ def render(doc: dict[str, Any]) -> str:
                 r.get("max_ms"),
                 r.get("peak_rss_mb"),
             )
+    if "ledger" in res:
+        lines.append(ledger.render(res["ledger"]))
     rt = doc["ratios"]
 
     def ratio(name: str, spec: str, suffix: str = "") -> str:

@@ -48,6 +48,7 @@ from worker import offsets as offsets_module
 from worker import ownership as ownership_module
 from worker.config import Settings
 from worker.migrate import migrate_url
+from worker.tools.forget import count_rows, erase
 
 pytestmark = pytest.mark.integration
 
@@ -1003,3 +1004,127 @@ async def test_j_a_statement_over_the_message_limit_is_split(database_url: str) 
             assert not problems, "\n".join(problems)
     finally:
         await proxy.close()
+
+
+# -- k, l. a batch and an erasure of the same candidate ---------------------------------------
+
+I0 = TopicPartition("scripted.interview", 0)
+ERASED = "cand-erased"
+
+
+def applicant_of(candidate: str, application: str) -> bytes:
+    return json.dumps(
+        {
+            "event": "applicant.created",
+            "data": {
+                "micro1_job_application_id": application,
+                "candidate_id": candidate,
+                "candidate_name": "Someone",
+                "micro1_job_id": "job-1",
+                "job_name": "Engineer",
+                "date_modified": "2025-01-01 10:00:00",
+            },
+        }
+    ).encode()
+
+
+async def rows_naming(db: Db, candidate: str) -> dict[str, int]:
+    """Rows naming `candidate`, per table that has any."""
+    counts = await count_rows(db._c(), candidate)
+    return {table: n for table, n in counts.items() if n}
+
+
+def ends_now(broker: ScriptedBroker) -> Any:
+    async def read() -> dict[str, dict[str, int]]:
+        ends: dict[str, dict[str, int]] = {}
+        for tp in broker.logs:
+            ends.setdefault(tp.topic, {})[str(tp.partition)] = broker.end(tp)
+        return ends
+
+    return read
+
+
+async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
+    database_url: str,
+) -> None:
+    """A batch storing an applicant of the candidate has passed the ledger's check and waits
+    (the test holds `jobs`, which only the batch writes) when `worker forget` starts. The
+    erasure must wait for that batch and then delete what it stored: no row names the
+    candidate afterwards, and the batch's offset is committed."""
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=1)
+    clients = ScriptedClients(s, partitions=1)
+    c = clients.scripted_consumer
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0, I0})
+        locker = await db.connect()
+        ltx = locker.transaction()
+        await ltx.start()
+        await locker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        c.append(I0, applicant_of(ERASED, "app-1"))
+        await db.wait_statement_waiting("jobs")  # the batch, past the ledger's check
+        forgetting = asyncio.create_task(
+            erase(await db.connect(), ERASED, ends_now(clients.broker))
+        )
+        problems: list[str] = []
+        try:
+            await db.wait_statement_waiting("erasure_state", timeout=3.0)
+        except AssertionError:
+            problems.append("the erasure did not wait for the batch in flight")
+        await ltx.rollback()
+        deleted, _ = await asyncio.wait_for(forgetting, 10)
+        await db.wait_offsets({I0: 1}, run)
+        left = await rows_naming(db, ERASED)
+        if left:
+            problems.append(f"rows naming the erased candidate remain: {left}")
+        if deleted.get("applicants") != 1:
+            problems.append(f"the erasure deleted {deleted}, not the batch's applicant")
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+async def test_l_a_batch_that_meets_an_erasure_in_progress_stores_nothing_of_the_candidate(
+    database_url: str,
+) -> None:
+    """`worker forget` holds the ledger's lock row and is reading the log ends when a record
+    of the candidate arrives (so it is in the log the erasure records). The batch must wait
+    for the erasure at the ledger's check, then see the new entry: the record is kept out
+    and counted, its offset commits, and a record of the candidate produced after the
+    erasure is stored."""
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=1)
+    clients = ScriptedClients(s, partitions=1)
+    c = clients.scripted_consumer
+    reading = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_ends() -> dict[str, dict[str, int]]:
+        reading.set()
+        await release.wait()
+        return await ends_now(clients.broker)()
+
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0, I0})
+        forgetting = asyncio.create_task(erase(await db.connect(), ERASED, slow_ends))
+        await asyncio.wait_for(reading.wait(), 10)  # the erasure holds the lock row
+        c.append(I0, applicant_of(ERASED, "app-1"))
+        problems: list[str] = []
+        try:
+            await db.wait_statement_waiting("erasure_state", timeout=3.0)
+        except AssertionError:
+            problems.append("the batch did not wait for the erasure at the ledger's check")
+        release.set()
+        await asyncio.wait_for(forgetting, 10)
+        await db.wait_offsets({I0: 1}, run)
+        left = await rows_naming(db, ERASED)
+        if left:
+            problems.append(f"rows naming the erased candidate remain: {left}")
+        erased = run.worker.stats.get("erased", 0)
+        if erased != 1:
+            problems.append(f"records counted as erased: {erased}, expected 1")
+        c.append(I0, applicant_of(ERASED, "app-2"))  # produced after the erasure: stored
+        await db.wait_offsets({I0: 2}, run)
+        if await rows_naming(db, ERASED) != {"applicants": 1, "candidates": 1}:
+            problems.append(f"after a new record: {await rows_naming(db, ERASED)}")
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)

@@ -30,7 +30,7 @@ def account(
     """Counters and the batch log line for the `committed` partitions of `batch`."""
     m = metrics
     rejected_at = {(d.record.topic, d.record.partition, d.record.offset) for d in rejected}
-    consumed = nbytes = partitions = expired = 0
+    consumed = nbytes = partitions = expired = erased = 0
     stored_by_class: dict[tuple[str, type], int] = {}
     dead: list[DeadLetter] = list(rejected)
     for tp in committed:
@@ -49,6 +49,9 @@ def account(
         if part.expired:
             expired += len(part.expired)
             m.expired.labels(part.tp.topic).inc(len(part.expired))
+        if part.erased:
+            erased += len(part.erased)
+            m.erased.labels(part.tp.topic).inc(len(part.erased))
     # Counted by struct class per record, named (tag_of) once per class and batch.
     stored = {(topic, tag_of(cls)): n for (topic, cls), n in stored_by_class.items()}
     for (topic, event_type), n in stored.items():
@@ -61,9 +64,11 @@ def account(
     stats["consumed"] += consumed
     stats["stored"] += sum(stored.values())
     stats["dead_lettered"] += len(dead)
+    stats["erased"] += erased
     log.debug(
         "batch committed",
         records=consumed,
+        erased=erased,
         bytes=nbytes,
         stored=sum(stored.values()),
         dead_lettered=len(dead),

@@ -23,15 +23,27 @@ from worker.partitions import Claim
 class Part:
     """One partition's share of a batch."""
 
-    __slots__ = ("_by_offset", "claim", "expired", "items", "letters", "nbytes", "records")
+    __slots__ = (
+        "_by_offset",
+        "claim",
+        "erased",
+        "expired",
+        "items",
+        "letters",
+        "nbytes",
+        "records",
+    )
 
     def __init__(self, claim: Claim) -> None:
         self.claim = claim
         self.records: list[Any] = []
         self.items: list[Item] = []
         self.letters: list[DeadLetter] = []
-        # Items past the retention horizon, moved out of `items` by the commit path.
+        # Items the commit path moved out of `items`, counted, never stored: past the
+        # retention horizon (worker/retention.py), or of an erased candidate and already in
+        # the log when the erasure was made (worker/erasure.py).
         self.expired: list[Item] = []
+        self.erased: list[Item] = []
         self.nbytes = 0  # keys and values, as fetched
         self._by_offset: dict[int, Any] | None = None
 
@@ -71,10 +83,25 @@ class Part:
             part.items = [i for i in self.items if keep(i.offset)]
             part.letters = [d for d in self.letters if keep(d.record.offset)]
             part.expired = [i for i in self.expired if keep(i.offset)]
+            part.erased = [i for i in self.erased if keep(i.offset)]
         return head, tail
 
 
 Batch = dict[TopicPartition, Part]
+
+
+def record_of(batch: Batch, item: Any) -> Any:
+    """The record `item` (an Item of one of the batch's parts) was decoded from."""
+    return batch[TopicPartition(item.topic, item.partition)].record_at(item.offset)
+
+
+def set_aside_erased(batch: Batch, erased: list[Item]) -> None:
+    """Move `erased` out of their parts' items into their `erased` lists."""
+    gone = {(i.topic, i.partition, i.offset) for i in erased}
+    for tp in {TopicPartition(i.topic, i.partition) for i in erased}:
+        part = batch[tp]
+        part.erased.extend(i for i in part.items if (i.topic, i.partition, i.offset) in gone)
+        part.items = [i for i in part.items if (i.topic, i.partition, i.offset) not in gone]
 
 
 def halves(batch: Batch) -> tuple[Batch, Batch] | None:

@@ -23,7 +23,7 @@ from worker.config import ConfigError, Settings, redact_url
 from worker.dev import command as dev
 from worker.logs import configure_logging
 from worker.runner import event_loop_runner, run_worker, tune_gc
-from worker.tools import offsets, produce, retention, schema
+from worker.tools import forget, offsets, produce, retention, schema, show
 from worker.tools.dlq import command as dlq
 
 log = structlog.get_logger("worker")
@@ -74,6 +74,8 @@ COMMANDS: dict[str, Command] = {
     "offsets": Command(offsets.add_offsets_commands, offsets.run_offsets_command),
     "produce": Command(produce.add_parser, produce.run),
     "retention": Command(retention.add_retention_commands, retention.run_retention_command),
+    "forget": Command(forget.add_parser, forget.run),
+    "show": Command(show.add_parser, show.run),
 }
 
 

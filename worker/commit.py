@@ -12,8 +12,11 @@
 3. After the commit, the offsets are also committed to Kafka, for lag tools only.
 
 Before step 2, records past the retention horizon (worker/retention.py) are moved out of each
-part's items into its `expired` list: they store nothing, but their offsets commit with the
-rest. This is the place for any further check that turns a record into a counted discard.
+part's items into its `expired` list; in step 2, before anything is written, the records of
+erased candidates that were in the log when the erasure was made (worker/erasure.py) are moved
+into its `erased` list, inside the transaction because the ledger's check must be serialised
+with erasures. Either way they store nothing, but their offsets commit with the rest: the
+place for any further check that turns a record into a counted discard.
 
 A transient failure anywhere propagates to the caller, which retries the same batch; what a
 failed attempt learnt (which letters the broker acknowledged, which records the database
@@ -22,6 +25,7 @@ rejected) is kept in `Letters`, so a retry neither re-sends nor re-discovers the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,8 +36,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.common import tag_of
-from worker import offsets
-from worker.batch import Batch, Part
+from worker import erasure, offsets
+from worker.batch import Batch, Part, record_of, set_aside_erased
 from worker.dlq import (
     REJECTED_BY_DATABASE,
     SCHEMA_VIOLATION,
@@ -109,6 +113,12 @@ class Letters:
         )
 
 
+def _set_aside(batch: Batch) -> bool:
+    """Whether any part of the batch holds expired or erased items (its preparation then no
+    longer matches its items)."""
+    return any(part.expired or part.erased for part in batch.values())
+
+
 def coordinates(record: Any) -> Coordinates:
     return (record.topic, record.partition, record.offset)
 
@@ -128,15 +138,13 @@ class Committer:
         self._group_id = group_id
         self._horizon = horizon
 
-    def _sift(self, batch: Batch, live: set[TopicPartition]) -> bool:
-        """Move the items past the horizon out of the live parts; True if any part of the
-        batch holds expired items (its preparation then no longer matches its items)."""
+    def _sift(self, batch: Batch, live: set[TopicPartition]) -> None:
+        """Move the items past the horizon out of the live parts."""
         if self._horizon is not None:
             for tp in live:
                 part = batch[tp]
                 part.items, expired = self._horizon.sift(part.items)
                 part.expired.extend(expired)
-        return any(part.expired for part in batch.values())
 
     async def commit(
         self,
@@ -147,17 +155,19 @@ class Committer:
     ) -> None:
         """Dead letters, then the rows and offsets of the `live` partitions of `batch` in one
         transaction. Raises `Fenced` (nothing committed) or a transient error."""
-        sifted = self._sift(batch, live)
-        items = [item for tp in sorted(live) for item in batch[tp].items]
+        self._sift(batch, live)
         decoded_out = [letter for tp in sorted(live) for letter in batch[tp].letters]
         while True:
             pending = letters.unsent(decoded_out)
             await self._publish(pending)
             letters.sent(pending)
+            # Recomputed each attempt: an attempt may have set erased items aside.
+            items = [item for tp in sorted(live) for item in batch[tp].items]
             storable = letters.storable(items)
             # The batch was prepared for all its records; if some were lost since (a
-            # rebalance during the previous commit, a rejected record), they are prepared again.
-            whole = live == set(batch) and not letters.rejected and not sifted
+            # rebalance during the previous commit, a rejected, expired or erased record),
+            # they are prepared again.
+            whole = live == set(batch) and not letters.rejected and not _set_aside(batch)
             prepared = batch_prepared if whole else None
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
@@ -167,7 +177,13 @@ class Committer:
                     done = await offsets.advance(conn, self._group_id, moves)
                     if done != live:
                         raise Fenced(live - done)
-                    found = await self.store(conn, storable, prepared)
+                    kept, erased = await erasure.screen(
+                        conn, storable, functools.partial(record_of, batch)
+                    )
+                    if erased:
+                        set_aside_erased(batch, erased)
+                        prepared = None
+                    found = await self.store(conn, kept, prepared)
                     if found:
                         raise _Rejected(found)  # rolls the transaction back
                 return

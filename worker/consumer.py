@@ -98,7 +98,9 @@ class Worker:
         # When the current run of transient failures began (None: healthy); drives /readyz.
         self._failing_since: float | None = None
         self._db_check: tuple[float, bool] = (0.0, False)
-        self.stats: dict[str, int] = {"consumed": 0, "stored": 0, "dead_lettered": 0, "batches": 0}
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("consumed", "stored", "dead_lettered", "erased", "batches"), 0
+        )
         self.ready = asyncio.Event()
         self.metrics.registry.register(LagCollector(self._lag))
         self.health: HealthServer | None = None

@@ -69,6 +69,9 @@ class Header:
     # Only on a record `worker dlq replay` sent back to its topic.
     REPLAY_COUNT = "dlq.replay.count"
     REPLAY_OF = "dlq.replay.of"
+    # `<topic>:<partition>:<offset>` where the replayed record first was (kept along a chain
+    # of replays): the erasure ledger tells old records from new by it (worker/erasure.py).
+    REPLAY_ORIGIN = "dlq.replay.origin"
 
 
 # Every dead letter carries these, in this order, after the original headers.

@@ -87,6 +87,13 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.erased = Counter(
+            "worker_records_erased",
+            "Records not stored because they name an erased candidate and were in the log when "
+            "the erasure was made (worker forget)",
+            ["topic"],
+            registry=r,
+        )
 
 
 class LagCollector(Collector):

@@ -24,14 +24,21 @@ The rules, as applied below:
   empty), the whole violation set (a type listed twice keeps its last entry). `candidate_id` is
   the report event's; until one arrives, the smallest the part events carry.
   `interview_recording_url` and `proctoring_score` are the part event's value, else the report's.
+- Erasure (docs/contract.md §7): `forget(candidate, ends)` removes every row naming the candidate
+  (`candidates`; `applicants`, `interviews`, `interview_reports` whose candidate_id is theirs,
+  with the reports' violations; the candidate's proctoring events, sessions and system
+  checks). From then on an event naming the candidate whose offset (or, for a replayed dead
+  letter, its origin's offset) lies below the erasure's end for that partition is skipped
+  whole, contributing to no table, and counted in `erased`; later events apply as usual.
 - `proctoring_events`, `system_checks`: the first event with a key is kept.
   `proctoring_sessions`: earliest STARTED, latest END_PROCTORING, latest event, and the number
   of distinct flag events ever stored in `proctoring_events` (a session's aggregates change
   only when one of its events is stored for the first time).
 - Retention (docs/contract.md §7), the horizon learnt first: with `days` set and the clock at
-  `now`, a proctoring record one of whose instants (createdAt; a system check's timestamp too) lies
-  before `max(now - days, expired_before)` is *expired*: it changes no table and is counted
-  per topic. `drop_before(month)` (a UTC month start: partitions are UTC months, and one is
+  `now`, a proctoring record one of whose instants (createdAt; a system check's timestamp
+  too) lies before `max(now - days, expired_before)` is *expired*: it changes no table and is
+  counted per topic (before any erasure: a record both expired and erased counts as expired).
+  `drop_before(month)` (a UTC month start: partitions are UTC months, and one is
   dropped when its whole month lies before the drop bound) removes the events and system
   checks before it, the sessions whose last event is before it, and raises `expired_before`
   to it.
@@ -290,6 +297,46 @@ class Model:
         self.reports: dict[str, Report] = {}
         self.proctoring_events: dict[tuple[Any, ...], Row] = {}
         self.system_checks: dict[tuple[Any, ...], Row] = {}
+        # Erasures made so far: (candidate, {(topic, partition): end offset}).
+        self.erasures: list[tuple[str, dict[tuple[str, int], int]]] = []
+        self.erased: dict[str, int] = {}  # skipped events, by topic
+
+    # -- erasing -------------------------------------------------------------------------------
+
+    def forget(self, candidate: str, ends: Mapping[tuple[str, int], int]) -> None:
+        """Erase `candidate` with the log ending at `ends` (per topic and partition)."""
+        self.erasures.append((candidate, dict(ends)))
+        self.candidates.pop(candidate, None)
+        for key in [
+            k for k, a in self.applicants.items() if a.columns["candidate_id"] == candidate
+        ]:
+            del self.applicants[key]
+        for key in [
+            k for k, row in self.interviews.items() if row["candidate_id"].value == candidate
+        ]:
+            del self.interviews[key]
+        for key in [
+            k
+            for k, report in self.reports.items()
+            if self._report_columns(report)["candidate_id"] == candidate
+        ]:
+            del self.reports[key]
+        for table in (self.proctoring_events, self.system_checks, self.sessions):
+            for key in [k for k in table if k[1] == candidate]:
+                del table[key]
+
+    def _is_erased(self, event: Any, topic: str, partition: int, offset: int, origin: Any) -> bool:
+        named = (
+            event.candidateId if isinstance(event, pr.ProctoringEvent) else event.data.candidate_id
+        )
+        for candidate, ends in self.erasures:
+            if candidate != named:
+                continue
+            if offset < ends.get((topic, partition), 0):
+                return True
+            if origin is not None and origin[2] < ends.get((origin[0], origin[1]), 0):
+                return True
+        return False
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -298,11 +345,24 @@ class Model:
             self.apply(event, topic, partition, offset)
         return self
 
-    def apply(self, event: Any, topic: str = "", partition: int = 0, offset: int = 0) -> None:
+    def apply(
+        self,
+        event: Any,
+        topic: str = "",
+        partition: int = 0,
+        offset: int = 0,
+        origin: tuple[str, int, int] | None = None,
+    ) -> None:
+        """Apply one event read at (topic, partition, offset); `origin` is where a replayed
+        dead letter first was."""
+        # Past the horizon first: a record both expired and erased counts as expired.
+        if isinstance(event, pr.ProctoringEvent) and self._is_expired(event):
+            self.expired[topic] = self.expired.get(topic, 0) + 1
+            return
+        if self.erasures and self._is_erased(event, topic, partition, offset, origin):
+            self.erased[topic] = self.erased.get(topic, 0) + 1
+            return
         if isinstance(event, pr.ProctoringEvent):
-            if self._is_expired(event):
-                self.expired[topic] = self.expired.get(topic, 0) + 1
-                return
             self._proctoring(event, topic, partition, offset)
         elif isinstance(event, iv.InterviewStarted):
             self._started(event.data)

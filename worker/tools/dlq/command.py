@@ -164,6 +164,12 @@ def add_dlq_commands(subparsers: Any) -> None:
     group.add_argument(
         "--to-offset", type=_non_negative, help="highest dlq.original.offset (inclusive)"
     )
+    group.add_argument(
+        "--candidate",
+        metavar="ID",
+        help="dead letters whose value names this candidate (its raw copies, e.g. before or "
+        "after `worker forget`)",
+    )
     group.add_argument("--limit", type=_positive, help="act on the first N matches only")
     reading = filters.add_argument_group("reading")
     reading.add_argument(
@@ -227,6 +233,7 @@ async def _inspect(args: argparse.Namespace, settings: Settings, out: TextIO) ->
         topic=args.topic,
         offsets=_offsets(args),
         partition=args.partition,
+        candidate=args.candidate,
     )
     scan = await scan_dead_letters(
         settings,
@@ -258,6 +265,7 @@ async def _replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         topic=args.topic,
         offsets=_offsets(args),
         partition=args.partition,
+        candidate=args.candidate,
         limit=args.limit,
         max_replays=args.max_replays,
         include_replayed=args.include_replayed,

@@ -18,15 +18,25 @@ from aiokafka.structs import RecordMetadata
 
 from worker import broker
 from worker.config import Settings
+from worker.dlq import Header
 from worker.retry import describe
 from worker.tools.dlq.read import REPLAY_COUNT_HEADER, REPLAY_OF_HEADER, DeadLetterView
 
 
 def replay_headers(view: DeadLetterView) -> list[tuple[str, bytes]]:
+    """The original headers, the replay count and reference, and where the record first was
+    (`dlq.replay.origin`, kept from an earlier replay): the erasure ledger tells a replay of
+    an old record from a new record by it (worker/erasure.py)."""
+    origin = view.headers.get(Header.REPLAY_ORIGIN) or (
+        f"{view.original_topic}:{view.original_partition}:{view.original_offset}".encode()
+        if view.original_offset is not None
+        else None
+    )
     return [
         *view.original_headers(),
         (REPLAY_COUNT_HEADER, str(view.replay_count + 1).encode()),
         (REPLAY_OF_HEADER, view.ref.encode()),
+        *([(Header.REPLAY_ORIGIN, origin)] if origin else []),
     ]
 
 

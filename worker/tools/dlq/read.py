@@ -10,6 +10,7 @@ not stop before the partition's position has reached it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,25 @@ class DeadLetterView:
         return doc
 
 
+def names_candidate(value: bytes | None, candidate: str) -> bool:
+    """Whether a dead letter's value names `candidate`: as the event's candidate id when it
+    parses (`candidateId`, or `data.candidate_id`), else anywhere in it as a JSON string (a
+    raw copy that never parsed may still carry the id, and an erasure needs to find those)."""
+    if not value:
+        return False
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        data = doc.get("data")
+        named = doc.get("candidateId", data.get("candidate_id") if isinstance(data, dict) else None)
+        if named == candidate:
+            return True
+    quoted = (json.dumps(candidate), json.dumps(candidate, ensure_ascii=False))
+    return any(q.encode() in value for q in quoted)
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetterFilter:
     """Which dead letters a command acts on; None means "any"."""
@@ -115,8 +135,11 @@ class DeadLetterFilter:
     topic: str | None = None
     offsets: tuple[int, int] | None = None  # inclusive range of dlq.original.offset
     partition: int | None = None  # dlq.original.partition
+    candidate: str | None = None  # the candidate the value names (see names_candidate)
 
     def matches(self, view: DeadLetterView) -> bool:
+        if self.candidate is not None and not names_candidate(view.value, self.candidate):
+            return False
         if self.reasons is not None and view.reason not in self.reasons:
             return False
         if self.topic is not None and view.original_topic != self.topic:
@@ -248,6 +271,7 @@ async def read_dead_letters(
     topic: str | None = None,
     offsets: tuple[int, int] | None = None,
     partition: int | None = None,
+    candidate: str | None = None,
     limit: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     idle_s: float = DEFAULT_IDLE_S,
@@ -262,6 +286,7 @@ async def read_dead_letters(
         topic=topic,
         offsets=offsets,
         partition=partition,
+        candidate=candidate,
     )
     result = await scan_dead_letters(
         settings, accept=filters.matches, limit=limit, timeout_s=timeout_s, idle_s=idle_s

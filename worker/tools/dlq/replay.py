@@ -111,6 +111,7 @@ async def replay_dead_letters(
     topic: str | None = None,
     offsets: tuple[int, int] | None = None,
     partition: int | None = None,
+    candidate: str | None = None,
     limit: int | None = None,
     max_replays: int = 1,
     include_replayed: bool = False,
@@ -125,6 +126,7 @@ async def replay_dead_letters(
         topic=topic,
         offsets=offsets,
         partition=partition,
+        candidate=candidate,
     )
     plan = await plan_replay(
         settings,
