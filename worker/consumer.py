@@ -45,7 +45,7 @@ from worker.decode import DecodeFailure, EventDecoder, interview_decoder, procto
 from worker.dlq import DeadLetter, DeadLetterPublisher
 from worker.fetch import Fetched, PartitionReader
 from worker.handlers.base import Item
-from worker.metrics import HealthServer, LagCollector, Metrics
+from worker.metrics import FreshnessCollector, HealthServer, LagCollector, Metrics
 from worker.migrate import migrate
 from worker.ownership import CHECK_INTERVAL_S, Ownership
 from worker.partitions import Refetch
@@ -99,6 +99,12 @@ class Worker:
         self.stats: dict[str, int] = {"consumed": 0, "stored": 0, "dead_lettered": 0, "batches": 0}
         self.ready = asyncio.Event()
         self.metrics.registry.register(LagCollector(self._lag))
+        self.metrics.registry.register(
+            FreshnessCollector(
+                self.metrics.freshness, lambda: ((tp.topic, tp.partition) for tp in self.owned())
+            )
+        )
+        self.metrics.zero(settings.topics)
         self.health: HealthServer | None = None
 
     # -- read-only views -----------------------------------------------------------------
