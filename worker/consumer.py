@@ -41,11 +41,23 @@ from worker.batching import BatchBudget
 from worker.clients import Clients, KafkaPostgresClients
 from worker.commit import Committer, Fenced, Letters, commit_kafka
 from worker.config import ConfigError, Settings
-from worker.decode import DecodeFailure, EventDecoder, interview_decoder, proctoring_decoder
+from worker.decode import (
+    REASONS,
+    DecodeFailure,
+    EventDecoder,
+    interview_decoder,
+    proctoring_decoder,
+)
 from worker.dlq import DeadLetter, DeadLetterPublisher
 from worker.fetch import Fetched, PartitionReader
 from worker.handlers.base import Item
-from worker.metrics import FreshnessCollector, HealthServer, LagCollector, Metrics
+from worker.metrics import (
+    FreshnessCollector,
+    HealthServer,
+    LagCollector,
+    Metrics,
+    PausedCollector,
+)
 from worker.migrate import migrate
 from worker.ownership import CHECK_INTERVAL_S, Ownership
 from worker.partitions import Refetch
@@ -104,7 +116,8 @@ class Worker:
                 self.metrics.freshness, lambda: ((tp.topic, tp.partition) for tp in self.owned())
             )
         )
-        self.metrics.zero(settings.topics)
+        self.metrics.registry.register(PausedCollector(self._paused))
+        self.metrics.zero(settings.topics, REASONS)
         self.health: HealthServer | None = None
 
     # -- read-only views -----------------------------------------------------------------
@@ -499,6 +512,9 @@ class Worker:
             if highwater is not None and stored is not None:
                 lag[(tp.topic, tp.partition)] = max(0, highwater - stored)
         return lag
+
+    def _paused(self) -> dict[tuple[str, int], bool]:
+        return {(tp.topic, tp.partition): False for tp in self.owned()}
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = running, the database answers now, not failing for too long, and no

@@ -26,6 +26,14 @@ SCHEMA_VIOLATION: Final = "schema_violation"
 UNKNOWN_EVENT_TYPE: Final = "unknown_event_type"
 EMPTY_PAYLOAD: Final = "empty_payload"
 REJECTED_BY_DATABASE: Final = "rejected_by_database"
+# Every reason above, for whoever lists them (the metrics give each a 0 sample at start).
+REASONS: Final = (
+    INVALID_JSON,
+    SCHEMA_VIOLATION,
+    UNKNOWN_EVENT_TYPE,
+    EMPTY_PAYLOAD,
+    REJECTED_BY_DATABASE,
+)
 
 MAX_ERROR_BYTES: Final = 1024
 

@@ -97,9 +97,12 @@ class Metrics:
         # partitions only (FreshnessCollector) so a revoked partition's age does not grow here.
         self.freshness: dict[tuple[str, int], list[float | None]] = {}
 
-    def zero(self, topics: Iterable[str]) -> None:
+    def zero(self, topics: Iterable[str], reasons: Iterable[str]) -> None:
         """Give the labelled counters whose labels are known in advance a 0 sample, so that
-        dashboards and alert expressions have data (a rate of 0) before the first event."""
+        dashboards and alert expressions have data (a rate of 0) before the first event, and
+        a first burst shows as an increase from 0 rather than as a series born at its peak."""
+        for reason in reasons:
+            self.dead_letters.labels(reason)
         for topic in topics:
             self.consumed.labels(topic)
             self.expired.labels(topic)
@@ -141,6 +144,24 @@ class FreshnessCollector(Collector):
                     family.add_metric(labels, value)
         yield record
         yield event
+
+
+class PausedCollector(Collector):
+    """`worker_partition_paused`: 1 for an owned partition an operator paused (`worker
+    pause`), 0 for the other owned ones; read at scrape time."""
+
+    def __init__(self, paused: Callable[[], dict[tuple[str, int], bool]]) -> None:
+        self._paused = paused
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "worker_partition_paused",
+            "1 while an operator holds the partition paused (worker pause), by owned partition",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), paused in sorted(self._paused().items()):
+            family.add_metric([topic, str(partition)], 1 if paused else 0)
+        yield family
 
 
 class LagCollector(Collector):
