@@ -63,6 +63,7 @@ from worker.ownership import CHECK_INTERVAL_S, Ownership
 from worker.partitions import Refetch
 from worker.retry import TRANSIENT, Backoff, describe, is_dropped_connection, is_size_error
 from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
+from worker.tracing import BatchTracer
 
 log = structlog.get_logger("worker")
 
@@ -98,6 +99,7 @@ class Worker:
         self._fetch_lock = asyncio.Lock()
         self._fetch_backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._budget = BatchBudget(settings.max_batch_records, settings.max_batch_bytes)
+        self._tracer = BatchTracer(settings.group_id, settings.database_url)
         self._reader = PartitionReader(
             self.metrics, stamp=self._ownership.epoch_of, dropped=self._ownership.reclaim.dropped
         )
@@ -411,6 +413,7 @@ class Worker:
         self, consumer: Any, batch: Batch, prepared: Prepared | None, lane: int
     ) -> None:
         started = time.perf_counter()
+        started_ns = time.time_ns()
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         letters = Letters()
         records = sum(len(part.records) for part in batch.values())
@@ -421,7 +424,7 @@ class Worker:
             if not live:
                 return
             try:
-                applied = await self._commit(batch, live, prepared, letters, lane)
+                applied, transaction_ns = await self._commit(batch, live, prepared, letters, lane)
             except Fenced as fenced:
                 await self._retrying_call(
                     "database", functools.partial(self._ownership.refence, fenced.partitions)
@@ -465,6 +468,12 @@ class Worker:
             self.metrics, self.stats, batch, live, letters.rejected, time.perf_counter() - started
         )
         await commit_kafka(consumer, {tp: batch[tp].next_offset for tp in applied})
+        self._tracer.committed(
+            [(tp.topic, tp.partition, batch[tp].records) for tp in sorted(live)],
+            started_ns,
+            transaction_ns,
+            time.time_ns(),
+        )
 
     async def _failed_for_size(self, exc: BaseException) -> bool:
         """A smaller batch may succeed: the failure is one of size or duration, or the
@@ -481,21 +490,23 @@ class Worker:
         prepared: Prepared | None,
         letters: Letters,
         lane: int,
-    ) -> set[TopicPartition]:
+    ) -> tuple[set[TopicPartition], tuple[int, int]]:
         """One commit attempt of the `live` partitions; the partitions whose stored offset it
-        moved (a partition revoked meanwhile is committed in the database, not here)."""
+        moved (a partition revoked meanwhile is committed in the database, not here), and
+        when its transaction began and ended."""
         assert self._committer is not None
         states = [batch[tp].claim.state for tp in live]
         for state in states:
             state.commit_started()
         try:
             async with self._commit_locks[lane]:
-                await self._committer.commit(batch, live, prepared, letters)
+                transaction_ns = await self._committer.commit(batch, live, prepared, letters)
         except BaseException:
             for state in states:
                 state.commit_finished(None)
             raise
-        return {tp for tp in live if batch[tp].claim.state.commit_finished(batch[tp].claim)}
+        applied = {tp for tp in live if batch[tp].claim.state.commit_finished(batch[tp].claim)}
+        return applied, transaction_ns
 
     # -- health --------------------------------------------------------------------------
 
