@@ -13,7 +13,7 @@ While records flow, the test makes happen what the alerts name:
   records behind it: stuck, its lag not shrinking, its data late;
 - a burst of malformed records on partition 2: dead letters flowing;
 - the worker's database refuses connections for a few seconds: retries of the database;
-- an operator pauses partition 1 (`worker pause`);
+- an operator pauses partition 1 (`worker pause`, the real command line);
 - at the end the worker stops: down, and no member left.
 
 Every dashboard query and every rule's expression must return data (through the HTTP API), and
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -42,7 +43,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import UnsupportedCodecError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
-from e2e_support import running_worker, settings_for, wait_for
+from e2e_support import REPO_ROOT, running_worker, settings_for, wait_for, worker_env
 from event_builders import encode, proctoring
 from infra import TopicFactory, Topics, unique_name
 from prometheus_support import JOB, RULES, binary, panel_queries, rules
@@ -286,6 +287,19 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
             stuck = {"topic": t, "partition": "0"}
             await prom.wait_firing("EventWorkerPartitionStuck", 60, **stuck)
 
+            # An operator pauses partition 1 with the real command.
+            paused = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "worker", "pause", "--topic", t, "--partition", "1"],
+                cwd=REPO_ROOT,
+                env=worker_env(settings),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert paused.returncode == 0, paused.stdout + paused.stderr
+
             # A burst of dead letters on partition 2.
             bad = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
             await bad.start()
@@ -312,6 +326,7 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
                 ("EventWorkerDataLate", stuck),
                 ("EventWorkerDeadLetters", {"reason": "invalid_json"}),
                 ("EventWorkerDependencyFailing", {"dependency": "database"}),
+                ("EventWorkerPartitionPaused", {"topic": t, "partition": "1"}),
             ]:
                 await prom.wait_firing(name, 30, **labels)
 
@@ -322,11 +337,7 @@ async def test_dashboard_and_alerts_against_a_real_prometheus(
             for name, expr in recorded.items():
                 await _returns_data(prom, f"recording rule {name}", expr)
             for name, expr in alerts.items():
-                if name not in (
-                    "EventWorkerDown",
-                    "EventWorkerNoneUp",
-                    "EventWorkerPartitionPaused",
-                ):
+                if name not in ("EventWorkerDown", "EventWorkerNoneUp"):
                     await _returns_data(prom, f"alert {name}", expr)
             assert sent[0] > 0
             assert worker.stats["stored"] > 0

@@ -21,6 +21,7 @@ from worker.config import ConfigError, Settings, redact_url
 from worker.dlq_tools import add_dlq_commands, run_dlq_command
 from worker.logs import configure_logging
 from worker.offsets_cli import add_offsets_commands, run_offsets_command
+from worker.tools.pause import add_pause_commands, run_pause_command
 
 log = structlog.get_logger("worker")
 
@@ -124,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--out", default="schema", help="output directory (default: schema/)")
     add_dlq_commands(sub)
     add_offsets_commands(sub)
+    add_pause_commands(sub)
     produce = sub.add_parser("produce", help="publish JSON values (arguments or stdin lines)")
     produce.add_argument("topic")
     produce.add_argument("values", nargs="*", help="record values; stdin lines if none")
@@ -174,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_dlq_command(args, settings)
         if args.command == "offsets":
             return run_offsets_command(args, settings)
+        if args.command in ("pause", "resume"):
+            return run_pause_command(args, settings)
         if args.command == "dev":
             from worker.dev import run_dev
 

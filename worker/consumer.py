@@ -61,6 +61,7 @@ from worker.metrics import (
 from worker.migrate import migrate
 from worker.ownership import CHECK_INTERVAL_S, Ownership
 from worker.partitions import Refetch
+from worker.pauses import PAUSES_INTERVAL_S
 from worker.retry import TRANSIENT, Backoff, describe, is_dropped_connection, is_size_error
 from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
 from worker.tracing import BatchTracer
@@ -101,7 +102,10 @@ class Worker:
         self._budget = BatchBudget(settings.max_batch_records, settings.max_batch_bytes)
         self._tracer = BatchTracer(settings.group_id, settings.database_url)
         self._reader = PartitionReader(
-            self.metrics, stamp=self._ownership.epoch_of, dropped=self._ownership.reclaim.dropped
+            self.metrics,
+            stamp=self._ownership.epoch_of,
+            dropped=self._ownership.reclaim.dropped,
+            paused=lambda: {s.tp for s in self._partitions.paused()},
         )
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
@@ -266,7 +270,7 @@ class Worker:
         s = self.settings
         progress = Progress(self.stats)
         inflight: dict[int, asyncio.Task[None]] = {}
-        next_check = time.monotonic()
+        next_check = next_pauses = time.monotonic()
         try:
             while not self._stop.is_set():
                 progress.maybe_log()
@@ -275,6 +279,9 @@ class Worker:
                     await self._ownership.rewind_lost_logs()
                     await self._ownership.follow_moved_offsets()
                     next_check = time.monotonic() + CHECK_INTERVAL_S
+                if time.monotonic() >= next_pauses:
+                    await self._ownership.follow_pauses()
+                    next_pauses = time.monotonic() + PAUSES_INTERVAL_S
                 if self._retrying and inflight:
                     # A lane is backing off with every partition paused: nothing to fetch
                     # until it recovers (the lane keeps polling for group membership).
@@ -525,7 +532,8 @@ class Worker:
         return lag
 
     def _paused(self) -> dict[tuple[str, int], bool]:
-        return {(tp.topic, tp.partition): False for tp in self.owned()}
+        """Every assigned partition: whether an operator holds it paused."""
+        return {(s.tp.topic, s.tp.partition): s.paused for s in self._partitions}
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = running, the database answers now, not failing for too long, and no
@@ -543,6 +551,8 @@ class Worker:
             "partitions_owned": len(self._partitions.consuming()),
             "partitions_pending": len(self._partitions.pending()) + len(self._partitions.waiting()),
             "partitions_stuck": _names(unreadable),
+            # Paused on purpose (worker pause): reported, never a reason to be unready.
+            "partitions_paused": _names(s.tp for s in self._partitions.paused()),
         }
         return (started and database and not stuck and not unreadable), detail
 

@@ -36,7 +36,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.common import parse_timestamp, utc
-from worker import offsets
+from worker import offsets, pauses
 from worker.clients import KafkaPostgresClients
 from worker.config import ConfigError, Settings, redact_url
 from worker.logbounds import log_bounds
@@ -145,6 +145,7 @@ class Partition:
     stored: int | None
     log_start: int
     log_end: int
+    paused: bool = False  # held by an operator (worker pause)
 
     @property
     def resumes_at(self) -> int:
@@ -176,6 +177,7 @@ class Partition:
             "log_start": self.log_start,
             "log_end": self.log_end,
             "lag": self.lag,
+            "paused": self.paused,
             "note": self.note,
         }
 
@@ -288,9 +290,10 @@ async def _show(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
         stored = await _database_call(
             settings, conn, lambda c: offsets.load(c, settings.group_id, bounds)
         )
+        held = await _database_call(settings, conn, lambda c: _pauses(c, settings.group_id))
     finally:
         await conn.close()
-    rows = [Partition(tp, stored.get(tp), *bounds[tp]) for tp in bounds]
+    rows = [Partition(tp, stored.get(tp), *bounds[tp], tp in held) for tp in bounds]
     if args.json:
         json.dump([row.to_json() for row in rows], out, indent=2)
         out.write("\n")
@@ -303,13 +306,22 @@ async def _show(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
             str(row.log_start),
             str(row.log_end),
             str(row.lag),
+            "paused" if row.paused else "",
             row.note or "",
         )
         for row in rows
     ]
-    header = ("TOPIC", "PARTITION", "STORED", "LOG-START", "LOG-END", "LAG", "")
+    header = ("TOPIC", "PARTITION", "STORED", "LOG-START", "LOG-END", "LAG", "STATE", "")
     _write_table(out, header, table)
     return 0
+
+
+async def _pauses(conn: asyncpg.Connection, group_id: str) -> set[TopicPartition]:
+    """The partitions paused by an operator; none on a database migrated before pauses."""
+    try:
+        return await pauses.load(conn, group_id)
+    except asyncpg.UndefinedTableError:
+        return set()
 
 
 async def _reset(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

@@ -1,0 +1,1 @@
+"""Operator commands, one module per command (the console script registers them)."""
