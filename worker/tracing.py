@@ -98,8 +98,9 @@ class BatchTracer:
                 context=otel_context.Context(),
             )
             if not span.is_recording():
+                # The no-op provider, or the sampler said no: nothing per record.
                 span.end(end_time=ended_ns)
-                return  # the no-op provider (or a sampler said no): nothing per record
+                continue
             partitions = by_topic[topic]
             records = [r for _, rs in partitions for r in rs]
             span.set_attributes(
