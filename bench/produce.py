@@ -18,6 +18,7 @@ import msgspec
 from bench.data import iso_z
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+Headers = list[tuple[str, bytes]]
 
 # Set by the benchmark on Ctrl-C: the producing loops (run in threads) stop early.
 STOP = threading.Event()
@@ -77,19 +78,26 @@ def _producer(config: dict[str, object], **extra: object) -> Any:
 
 def preload(
     config: dict[str, object],
-    records: Iterable[tuple[str, bytes, bytes]],
+    records: Iterable[tuple[str, bytes, bytes]] | Iterable[tuple[str, bytes, bytes, Headers]],
     delivered: Delivered | None = None,
 ) -> tuple[Delivered, float]:
-    """Send (topic, key, value) records as fast as possible; returns acks and seconds."""
+    """Send (topic, key, value) or (topic, key, value, headers) records as fast as possible;
+    returns acks and seconds."""
     delivered = delivered or Delivered()
     producer = _producer(
         config, **{"linger.ms": 20, "batch.num.messages": 10_000, "batch.size": 4_000_000}
     )
     started = time.perf_counter()
-    for i, (topic, key, value) in enumerate(records):
+    for i, (topic, key, value, *headers) in enumerate(records):
         while True:
             try:
-                producer.produce(topic, value, key, on_delivery=delivered.callback)
+                producer.produce(
+                    topic,
+                    value,
+                    key,
+                    on_delivery=delivered.callback,
+                    headers=headers[0] if headers else None,
+                )
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -1,7 +1,8 @@
 """`python -m bench.run` (`make bench`): the worker against its baselines and ceilings, one table.
 
 Rows (see bench/README.md): proctoring worker / naive / peer / copy / bare-copy / fetch, mixed
-worker, and the latency at a steady offered load of a bare consumer and of the worker. Results
+worker, the latency at a steady offered load of a bare consumer and of the worker, and the
+worker with tracing off and on (records carrying traceparent headers). Results
 go to stdout as a table and to `<out>/<UTC timestamp>-<git sha>.json`.
 """
 
@@ -16,8 +17,9 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,10 @@ ALL = (
     "mixed",
     "latency",
     "ledger",
+    "tracing",
 )
+# Runs of the worker with tracing off and on, alternated (off, on, off, on, ...).
+TRACING_PAIRS = 2
 PARTITIONS = 12
 LATENCY_RATE = 5_000.0
 LATENCY_SECONDS = 60.0  # per side at --scale 1
@@ -137,6 +142,7 @@ class Bench:
         timeout: float,
         profiler: str | None = None,
         during: Callable[[WorkerProcess, CpuMeter], Any] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> tuple[WorkerProcess, list[tuple[float, int]], float | None, dict[str, Any]]:
         """Start the worker, optionally run `during(worker, cpu)` (which produces), wait until
         SUM(next_offset) reaches `expected()`, read its peak RSS, SIGTERM it."""
@@ -147,7 +153,10 @@ class Bench:
             suffix = "txt"
             profile_path = Path(self.args.out) / f"{self.run_id}-{label}-{profiler}.{suffix}"
         worker = WorkerProcess(
-            self.worker_env(database_url, group, topics), log_path, profiler, profile_path
+            {**self.worker_env(database_url, group, topics), **(extra_env or {})},
+            log_path,
+            profiler,
+            profile_path,
         )
         worker.start()
         cpu = CpuMeter({"worker": lambda: [worker.pid], **self.stack.server_pids()})
@@ -292,6 +301,8 @@ class Bench:
             db = await self.stack.fresh_database("ledger")
             self.results["ledger"] = await ledger.measure(db, 10_000, 5, self.args.scale)
             await self.stack.drop_database(db)
+        if "tracing" in self.only:
+            await self.tracing(pspec)
 
     async def proctoring(self, spec: data.ProctoringSpec) -> None:
         say(f"proctoring: generating {spec.events} events ...")
@@ -420,6 +431,62 @@ class Bench:
             if results["fetch"]["events"] != total:
                 self.notes.append(f"fetch: read {results['fetch']['events']} of {total} records")
             say(f"  fetch: {_fmt_rate(results['fetch']['events_per_s'])} events/s")
+
+    async def tracing(self, spec: data.ProctoringSpec) -> None:
+        """The proctoring workload, every record with a W3C traceparent header, stored by the
+        worker with tracing off (OTEL_TRACES_EXPORTER=none: the API's no-op provider) and on
+        (the SDK exporting OTLP/HTTP to a local sink that answers 200), alternated."""
+        say(f"tracing: generating {spec.events} events with traceparent headers ...")
+        records = await asyncio.to_thread(data.proctoring_workload, spec)
+        rng = random.Random(spec.seed)
+        topics = self.create_topics("tr")
+        delivered = await self.preload(
+            [(topics[0], r.key, r.value, [("traceparent", _traceparent(rng))]) for r in records]
+        )
+        del records
+        total = delivered.count
+        runs: list[dict[str, Any]] = self.results.setdefault("tracing", {}).setdefault("runs", [])
+        with otlp_sink() as sink:
+            for n in range(TRACING_PAIRS):
+                for mode in ("off", "on"):
+                    env = {"OTEL_TRACES_EXPORTER": "none"}
+                    if mode == "on":
+                        env = {
+                            "OTEL_TRACES_EXPORTER": "otlp",
+                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": sink.endpoint,
+                            "OTEL_SERVICE_NAME": "event-worker-bench",
+                        }
+                    label = f"tr-{mode}-{n}"
+                    db = await self.stack.fresh_database(label.replace("-", "_"))
+                    before = sink.snapshot()
+                    _, samples, rss, cpu = await self.run_worker(
+                        label,
+                        topics,
+                        db,
+                        lambda: delivered.expected_offsets(topics),
+                        timeout=120 + total / 500,
+                        extra_env=env,
+                    )
+                    spans = await self.span(db, f"bench-{self.run_id}-{label}", samples, rows=True)
+                    main = spans.get("rows") or spans.get("offsets") or spans.get("poll")
+                    self.check_span(label, main)
+                    requests, nbytes = (a - b for a, b in zip(sink.snapshot(), before, strict=True))
+                    runs.append(
+                        {
+                            "mode": mode,
+                            "events_per_s": main.rate if main else None,
+                            "method": main.method if main else None,
+                            "peak_rss_mb": rss,
+                            "cpu": cpu,
+                            "otlp_requests": requests,
+                            "otlp_bytes": nbytes,
+                        }
+                    )
+                    await self.stack.drop_database(db)
+                    say(
+                        f"  tracing {mode}: {_fmt_rate(runs[-1]['events_per_s'])} events/s, "
+                        f"{requests} OTLP requests ({nbytes} bytes) received"
+                    )
 
     async def copy(self, spec: data.ProctoringSpec, row: str) -> None:
         if row == "copy":
@@ -718,6 +785,57 @@ class Bench:
 # -- output ---------------------------------------------------------------------------------
 
 
+def _traceparent(rng: random.Random) -> bytes:
+    return f"00-{rng.getrandbits(128) or 1:032x}-{rng.getrandbits(64) or 1:016x}-01".encode()
+
+
+class _Sink:
+    """Counts the OTLP export requests it answered, and their bytes."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.requests = 0
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def snapshot(self) -> tuple[int, int]:
+        with self.lock:
+            return self.requests, self.bytes
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[_Sink]:
+    """An OTLP/HTTP endpoint on localhost answering every export with 200 (an empty
+    ExportTraceServiceResponse), so the worker pays the whole export but nothing waits."""
+    import http.server
+
+    sink: _Sink
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with sink.lock:
+                sink.requests += 1
+                sink.bytes += len(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    sink = _Sink(f"http://127.0.0.1:{server.server_address[1]}/v1/traces")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield sink
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _event_name(value: bytes) -> str:
     head = value[:64]
     start = head.find(b'"event":"')
@@ -842,6 +960,8 @@ def render(doc: dict[str, Any]) -> str:
             r = p[system]
             label = system + ("*" if system == "worker" and r.get("profiled") else "")
             row("proctoring", label, r.get("events_per_s"), rss=r.get("peak_rss_mb"))
+    for r in (res.get("tracing") or {}).get("runs", []):
+        row("tracing", r["mode"], r.get("events_per_s"), rss=r.get("peak_rss_mb"))
     if "mixed" in res:
         r = res["mixed"]["worker"]
         row("mixed", "worker", r.get("events_per_s"), rss=r.get("peak_rss_mb"))
@@ -909,6 +1029,14 @@ def render(doc: dict[str, Any]) -> str:
                 f"{_fmt(w['worker_broker_cores'], '.2f'):>5} {_fmt(w['worker_cores'], '.2f'):>5}"
             )
     cpu_rows = []
+    for r in (res.get("tracing") or {}).get("runs", []):
+        cpu = (r.get("cpu") or {}).get("worker") or {}
+        per = cpu.get("cpu_s_per_1000_events")
+        if per is not None:
+            cpu_rows.append(
+                f"  tracing     {r['mode']:<7} worker {per:.4f} ({cpu['utilisation']:.2f}), "
+                f"{r['otlp_requests']} OTLP requests"
+            )
     for workload, system in (
         ("proctoring", "worker"),
         ("proctoring", "peer"),

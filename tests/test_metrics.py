@@ -65,7 +65,14 @@ async def test_metrics_count_exactly_what_was_stored_and_dead_lettered(
             for (name, labels), v in after.items()
             if name == "worker_dead_letters_total"
         }
-        assert reasons == {"invalid_json": 1, "empty_payload": 1, "unknown_event_type": 1}
+        # Every reason has a sample from the start (0 until it happens).
+        assert reasons == {
+            "invalid_json": 1,
+            "empty_payload": 1,
+            "unknown_event_type": 1,
+            "schema_violation": 0,
+            "rejected_by_database": 0,
+        }
         by_type = {
             dict(labels)["event_type"]: v
             for (name, labels), v in after.items()

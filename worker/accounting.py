@@ -1,6 +1,8 @@
 """What the worker counts: metrics and the batch log line once per committed batch, and one
 progress line a minute. Counters describe this process; the tables and the dead-letter topic
-are the truth (a batch whose COMMIT reply was lost is stored but not counted here).
+are the truth (a batch whose COMMIT reply was lost is stored but not counted here). The
+freshness of each committed partition (worker/freshness.py) is read here too, from its last
+record and item: per batch, not per record.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import structlog
 from aiokafka import TopicPartition
 
 from schemas.common import tag_of
-from worker.batch import Batch
+from worker.batch import Batch, Part
 from worker.dlq import DeadLetter
+from worker.freshness import last_event_time, record_time
 from worker.metrics import Metrics
 
 log = structlog.get_logger("worker")
@@ -40,6 +43,7 @@ def account(
         nbytes += part.nbytes
         m.consumed.labels(part.tp.topic).inc(len(part.records))
         m.last_offset.labels(part.tp.topic, str(part.tp.partition)).set(part.next_offset - 1)
+        _fresh(m, part)
         for item in part.items:
             if rejected_at and (item.topic, item.partition, item.offset) in rejected_at:
                 continue
@@ -76,6 +80,20 @@ def account(
         partitions=partitions,
         duration_ms=round(duration * 1000, 2),
     )
+
+
+def _fresh(m: Metrics, part: Part) -> None:
+    """The freshness of `part`'s partition: once per partition and batch, never per record."""
+    if not part.records:
+        return
+    key = (part.tp.topic, part.tp.partition)
+    times = m.freshness.setdefault(key, [None, None])
+    record_at = record_time(part.records[-1])
+    if record_at is not None:
+        times[0] = record_at
+    event_at = last_event_time(part.items)
+    if event_at is not None:
+        times[1] = event_at
 
 
 class Progress:

@@ -26,6 +26,7 @@ rejected) is kept in `Letters`, so a retry neither re-sends nor re-discovers the
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,9 +153,10 @@ class Committer:
         live: set[TopicPartition],
         batch_prepared: Prepared | None,
         letters: Letters,
-    ) -> None:
+    ) -> tuple[int, int]:
         """Dead letters, then the rows and offsets of the `live` partitions of `batch` in one
-        transaction. Raises `Fenced` (nothing committed) or a transient error."""
+        transaction. Raises `Fenced` (nothing committed) or a transient error. Returns when
+        the committed transaction began and ended (`time.time_ns()`, for its trace span)."""
         self._sift(batch, live)
         decoded_out = [letter for tp in sorted(live) for letter in batch[tp].letters]
         while True:
@@ -170,6 +172,7 @@ class Committer:
             whole = live == set(batch) and not letters.rejected and not _set_aside(batch)
             prepared = batch_prepared if whole else None
             try:
+                began = time.time_ns()
                 async with self._pool.acquire() as conn, conn.transaction():
                     moves = {
                         tp: (batch[tp].claim.state.stored, batch[tp].next_offset) for tp in live
@@ -186,7 +189,7 @@ class Committer:
                     found = await self.store(conn, kept, prepared)
                     if found:
                         raise _Rejected(found)  # rolls the transaction back
-                return
+                return began, time.time_ns()
             except _Rejected as rejected:
                 for item, reason, message in rejected.found:
                     part = batch[TopicPartition(item.topic, item.partition)]

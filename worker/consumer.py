@@ -42,17 +42,25 @@ from worker.clients import Clients, KafkaPostgresClients
 from worker.commit import Committer, Fenced, Letters, commit_kafka
 from worker.config import Settings
 from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
-from worker.dlq import DeadLetter, DeadLetterPublisher, DecodeFailure
+from worker.dlq import REASONS, DeadLetter, DeadLetterPublisher, DecodeFailure
 from worker.fetch import Fetched, PartitionReader
 from worker.handlers.base import Item
 from worker.logs import tp_names
-from worker.metrics import HealthServer, LagCollector, Metrics
+from worker.metrics import (
+    FreshnessCollector,
+    HealthServer,
+    LagCollector,
+    Metrics,
+    PausedCollector,
+)
 from worker.migrate import migrate
 from worker.ownership import CHECK_INTERVAL_S, Ownership
 from worker.partitions import Refetch
+from worker.pauses import PAUSES_INTERVAL_S
 from worker.retention import Maintenance
 from worker.retry import TRANSIENT, Backoff, describe, is_dropped_connection, is_size_error
 from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
+from worker.tracing import BatchTracer
 
 log = structlog.get_logger("worker")
 
@@ -88,8 +96,12 @@ class Worker:
         self._fetch_lock = asyncio.Lock()
         self._fetch_backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
         self._budget = BatchBudget(settings.max_batch_records, settings.max_batch_bytes)
+        self._tracer = BatchTracer(settings.group_id, settings.database_url)
         self._reader = PartitionReader(
-            self.metrics, stamp=self._ownership.epoch_of, dropped=self._ownership.reclaim.dropped
+            self.metrics,
+            stamp=self._ownership.epoch_of,
+            dropped=self._ownership.reclaim.dropped,
+            paused=lambda: {s.tp for s in self._partitions.paused()},
         )
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
@@ -103,6 +115,13 @@ class Worker:
         )
         self.ready = asyncio.Event()
         self.metrics.registry.register(LagCollector(self._lag))
+        self.metrics.registry.register(
+            FreshnessCollector(
+                self.metrics.freshness, lambda: ((tp.topic, tp.partition) for tp in self.owned())
+            )
+        )
+        self.metrics.registry.register(PausedCollector(self._paused))
+        self.metrics.zero(settings.topics, REASONS)
         self.health: HealthServer | None = None
 
     # -- read-only views -----------------------------------------------------------------
@@ -252,7 +271,7 @@ class Worker:
         s = self.settings
         progress = Progress(self.stats)
         inflight: dict[int, asyncio.Task[None]] = {}
-        next_check = time.monotonic()
+        next_check = next_pauses = time.monotonic()
         try:
             while not self._stop.is_set():
                 progress.maybe_log()
@@ -261,6 +280,9 @@ class Worker:
                     await self._ownership.rewind_lost_logs()
                     await self._ownership.follow_moved_offsets()
                     next_check = time.monotonic() + CHECK_INTERVAL_S
+                if time.monotonic() >= next_pauses:
+                    await self._ownership.follow_pauses()
+                    next_pauses = time.monotonic() + PAUSES_INTERVAL_S
                 if self._retrying and inflight:
                     # A lane is backing off with every partition paused: nothing to fetch
                     # until it recovers (the lane keeps polling for group membership).
@@ -399,6 +421,7 @@ class Worker:
         self, consumer: Any, batch: Batch, prepared: Prepared | None, lane: int
     ) -> None:
         started = time.perf_counter()
+        started_ns = time.time_ns()
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         letters = Letters()
         records = sum(len(part.records) for part in batch.values())
@@ -409,7 +432,7 @@ class Worker:
             if not live:
                 return
             try:
-                applied = await self._commit(batch, live, prepared, letters, lane)
+                applied, transaction_ns = await self._commit(batch, live, prepared, letters, lane)
             except Fenced as fenced:
                 await self._retrying_call(
                     "database", functools.partial(self._ownership.refence, fenced.partitions)
@@ -453,6 +476,12 @@ class Worker:
             self.metrics, self.stats, batch, live, letters.rejected, time.perf_counter() - started
         )
         await commit_kafka(consumer, {tp: batch[tp].next_offset for tp in applied})
+        self._tracer.committed(
+            [(tp.topic, tp.partition, batch[tp].records) for tp in sorted(live)],
+            started_ns,
+            transaction_ns,
+            time.time_ns(),
+        )
 
     async def _failed_for_size(self, exc: BaseException) -> bool:
         """A smaller batch may succeed: the failure is one of size or duration, or the
@@ -469,21 +498,23 @@ class Worker:
         prepared: Prepared | None,
         letters: Letters,
         lane: int,
-    ) -> set[TopicPartition]:
+    ) -> tuple[set[TopicPartition], tuple[int, int]]:
         """One commit attempt of the `live` partitions; the partitions whose stored offset it
-        moved (a partition revoked meanwhile is committed in the database, not here)."""
+        moved (a partition revoked meanwhile is committed in the database, not here), and
+        when its transaction began and ended."""
         assert self._committer is not None
         states = [batch[tp].claim.state for tp in live]
         for state in states:
             state.commit_started()
         try:
             async with self._commit_locks[lane]:
-                await self._committer.commit(batch, live, prepared, letters)
+                transaction_ns = await self._committer.commit(batch, live, prepared, letters)
         except BaseException:
             for state in states:
                 state.commit_finished(None)
             raise
-        return {tp for tp in live if batch[tp].claim.state.commit_finished(batch[tp].claim)}
+        applied = {tp for tp in live if batch[tp].claim.state.commit_finished(batch[tp].claim)}
+        return applied, transaction_ns
 
     # -- health --------------------------------------------------------------------------
 
@@ -501,6 +532,10 @@ class Worker:
                 lag[(tp.topic, tp.partition)] = max(0, highwater - stored)
         return lag
 
+    def _paused(self) -> dict[tuple[str, int], bool]:
+        """Every assigned partition: whether an operator holds it paused."""
+        return {(s.tp.topic, s.tp.partition): s.paused for s in self._partitions}
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = running, the database answers now, not failing for too long, and no
         partition stuck on a batch it cannot read."""
@@ -517,6 +552,8 @@ class Worker:
             "partitions_owned": len(self._partitions.consuming()),
             "partitions_pending": len(self._partitions.pending()) + len(self._partitions.waiting()),
             "partitions_stuck": tp_names(unreadable),
+            # Paused on purpose (worker pause): reported, never a reason to be unready.
+            "partitions_paused": tp_names(s.tp for s in self._partitions.paused()),
         }
         return (started and database and not stuck and not unreadable), detail
 

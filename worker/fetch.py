@@ -127,8 +127,12 @@ class PartitionReader:
         retry_max_s: float = STUCK_RETRY_MAX_S,
         stamp: Stamp = _no_stamp,
         dropped: Callable[[], None] = lambda: None,
+        paused: Callable[[], set[TopicPartition]] = set,
     ) -> None:
         self._metrics = metrics
+        # The partitions an operator holds paused (worker pause): never resumed here, and
+        # not a sign that the worker holds every partition.
+        self._operator_paused = paused
         # Told when pausing a partition drops its buffered data (worker/reclaim.py).
         self._dropped = dropped
         # Called for a partition right as its records return from getmany, before any other
@@ -278,10 +282,13 @@ class PartitionReader:
         paused: then it is positioning partitions or backing off, and reads nothing."""
         now = time.monotonic()
         paused = consumer.paused()
+        operator = self._operator_paused()
         held = {tp for tp, f in self._failing.items() if f.paused}
-        others_held = bool(paused - held)
+        others_held = bool(paused - held - operator)
         for tp in held:
             failing = self._failing[tp]
+            if tp in operator:
+                continue  # paused by an operator: read again once resumed and due
             if now >= failing.retry_at and not others_held:
                 failing.paused = False
                 consumer.resume(tp)

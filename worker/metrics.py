@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
@@ -72,19 +72,19 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
-        # Retention (worker/retention.py): records past the horizon, stored nowhere.
-        self.expired = Counter(
-            "worker_records_expired",
-            "Proctoring records older than the retention horizon: not stored, not "
-            "dead-lettered, their offsets committed",
-            ["topic"],
-            registry=r,
-        )
         self.unreadable_batches = Counter(
             "worker_unreadable_batches",
             "Failed reads of record batches the consumer could not decode (corrupt, unknown "
             "codec), by partition; a stuck partition's retries count again",
             ["topic", "partition"],
+            registry=r,
+        )
+        # Retention's and erasure's discards (docs/contract.md §7), by topic.
+        self.expired = Counter(
+            "worker_records_expired",
+            "Proctoring records older than the retention horizon: not stored, not "
+            "dead-lettered, their offsets committed",
+            ["topic"],
             registry=r,
         )
         self.erased = Counter(
@@ -94,6 +94,76 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        # Freshness (worker/freshness.py): per partition, the Kafka timestamp and the event
+        # instant of the last stored record, set per committed batch, exposed for owned
+        # partitions only (FreshnessCollector) so a revoked partition's age does not grow here.
+        self.freshness: dict[tuple[str, int], list[float | None]] = {}
+
+    def zero(self, topics: Iterable[str], reasons: Iterable[str]) -> None:
+        """Give the labelled counters whose labels are known in advance a 0 sample, so that
+        dashboards and alert expressions have data (a rate of 0) before the first event, and
+        a first burst shows as an increase from 0 rather than as a series born at its peak."""
+        for reason in reasons:
+            self.dead_letters.labels(reason)
+        for topic in topics:
+            self.consumed.labels(topic)
+            self.expired.labels(topic)
+            self.erased.labels(topic)
+        for dependency in ("database", "kafka"):
+            self.retries.labels(dependency)
+
+
+class FreshnessCollector(Collector):
+    """The freshness gauges of the owned partitions, read at scrape time."""
+
+    def __init__(
+        self,
+        freshness: dict[tuple[str, int], list[float | None]],
+        owned: Callable[[], Iterable[tuple[str, int]]],
+    ) -> None:
+        self._freshness = freshness
+        self._owned = owned
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        record = GaugeMetricFamily(
+            "worker_last_stored_record_timestamp_seconds",
+            "Kafka timestamp of the last record committed, by owned partition",
+            labels=["topic", "partition"],
+        )
+        event = GaugeMetricFamily(
+            "worker_last_stored_event_timestamp_seconds",
+            "Event instant (createdAt, date_modified, ...) of the last record stored that "
+            "carries one, by owned partition",
+            labels=["topic", "partition"],
+        )
+        for key in sorted(self._owned()):
+            times = self._freshness.get(key)
+            if times is None:
+                continue
+            labels = [key[0], str(key[1])]
+            for family, value in zip((record, event), times, strict=True):
+                if value is not None:
+                    family.add_metric(labels, value)
+        yield record
+        yield event
+
+
+class PausedCollector(Collector):
+    """`worker_partition_paused`: 1 for an owned partition an operator paused (`worker
+    pause`), 0 for the other owned ones; read at scrape time."""
+
+    def __init__(self, paused: Callable[[], dict[tuple[str, int], bool]]) -> None:
+        self._paused = paused
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "worker_partition_paused",
+            "1 while an operator holds the partition paused (worker pause), by owned partition",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), paused in sorted(self._paused().items()):
+            family.add_metric([topic, str(partition)], 1 if paused else 0)
+        yield family
 
 
 class LagCollector(Collector):

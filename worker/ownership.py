@@ -20,7 +20,12 @@ so a fetch can never return records of the old position stamped with the new gen
 - records a fetch returned that nobody claims (a poll during a back-off) put their partition
   back where they started (`unread`), so they are read again rather than skipped;
 - moved offsets under idle partitions, which no commit would ever find fenced: compared with
-  the database every CHECK_INTERVAL_S.
+  the database every CHECK_INTERVAL_S;
+- operator pauses (worker/pauses.py): read with every positioning, so a partition assigned
+  paused is never resumed, and every PAUSES_INTERVAL_S (`follow_pauses`); a paused partition
+  stays assigned (the group keeps the member) and paused in the consumer, and every resume
+  here names only `fetchable` partitions; a resumed one is positioned again from the
+  database before it is fetched.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import asyncpg
 import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from worker import offsets
+from worker import offsets, pauses
 from worker.broker import log_ends
 from worker.config import Settings
 from worker.logs import tp_name, tp_names
@@ -106,7 +111,7 @@ class Ownership:
         """Resume the consuming partitions (a stuck one is paused again by worker/fetch.py
         before its next read is due)."""
         self._held = False
-        self._consumer.resume(*(s.tp for s in self.partitions.consuming()))
+        self._consumer.resume(*(s.tp for s in self.partitions.fetchable()))
 
     def unread(self, returned: Mapping[TopicPartition, tuple[int | None, int]]) -> None:
         """Records a fetch returned that will not be claimed: {tp: (the epoch they were
@@ -194,15 +199,55 @@ class Ownership:
         if not pending:
             return
         stored, starts = await self._stored_and_starts({s.tp for s in pending})
+        held = await self._retrying_call("database", self._load_pauses)
+        for state in pending:
+            if state.tp in held:
+                state.pause()
         positioned = self._reposition(pending, stored, starts)
         # A lane may have started backing off during the reads above: then they stay paused
         # like every other partition, and `release` resumes them.
         if not self._held:
-            self._consumer.resume(*positioned)
+            self._consumer.resume(*(tp for tp in positioned if tp not in held))
         log.info(
             "partitions positioned",
             stored={tp_name(tp): stored.get(tp) for tp in sorted(positioned)},
             from_log_start={tp_name(tp): starts[tp] for tp in sorted(positioned - stored.keys())},
+            paused_by_operator=tp_names(positioned & held),
+        )
+
+    async def _load_pauses(self) -> set[TopicPartition]:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            return await pauses.load(conn, self._group_id)
+
+    async def follow_pauses(self) -> None:
+        """Pause and resume the positioned partitions as `partition_pauses` says now."""
+        if self._pool is None:
+            return
+        try:
+            held = await self._load_pauses()
+        except TRANSIENT:
+            return  # read again next time
+        paused = [s for s in self.partitions.consuming() if s.tp in held and s.pause()]
+        if paused:
+            self._consumer.pause(*(s.tp for s in paused))
+            self.reclaim.dropped()
+            log.info("partitions paused by an operator", partitions=tp_names(s.tp for s in paused))
+        resuming = {s.tp for s in self.partitions.consuming() if s.paused and s.tp not in held}
+        if not resuming:
+            return
+        # From what is stored: records fetched before the pause were never claimed. Flag
+        # cleared and position taken with no await in between, so no resume of the consumer
+        # elsewhere (a lane's release) can fetch the partition from where it was.
+        stored, starts = await self._stored_and_starts(resuming)
+        resumed = [s for tp in resuming if (s := self.partitions.get(tp)) and s.consuming]
+        resumed = [s for s in resumed if s.resume()]
+        positioned = self._reposition(resumed, stored, starts)
+        if not self._held:
+            self._consumer.resume(*positioned)
+        log.info(
+            "partitions resumed by an operator",
+            stored={tp_name(tp): stored.get(tp) for tp in sorted(positioned)},
         )
 
     async def refence(self, tps: set[TopicPartition]) -> None:

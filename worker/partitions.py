@@ -31,6 +31,16 @@ on and tests/test_partition_state.py checks under random interleavings:
   the records that were not stored. Committing moves `stored` to the claim's end, forward.
 - A revoked partition accepts nothing: a commit that finishes after the revocation returns
   without changing any state here.
+
+An operator's pause (`worker pause`, worker/pauses.py) is a flag beside the phase, since a
+partition is paused whatever its phase and stays paused through positionings (a fence, an
+offsets reset, a new assignment read from the table): `pause()` starts a new epoch, so
+records fetched before it are stale, and from then on no claim is taken and none may
+commit (a commit already in flight completes, and moves `stored` as usual). `resume()` clears
+the flag; the caller then positions the partition again from the database, so reading
+continues from what is stored whatever was fetched before the pause. Every resume of the
+consumer goes through `fetchable`, so no other path (a lane's back-off ending, a positioning,
+a stuck partition's retry) can resume a paused partition.
 """
 
 from __future__ import annotations
@@ -83,6 +93,7 @@ class PartitionState:
         "epoch",
         "generation",
         "next_fetch",
+        "paused",
         "phase",
         "stored",
         "tp",
@@ -105,16 +116,23 @@ class PartitionState:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.paused = False  # held by an operator (worker pause)
 
     def __repr__(self) -> str:
         return (
             f"PartitionState({self.tp.topic}[{self.tp.partition}] {self.phase.value} "
-            f"gen={self.generation} stored={self.stored} next_fetch={self.next_fetch})"
+            f"gen={self.generation} stored={self.stored} next_fetch={self.next_fetch}"
+            f"{' paused' if self.paused else ''})"
         )
 
     @property
     def consuming(self) -> bool:
         return self.phase is Phase.CONSUMING
+
+    @property
+    def fetchable(self) -> bool:
+        """Positioned and not paused by an operator: the consumer may fetch it."""
+        return self.phase is Phase.CONSUMING and not self.paused
 
     @property
     def idle(self) -> bool:
@@ -146,6 +164,23 @@ class PartitionState:
     def revoke(self) -> None:
         self.phase = Phase.REVOKED
 
+    def pause(self) -> bool:
+        """An operator paused the partition; True if it was not paused. Records fetched
+        before are stale from now on."""
+        if self.paused:
+            return False
+        self.paused = True
+        self.epoch = next(_generations)
+        return True
+
+    def resume(self) -> bool:
+        """An operator resumed the partition; True if it was paused. The caller positions
+        it again before the consumer fetches it."""
+        if not self.paused:
+            return False
+        self.paused = False
+        return True
+
     def put_back(self, epoch: int, first: int) -> bool:
         """Records stamped `epoch`, starting at `first`, were returned by a fetch and will
         not be claimed: the caller seeks to `first` (True) unless the partition was sought
@@ -162,7 +197,7 @@ class PartitionState:
     def fetch_epoch(self) -> int | None:
         """The stamp of records fetched now (None: not consuming): the epoch since the last
         seek of this partition."""
-        return self.epoch if self.consuming else None
+        return self.epoch if self.fetchable else None
 
     def claim(self, epoch: int, records: list[Any]) -> tuple[Claim | Refetch | None, bool]:
         """A claim on `records` (one fetch, in offset order) fetched in `epoch`.
@@ -173,7 +208,7 @@ class PartitionState:
         us: the records start below where this generation had read to, which only the
         consumer's own reset to the earliest offset does (the log was deleted and recreated);
         they are new records and are taken, from there."""
-        if not records or epoch != self.epoch or not self.consuming:
+        if not records or epoch != self.epoch or not self.fetchable:
             return None, False
         assert self.next_fetch is not None
         first = int(records[0].offset)
@@ -193,9 +228,12 @@ class PartitionState:
     # -- committing ----------------------------------------------------------------------
 
     def may_commit(self, claim: Claim) -> bool:
-        """Whether `claim` is still this partition's next batch: same generation, still
-        consuming, and continuing the stored offset (the first claim of a generation starts
-        where the generation was positioned)."""
+        """Whether `claim` is still this partition's next batch: not paused, same generation,
+        still consuming, and continuing the stored offset (the first claim of a generation
+        starts where the generation was positioned)."""
+        return not self.paused and self._current(claim)
+
+    def _current(self, claim: Claim) -> bool:
         return (
             claim.state is self
             and self.consuming
@@ -213,7 +251,8 @@ class PartitionState:
         self._inflight -= 1
         if not self._inflight:
             self._idle.set()
-        if claim is None or not self.may_commit(claim):
+        # Not may_commit: a commit in flight when the partition was paused did store.
+        if claim is None or not self._current(claim):
             return False
         self.stored = claim.end
         return True
@@ -268,6 +307,14 @@ class Partitions:
 
     def consuming(self) -> list[PartitionState]:
         return [s for s in self if s.consuming]
+
+    def fetchable(self) -> list[PartitionState]:
+        """Consuming and not paused by an operator: what a resume of the consumer may name."""
+        return [s for s in self if s.fetchable]
+
+    def paused(self) -> list[PartitionState]:
+        """Held paused by an operator (positioned or not)."""
+        return [s for s in self if s.paused]
 
     def stored_offsets(self) -> Mapping[TopicPartition, int | None]:
         """The stored next offset of every positioned partition (for lag and the CLI)."""

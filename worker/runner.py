@@ -40,7 +40,9 @@ async def run_worker(
 ) -> int:
     """Run the worker until SIGTERM/SIGINT; `companion(worker)` runs beside it (`worker dev`)."""
     from worker.consumer import Worker
+    from worker.tracing import configure_from_env
 
+    flush_traces = configure_from_env()
     worker = Worker(settings)
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -74,6 +76,7 @@ async def run_worker(
     finally:
         if side is not None:
             side.cancel()
+        flush_traces()
     return 0
 
 

@@ -36,7 +36,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.common import parse_timestamp, utc
-from worker import broker, offsets
+from worker import broker, offsets, pauses
 from worker.clients import KafkaPostgresClients
 from worker.config import ConfigError, Settings, redact_url
 from worker.logs import tp_name
@@ -50,7 +50,7 @@ class UsageError(Exception):
     """Arguments the command cannot act on: one line, exit 2."""
 
 
-class _Failure(Exception):
+class Failure(Exception):
     """A dependency failed: one line naming it (passwords redacted), exit 1."""
 
 
@@ -99,7 +99,9 @@ def add_offsets_commands(subparsers: Any) -> None:
     to = reset.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-earliest", action="store_true", help="the log start: replay")
     to.add_argument("--to-latest", action="store_true", help="the log end: skip the backlog")
-    to.add_argument("--to-offset", type=_offset, metavar="N", help="offset N (clamped to the log)")
+    to.add_argument(
+        "--to-offset", type=parse_offset, metavar="N", help="offset N (clamped to the log)"
+    )
     to.add_argument(
         "--to-datetime",
         type=_datetime,
@@ -109,7 +111,7 @@ def add_offsets_commands(subparsers: Any) -> None:
     reset.add_argument("--topic", help="only this consumed topic (default: both)")
     reset.add_argument(
         "--partition",
-        type=_offset,
+        type=parse_offset,
         action="append",
         metavar="P",
         help="only partition P (repeat for several; with no --topic, of both topics)",
@@ -117,7 +119,7 @@ def add_offsets_commands(subparsers: Any) -> None:
     reset.add_argument("--execute", action="store_true", help="write the plan")
 
 
-def _offset(text: str) -> int:
+def parse_offset(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -145,6 +147,7 @@ class Partition:
     stored: int | None
     log_start: int
     log_end: int
+    paused: bool = False  # held by an operator (worker pause)
 
     @property
     def resumes_at(self) -> int:
@@ -176,6 +179,7 @@ class Partition:
             "log_start": self.log_start,
             "log_end": self.log_end,
             "lag": self.lag,
+            "paused": self.paused,
             "note": self.note,
         }
 
@@ -208,12 +212,12 @@ def run_offsets_command(args: argparse.Namespace, settings: Settings) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"worker offsets {args.offsets_command}: {exc}", file=sys.stderr)
         return 2
-    except _Failure as exc:
+    except Failure as exc:
         print(f"worker offsets {args.offsets_command}: {exc}", file=sys.stderr)
         return 1
 
 
-async def _broker_view(
+async def broker_view(
     settings: Settings, topics: Sequence[str], partitions: Sequence[int] | None
 ) -> tuple[AIOKafkaConsumer, dict[TopicPartition, tuple[int, int]]]:
     """The selected partitions and their log bounds, and the consumer to ask more of."""
@@ -238,7 +242,7 @@ async def _broker_view(
         raise
     except Exception as exc:
         await consumer.stop()
-        raise _Failure(f"kafka {settings.bootstrap_servers}: {describe(exc)}") from exc
+        raise Failure(f"kafka {settings.bootstrap_servers}: {describe(exc)}") from exc
 
 
 def _count(tps: Sequence[TopicPartition], topic: str) -> str:
@@ -246,36 +250,37 @@ def _count(tps: Sequence[TopicPartition], topic: str) -> str:
     return f"{n} partition" + ("" if n == 1 else "s")
 
 
-async def _database(settings: Settings) -> asyncpg.Connection:
+async def database(settings: Settings) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(settings.database_url, timeout=_CONNECT_TIMEOUT_S)
     except Exception as exc:
-        raise _Failure(f"database {redact_url(settings.database_url)}: {describe(exc)}") from exc
+        raise Failure(f"database {redact_url(settings.database_url)}: {describe(exc)}") from exc
 
 
-async def _database_call(settings: Settings, conn: asyncpg.Connection, fn: Any) -> Any:
+async def database_call(settings: Settings, conn: asyncpg.Connection, fn: Any) -> Any:
     try:
         return await fn(conn)
     except asyncpg.UndefinedTableError:
-        raise _Failure(
+        raise Failure(
             f"database {redact_url(settings.database_url)} has no consumer_offsets table: "
             "run `worker migrate` first"
         ) from None
     except Exception as exc:
-        raise _Failure(f"database {redact_url(settings.database_url)}: {describe(exc)}") from exc
+        raise Failure(f"database {redact_url(settings.database_url)}: {describe(exc)}") from exc
 
 
 async def _show(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    consumer, bounds = await _broker_view(settings, settings.topics, None)
+    consumer, bounds = await broker_view(settings, settings.topics, None)
     await consumer.stop()
-    conn = await _database(settings)
+    conn = await database(settings)
     try:
-        stored = await _database_call(
+        stored = await database_call(
             settings, conn, lambda c: offsets.load(c, settings.group_id, bounds)
         )
+        held = await database_call(settings, conn, lambda c: _pauses(c, settings.group_id))
     finally:
         await conn.close()
-    rows = [Partition(tp, stored.get(tp), *bounds[tp]) for tp in bounds]
+    rows = [Partition(tp, stored.get(tp), *bounds[tp], tp in held) for tp in bounds]
     if args.json:
         json.dump([row.to_json() for row in rows], out, indent=2)
         out.write("\n")
@@ -288,13 +293,22 @@ async def _show(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
             str(row.log_start),
             str(row.log_end),
             str(row.lag),
+            "paused" if row.paused else "",
             row.note or "",
         )
         for row in rows
     ]
-    header = ("TOPIC", "PARTITION", "STORED", "LOG-START", "LOG-END", "LAG", "")
+    header = ("TOPIC", "PARTITION", "STORED", "LOG-START", "LOG-END", "LAG", "STATE", "")
     _write_table(out, header, table)
     return 0
+
+
+async def _pauses(conn: asyncpg.Connection, group_id: str) -> set[TopicPartition]:
+    """The partitions paused by an operator; none on a database migrated before pauses."""
+    try:
+        return await pauses.load(conn, group_id)
+    except asyncpg.UndefinedTableError:
+        return set()
 
 
 async def _reset(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -304,19 +318,19 @@ async def _reset(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
             f"{settings.proctoring_topic}, WORKER_INTERVIEW_TOPIC={settings.interview_topic})"
         )
     topics = settings.topics if args.topic is None else (args.topic,)
-    consumer, bounds = await _broker_view(settings, topics, args.partition)
+    consumer, bounds = await broker_view(settings, topics, args.partition)
     try:
         targets, clamped = await _targets(args, consumer, bounds)
     except Exception as exc:
-        raise _Failure(f"kafka {settings.bootstrap_servers}: {describe(exc)}") from exc
+        raise Failure(f"kafka {settings.bootstrap_servers}: {describe(exc)}") from exc
     finally:
         await consumer.stop()
-    conn = await _database(settings)
+    conn = await database(settings)
     try:
         if args.execute:
-            plan = await _database_call(settings, conn, lambda c: _apply(c, settings, targets))
+            plan = await database_call(settings, conn, lambda c: _apply(c, settings, targets))
         else:
-            stored = await _database_call(
+            stored = await database_call(
                 settings, conn, lambda c: offsets.load(c, settings.group_id, targets)
             )
             plan = {tp: (stored.get(tp), new) for tp, new in targets.items()}
