@@ -1,5 +1,6 @@
 """Freshness gauges (docs/contract.md §8, worker/freshness.py): per owned partition, the Kafka
-timestamp and the event instant of the last record a committed batch stored, in seconds since the epoch.
+timestamp and the event instant of the last record a committed batch stored, in seconds since
+the epoch.
 
 The pure part (which instant each event type carries, the look-back over items without one)
 is checked without a broker; the gauges themselves through a real worker, real broker and
