@@ -7,6 +7,7 @@ batch by handler then turns, say, all 13 proctoring types into one statement.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -108,15 +109,19 @@ async def prepare_batch_cooperatively(items: Iterable[Item], slice_size: int = 5
     return prepared
 
 
-async def write_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
+async def write_batch(
+    conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime | None = None
+) -> None:
     """Write a prepared batch through its handlers, in the caller's transaction; then the
-    registers they all contributed to, once."""
-    registers = Registers()
+    registers they all contributed to, once. `at`: the transaction's time (now if None)."""
+    registers = Registers(at)
     for handler, payload in prepared:
         await handler.write(conn, payload, registers)
     await registers.write(conn)
 
 
-async def apply_batch(conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+async def apply_batch(
+    conn: asyncpg.Connection, items: Sequence[Item], at: dt.datetime | None = None
+) -> None:
     """Write a batch of decoded events through their handlers, in the caller's transaction."""
-    await write_batch(conn, prepare_batch(items))
+    await write_batch(conn, prepare_batch(items), at)

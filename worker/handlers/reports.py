@@ -27,6 +27,7 @@ from worker.handlers.merge import (
     RegisterTable,
     Rule,
     param,
+    stamp,
     time_order,
 )
 from worker.handlers.people import Registers
@@ -116,7 +117,7 @@ class ReportCreatedHandler(BatchHandler):
                     "ats_job_application_id": d.ats_job_application_id,
                 },
             )
-        await fold.write(conn)
+        await fold.write(conn, registers.at)
         await _replace_violations(conn, violations)
 
 
@@ -167,7 +168,7 @@ ON CONFLICT (report_id) DO UPDATE SET
     candidate_id = CASE WHEN t.has_report THEN t.candidate_id
                         ELSE LEAST(t.candidate_id COLLATE "C", EXCLUDED.candidate_id) END,
     {sets_sql},
-    updated_at = now()
+    {stamp(len(self._table.columns) + 2)}
 WHERE (NOT t.has_report AND EXCLUDED.candidate_id IS DISTINCT FROM t.candidate_id)
    OR {changed}
 """
@@ -183,7 +184,7 @@ WHERE (NOT t.has_report AND EXCLUDED.candidate_id IS DISTINCT FROM t.candidate_i
             least[d.report_id] = min(least.get(d.report_id, d.candidate_id), d.candidate_id)
         for report_id, candidate_id in least.items():
             fold.add(report_id, None, {"candidate_id": candidate_id})
-        await conn.execute(self._sql, *fold.arrays())
+        await conn.execute(self._sql, *fold.arrays(), registers.at)
 
 
 recording_handler = ReportPartHandler(
