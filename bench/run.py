@@ -38,8 +38,11 @@ from bench.workerproc import (
     wait_committed,
 )
 
-ALL = ("proctoring", "naive", "peer", "copy", "bare-copy", "fetch", "mixed", "latency")
+ALL = ("proctoring", "wide", "naive", "peer", "copy", "bare-copy", "fetch", "mixed", "latency")
 PARTITIONS = 12
+# The "wide" row: the proctoring workload again, on a topic of this many partitions. Scaling
+# out means more partitions; the worker's cost must not grow with how many it owns.
+WIDE_PARTITIONS = 96
 LATENCY_RATE = 5_000.0
 LATENCY_SECONDS = 60.0  # per side at --scale 1
 LATENCY_WINDOW_S = 10.0
@@ -56,6 +59,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "latency_p99_added_ms": ("<=", 50, "latency p99, worker - bare, ms"),
     "latency_p50_added_ms": ("<=", 20, "latency p50, worker - bare, ms"),
     "mixed_events_per_s": (">=", 30_000, "mixed worker, events/s"),
+    "wide_over_narrow": (">=", 0.9, f"worker {WIDE_PARTITIONS} / {PARTITIONS} partitions"),
     "peak_rss_mb": ("<=", 250, "worker peak RSS, MB"),
 }
 _T0 = time.monotonic()
@@ -86,9 +90,9 @@ class Bench:
         base = f"bench.{self.run_id}.{label}"
         return f"{base}.proctoring", f"{base}.interview", f"{base}.dlq"
 
-    def create_topics(self, label: str) -> tuple[str, str, str]:
+    def create_topics(self, label: str, partitions: int = PARTITIONS) -> tuple[str, str, str]:
         p, i, d = self.topics(label)
-        self.stack.create_topics([(p, PARTITIONS), (i, PARTITIONS), (d, 1)])
+        self.stack.create_topics([(p, partitions), (i, partitions), (d, 1)])
         return p, i, d
 
     def worker_env(self, database_url: str, group: str, topics: Sequence[str]) -> dict[str, str]:
@@ -267,7 +271,7 @@ class Bench:
             "exams": pspec.exams,
             "partitions": PARTITIONS,
         }
-        if self.only & {"proctoring", "naive", "peer", "fetch"}:
+        if self.only & {"proctoring", "wide", "naive", "peer", "fetch"}:
             await self.proctoring(pspec)
         if "copy" in self.only:
             await self.copy(pspec, "copy")
@@ -278,6 +282,52 @@ class Bench:
         if "latency" in self.only:
             await self.latency()
 
+    async def proctoring_worker(
+        self,
+        label: str,
+        topics: tuple[str, str, str],
+        delivered: produce.Delivered,
+        profile: bool = True,
+    ) -> dict[str, Any]:
+        """The worker over the preloaded proctoring records of `topics`: its row."""
+        total = delivered.count
+        db = await self.stack.fresh_database(f"{label}_worker")
+        group = f"bench-{self.run_id}-{label}"
+        profiler = self.args.profile if profile else None
+        worker, samples, rss, cpu = await self.run_worker(
+            label,
+            topics,
+            db,
+            lambda: delivered.expected_offsets(topics),
+            timeout=120 + total / 500,
+            profiler=profiler,
+        )
+        spans = await self.span(db, group, samples, rows=True)
+        main = spans.get("rows") or spans.get("offsets") or spans.get("poll")
+        self.check_span(f"proctoring {label}", main)
+        conn = await asyncpg.connect(db)
+        try:
+            counts = await measure.table_counts(conn, ["proctoring_events", "proctoring_sessions"])
+        finally:
+            await conn.close()
+        if counts["proctoring_events"] != total:
+            self.notes.append(
+                f"proctoring {label}: {counts['proctoring_events']} rows stored for {total} records"
+            )
+        result: dict[str, Any] = {
+            "events_per_s": main.rate if main else None,
+            "method": main.method if main else None,
+            "peak_rss_mb": rss,
+            "spans": {k: v.as_dict() for k, v in spans.items()},
+            "rows": counts,
+            "cpu": cpu,
+            "profiled": profiler,
+        }
+        if profiler and worker.profile_path is not None:
+            result["profile"] = self.summarise_profile(worker.profile_path)
+        await self.stack.drop_database(db)
+        return result
+
     async def proctoring(self, spec: data.ProctoringSpec) -> None:
         say(f"proctoring: generating {spec.events} events ...")
         records = await asyncio.to_thread(data.proctoring_workload, spec)
@@ -285,49 +335,28 @@ class Bench:
         delivered = await self.preload([(topics[0], r.key, r.value) for r in records])
         mean_bytes = sum(len(r.value) for r in records) / len(records)
         self.sizes["proctoring"]["mean_record_bytes"] = round(mean_bytes, 1)
+        wide: tuple[tuple[str, str, str], produce.Delivered] | None = None
+        if "wide" in self.only:
+            wide_topics = self.create_topics("w", WIDE_PARTITIONS)
+            say(f"wide: the same records on {WIDE_PARTITIONS} partitions ...")
+            wide = (
+                wide_topics,
+                await self.preload([(wide_topics[0], r.key, r.value) for r in records]),
+            )
         del records
         total = delivered.count
         results = self.results.setdefault("proctoring", {})
 
         if "proctoring" in self.only:
             say("proctoring: worker ...")
-            db = await self.stack.fresh_database("p_worker")
-            group = f"bench-{self.run_id}-p"
-            worker, samples, rss, cpu = await self.run_worker(
-                "p",
-                topics,
-                db,
-                lambda: delivered.expected_offsets(topics),
-                timeout=120 + total / 500,
-                profiler=self.args.profile,
-            )
-            spans = await self.span(db, group, samples, rows=True)
-            main = spans.get("rows") or spans.get("offsets") or spans.get("poll")
-            self.check_span("proctoring", main)
-            conn = await asyncpg.connect(db)
-            try:
-                counts = await measure.table_counts(
-                    conn, ["proctoring_events", "proctoring_sessions"]
-                )
-            finally:
-                await conn.close()
-            if counts["proctoring_events"] != total:
-                self.notes.append(
-                    f"proctoring: {counts['proctoring_events']} rows stored for {total} records"
-                )
-            results["worker"] = {
-                "events_per_s": main.rate if main else None,
-                "method": main.method if main else None,
-                "peak_rss_mb": rss,
-                "spans": {k: v.as_dict() for k, v in spans.items()},
-                "rows": counts,
-                "cpu": cpu,
-                "profiled": self.args.profile,
-            }
-            if self.args.profile and worker.profile_path is not None:
-                results["worker"]["profile"] = self.summarise_profile(worker.profile_path)
-            await self.stack.drop_database(db)
+            results["worker"] = await self.proctoring_worker("p", topics, delivered)
             say(f"  worker: {_fmt_rate(results['worker']['events_per_s'])} events/s")
+        if wide is not None:
+            say(f"wide: worker on {WIDE_PARTITIONS} partitions ...")
+            result = await self.proctoring_worker("w", *wide, profile=False)
+            result["partitions"] = WIDE_PARTITIONS
+            results["worker-96p"] = result
+            say(f"  worker-96p: {_fmt_rate(result['events_per_s'])} events/s")
 
         if "naive" in self.only:
             say("naive: tutorial-style consumer ...")
@@ -750,6 +779,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     for name in ("bare-copy", "peer", "naive", "copy", "fetch"):
         base = (p.get(name) or {}).get("events_per_s")
         out[f"worker/{name}"] = round(worker / base, 3) if worker and base else None
+    wide = (p.get("worker-96p") or {}).get("events_per_s")
+    out["worker-96p/worker"] = round(wide / worker, 3) if worker and wide else None
     return out
 
 
@@ -779,6 +810,7 @@ def check_targets(
         "latency_p99_added_ms": get("latency", "added", "p99_ms"),
         "latency_p50_added_ms": get("latency", "added", "p50_ms"),
         "mixed_events_per_s": get("mixed", "worker", "events_per_s"),
+        "wide_over_narrow": r.get("worker-96p/worker"),
         "peak_rss_mb": max(rss) if rss else None,
     }
     out = {}
@@ -822,7 +854,7 @@ def render(doc: dict[str, Any]) -> str:
         )
 
     p = res.get("proctoring", {})
-    for system in ("worker", "naive", "peer", "copy", "bare-copy", "fetch"):
+    for system in ("worker", "worker-96p", "naive", "peer", "copy", "bare-copy", "fetch"):
         if system in p:
             r = p[system]
             label = system + ("*" if system == "worker" and r.get("profiled") else "")
@@ -854,7 +886,8 @@ def render(doc: dict[str, Any]) -> str:
         f"worker/peer = {ratio('worker/peer', '.2f')}, "
         f"worker/naive = {ratio('worker/naive', '.0f', 'x')}, "
         f"worker/copy = {ratio('worker/copy', '.2f')}, "
-        f"worker/fetch = {ratio('worker/fetch', '.2f')}"
+        f"worker/fetch = {ratio('worker/fetch', '.2f')}, "
+        f"worker-96p/worker = {ratio('worker-96p/worker', '.2f')}"
     )
     for system in ("bare", "worker"):
         r = lat.get(system)
@@ -894,6 +927,7 @@ def render(doc: dict[str, Any]) -> str:
     cpu_rows = []
     for workload, system in (
         ("proctoring", "worker"),
+        ("proctoring", "worker-96p"),
         ("proctoring", "peer"),
         ("mixed", "worker"),
         ("latency", "bare"),
