@@ -43,6 +43,19 @@ PARTITIONS = 12
 # The "wide" row: the proctoring workload again, on a topic of this many partitions. Scaling
 # out means more partitions; the worker's cost must not grow with how many it owns.
 WIDE_PARTITIONS = 96
+# The tables the mixed workload fills, measured (rows, bytes per row) after its run.
+MIXED_TABLES = (
+    "proctoring_events",
+    "proctoring_sessions",
+    "system_checks",
+    "candidates",
+    "jobs",
+    "applicants",
+    "interviews",
+    "interview_reports",
+    "proctoring_violations",
+    "consumer_offsets",
+)
 LATENCY_RATE = 5_000.0
 LATENCY_SECONDS = 60.0  # per side at --scale 1
 LATENCY_WINDOW_S = 10.0
@@ -314,12 +327,20 @@ class Bench:
             self.notes.append(
                 f"proctoring {label}: {counts['proctoring_events']} rows stored for {total} records"
             )
+        conn = await asyncpg.connect(db)
+        try:
+            sizes = await measure.table_bytes(
+                conn, ["proctoring_events", "proctoring_sessions", "consumer_offsets"]
+            )
+        finally:
+            await conn.close()
         result: dict[str, Any] = {
             "events_per_s": main.rate if main else None,
             "method": main.method if main else None,
             "peak_rss_mb": rss,
             "spans": {k: v.as_dict() for k, v in spans.items()},
             "rows": counts,
+            "table_bytes": sizes,
             "cpu": cpu,
             "profiled": profiler,
         }
@@ -509,6 +530,7 @@ class Bench:
                     "candidates",
                 ],
             )
+            sizes = await measure.table_bytes(conn, list(MIXED_TABLES))
         finally:
             await conn.close()
         if counts["proctoring_events"] != kinds.get("proctoring", 0):
@@ -523,6 +545,7 @@ class Bench:
                 "peak_rss_mb": rss,
                 "spans": {k: v.as_dict() for k, v in spans.items()},
                 "rows": counts,
+                "table_bytes": sizes,
                 "cpu": cpu,
             }
         }
@@ -952,6 +975,13 @@ def render(doc: dict[str, Any]) -> str:
     if cpu_rows:
         lines.append("cpu seconds per 1 000 events (cores busy), between first and last commit:")
         lines.extend(cpu_rows)
+    for workload, system in (("proctoring", "worker"), ("mixed", "worker")):
+        sizes = ((res.get(workload) or {}).get(system) or {}).get("table_bytes")
+        if sizes:
+            shown = ", ".join(
+                f"{t} {v['bytes_per_row']}" for t, v in sizes.items() if v["bytes_per_row"]
+            )
+            lines.append(f"bytes per row (heap+indexes+TOAST), {workload}: {shown}")
     lines.append("targets:")
     for t in doc["targets"].values():
         flag = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
