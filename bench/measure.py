@@ -247,3 +247,15 @@ async def table_bytes(conn: asyncpg.Connection, tables: list[str]) -> dict[str, 
             "bytes_per_row": round(size / rows) if rows else None,
         }
     return out
+
+
+async def wal_position(url: str) -> int:
+    """The server's WAL insert position in bytes: the difference across a run is the WAL it
+    wrote (the bench's own server runs one workload at a time)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')")
+        )
+    finally:
+        await conn.close()

@@ -307,6 +307,7 @@ class Bench:
         db = await self.stack.fresh_database(f"{label}_worker")
         group = f"bench-{self.run_id}-{label}"
         profiler = self.args.profile if profile else None
+        wal0 = await measure.wal_position(self.stack.admin_url)
         worker, samples, rss, cpu = await self.run_worker(
             label,
             topics,
@@ -315,6 +316,7 @@ class Bench:
             timeout=120 + total / 500,
             profiler=profiler,
         )
+        wal = await measure.wal_position(self.stack.admin_url) - wal0
         spans = await self.span(db, group, samples, rows=True)
         main = spans.get("rows") or spans.get("offsets") or spans.get("poll")
         self.check_span(f"proctoring {label}", main)
@@ -341,6 +343,7 @@ class Bench:
             "spans": {k: v.as_dict() for k, v in spans.items()},
             "rows": counts,
             "table_bytes": sizes,
+            "wal_bytes_per_event": round(wal / total, 1),
             "cpu": cpu,
             "profiled": profiler,
         }
@@ -507,6 +510,7 @@ class Bench:
         say("mixed: worker ...")
         db = await self.stack.fresh_database("m_worker")
         group = f"bench-{self.run_id}-m"
+        wal0 = await measure.wal_position(self.stack.admin_url)
         _, samples, rss, cpu = await self.run_worker(
             "m",
             topics,
@@ -514,6 +518,7 @@ class Bench:
             lambda: delivered.expected_offsets(topics),
             timeout=120 + delivered.count / 200,
         )
+        wal = await measure.wal_position(self.stack.admin_url) - wal0
         spans = await self.span(db, group, samples, rows=False)
         main = spans.get("offsets") or spans.get("poll")
         self.check_span("mixed", main)
@@ -546,6 +551,7 @@ class Bench:
                 "spans": {k: v.as_dict() for k, v in spans.items()},
                 "rows": counts,
                 "table_bytes": sizes,
+                "wal_bytes_per_event": round(wal / delivered.count, 1),
                 "cpu": cpu,
             }
         }
@@ -981,7 +987,9 @@ def render(doc: dict[str, Any]) -> str:
             shown = ", ".join(
                 f"{t} {v['bytes_per_row']}" for t, v in sizes.items() if v["bytes_per_row"]
             )
+            wal = res[workload][system].get("wal_bytes_per_event")
             lines.append(f"bytes per row (heap+indexes+TOAST), {workload}: {shown}")
+            lines.append(f"WAL bytes per event, {workload}: {wal}")
     lines.append("targets:")
     for t in doc["targets"].values():
         flag = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
