@@ -443,21 +443,26 @@ class Bench:
             say(f"  peer: {_fmt_rate(result['events_per_s'])} events/s")
 
         if "fetch" in self.only:
-            say("fetch: aiokafka fetch + msgspec decode, no database ...")
-            results["fetch"] = await self.baseline(
-                "fetch",
-                {
-                    "bootstrap_servers": self.stack.bootstrap_servers,
-                    "topic": topics[0],
-                    "partitions": PARTITIONS,
-                    "events": total,
-                    "max_records": 5000,
-                    "timeout": 120 + total / 1000,
-                },
-            )
-            if results["fetch"]["events"] != total:
-                self.notes.append(f"fetch: read {results['fetch']['events']} of {total} records")
-            say(f"  fetch: {_fmt_rate(results['fetch']['events_per_s'])} events/s")
+            # Beside the wide row: whether the broker or the worker pays for the partitions.
+            runs = [("fetch", topics[0], PARTITIONS)]
+            if wide is not None:
+                runs.append(("fetch-96p", wide[0][0], WIDE_PARTITIONS))
+            for name, topic, partitions in runs:
+                say(f"{name}: aiokafka fetch + msgspec decode, no database ...")
+                results[name] = await self.baseline(
+                    "fetch",
+                    {
+                        "bootstrap_servers": self.stack.bootstrap_servers,
+                        "topic": topic,
+                        "partitions": partitions,
+                        "events": total,
+                        "max_records": 5000,
+                        "timeout": 120 + total / 1000,
+                    },
+                )
+                if results[name]["events"] != total:
+                    self.notes.append(f"{name}: read {results[name]['events']} of {total} records")
+                say(f"  {name}: {_fmt_rate(results[name]['events_per_s'])} events/s")
 
     async def copy(self, spec: data.ProctoringSpec, row: str) -> None:
         if row == "copy":
@@ -810,6 +815,8 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         out[f"worker/{name}"] = round(worker / base, 3) if worker and base else None
     wide = (p.get("worker-96p") or {}).get("events_per_s")
     out["worker-96p/worker"] = round(wide / worker, 3) if worker and wide else None
+    fetch, fetch_wide = ((p.get(n) or {}).get("events_per_s") for n in ("fetch", "fetch-96p"))
+    out["fetch-96p/fetch"] = round(fetch_wide / fetch, 3) if fetch and fetch_wide else None
     return out
 
 
@@ -883,7 +890,16 @@ def render(doc: dict[str, Any]) -> str:
         )
 
     p = res.get("proctoring", {})
-    for system in ("worker", "worker-96p", "naive", "peer", "copy", "bare-copy", "fetch"):
+    for system in (
+        "worker",
+        "worker-96p",
+        "naive",
+        "peer",
+        "copy",
+        "bare-copy",
+        "fetch",
+        "fetch-96p",
+    ):
         if system in p:
             r = p[system]
             label = system + ("*" if system == "worker" and r.get("profiled") else "")
@@ -916,7 +932,8 @@ def render(doc: dict[str, Any]) -> str:
         f"worker/naive = {ratio('worker/naive', '.0f', 'x')}, "
         f"worker/copy = {ratio('worker/copy', '.2f')}, "
         f"worker/fetch = {ratio('worker/fetch', '.2f')}, "
-        f"worker-96p/worker = {ratio('worker-96p/worker', '.2f')}"
+        f"worker-96p/worker = {ratio('worker-96p/worker', '.2f')}, "
+        f"fetch-96p/fetch = {ratio('fetch-96p/fetch', '.2f')}"
     )
     for system in ("bare", "worker"):
         r = lat.get(system)
