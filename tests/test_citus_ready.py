@@ -26,6 +26,7 @@ import importlib
 import pkgutil
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -37,7 +38,7 @@ from pglast import ast, enums
 
 import worker
 import worker.clients
-from worker.distribution import PLACEMENTS, Kind
+from worker.distribution import PLACEMENTS, Kind, markdown
 from worker.migrate import migrate_url
 from worker.seeds import interview_samples, proctoring_samples
 
@@ -261,3 +262,8 @@ async def test_every_table_is_placed_and_its_unique_keys_hold_its_distribution_c
         if PLACEMENTS[table].kind is Kind.DISTRIBUTED and PLACEMENTS[table].column not in columns
     ]
     assert not missing, missing
+
+
+def test_the_layout_table_of_the_scaling_doc_is_generated_from_the_placements() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "scaling.md").read_text("utf-8")
+    assert markdown() in doc, "docs/scaling.md is stale: paste `python -m worker.distribution`"
