@@ -222,3 +222,40 @@ def latency_summary(
 
 async def table_counts(conn: asyncpg.Connection, tables: list[str]) -> dict[str, int]:
     return {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in tables}
+
+
+# Every table the worker writes, partitions included (pg_partition_tree: a partitioned
+# parent holds no rows itself), with its indexes and TOAST.
+_TABLE_BYTES = """
+SELECT (pg_total_relation_size($1::regclass) + coalesce(
+    (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree($1::regclass)
+     WHERE relid <> $1::regclass), 0))::bigint
+"""
+
+
+async def table_bytes(conn: asyncpg.Connection, tables: list[str]) -> dict[str, dict[str, Any]]:
+    """Per table: rows, bytes on disk (heap, indexes, TOAST) and bytes per row, after a
+    VACUUM so that dead tuples of the upserts are not counted as live data."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in tables:
+        await conn.execute(f"VACUUM {t}")
+        rows = int(await conn.fetchval(f"SELECT count(*) FROM {t}"))
+        size = int(await conn.fetchval(_TABLE_BYTES, t))
+        out[t] = {
+            "rows": rows,
+            "bytes": size,
+            "bytes_per_row": round(size / rows) if rows else None,
+        }
+    return out
+
+
+async def wal_position(url: str) -> int:
+    """The server's WAL insert position in bytes: the difference across a run is the WAL it
+    wrote (the bench's own server runs one workload at a time)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')")
+        )
+    finally:
+        await conn.close()

@@ -42,6 +42,7 @@ from bench.workerproc import (
 
 ALL = (
     "proctoring",
+    "wide",
     "naive",
     "peer",
     "copy",
@@ -55,6 +56,22 @@ ALL = (
 # Runs of the worker with tracing off and on, alternated (off, on, off, on, ...).
 TRACING_PAIRS = 2
 PARTITIONS = 12
+# The "wide" row: the proctoring workload again, on a topic of this many partitions. Scaling
+# out means more partitions; the worker's cost must not grow with how many it owns.
+WIDE_PARTITIONS = 96
+# The tables the mixed workload fills, measured (rows, bytes per row) after its run.
+MIXED_TABLES = (
+    "proctoring_events",
+    "proctoring_sessions",
+    "system_checks",
+    "candidates",
+    "jobs",
+    "applicants",
+    "interviews",
+    "interview_reports",
+    "proctoring_violations",
+    "consumer_offsets",
+)
 LATENCY_RATE = 5_000.0
 LATENCY_SECONDS = 60.0  # per side at --scale 1
 LATENCY_WINDOW_S = 10.0
@@ -71,6 +88,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "latency_p99_added_ms": ("<=", 50, "latency p99, worker - bare, ms"),
     "latency_p50_added_ms": ("<=", 20, "latency p50, worker - bare, ms"),
     "mixed_events_per_s": (">=", 30_000, "mixed worker, events/s"),
+    "wide_over_narrow": (">=", 0.9, f"worker {WIDE_PARTITIONS} / {PARTITIONS} partitions"),
     "peak_rss_mb": ("<=", 250, "worker peak RSS, MB"),
 }
 _T0 = time.monotonic()
@@ -101,9 +119,9 @@ class Bench:
         base = f"bench.{self.run_id}.{label}"
         return f"{base}.proctoring", f"{base}.interview", f"{base}.dlq"
 
-    def create_topics(self, label: str) -> tuple[str, str, str]:
+    def create_topics(self, label: str, partitions: int = PARTITIONS) -> tuple[str, str, str]:
         p, i, d = self.topics(label)
-        self.stack.create_topics([(p, PARTITIONS), (i, PARTITIONS), (d, 1)])
+        self.stack.create_topics([(p, partitions), (i, partitions), (d, 1)])
         return p, i, d
 
     def worker_env(self, database_url: str, group: str, topics: Sequence[str]) -> dict[str, str]:
@@ -286,7 +304,7 @@ class Bench:
             "exams": pspec.exams,
             "partitions": PARTITIONS,
         }
-        if self.only & {"proctoring", "naive", "peer", "fetch"}:
+        if self.only & {"proctoring", "wide", "naive", "peer", "fetch"}:
             await self.proctoring(pspec)
         if "copy" in self.only:
             await self.copy(pspec, "copy")
@@ -304,6 +322,63 @@ class Bench:
         if "tracing" in self.only:
             await self.tracing(pspec)
 
+    async def proctoring_worker(
+        self,
+        label: str,
+        topics: tuple[str, str, str],
+        delivered: produce.Delivered,
+        profile: bool = True,
+    ) -> dict[str, Any]:
+        """The worker over the preloaded proctoring records of `topics`: its row."""
+        total = delivered.count
+        db = await self.stack.fresh_database(f"{label}_worker")
+        group = f"bench-{self.run_id}-{label}"
+        profiler = self.args.profile if profile else None
+        wal0 = await measure.wal_position(self.stack.admin_url)
+        worker, samples, rss, cpu = await self.run_worker(
+            label,
+            topics,
+            db,
+            lambda: delivered.expected_offsets(topics),
+            timeout=120 + total / 500,
+            profiler=profiler,
+        )
+        wal = await measure.wal_position(self.stack.admin_url) - wal0
+        spans = await self.span(db, group, samples, rows=True)
+        main = spans.get("rows") or spans.get("offsets") or spans.get("poll")
+        self.check_span(f"proctoring {label}", main)
+        conn = await asyncpg.connect(db)
+        try:
+            counts = await measure.table_counts(conn, ["proctoring_events", "proctoring_sessions"])
+        finally:
+            await conn.close()
+        if counts["proctoring_events"] != total:
+            self.notes.append(
+                f"proctoring {label}: {counts['proctoring_events']} rows stored for {total} records"
+            )
+        conn = await asyncpg.connect(db)
+        try:
+            sizes = await measure.table_bytes(
+                conn, ["proctoring_events", "proctoring_sessions", "consumer_offsets"]
+            )
+        finally:
+            await conn.close()
+        result: dict[str, Any] = {
+            "events_per_s": main.rate if main else None,
+            "method": main.method if main else None,
+            "peak_rss_mb": rss,
+            "spans": {k: v.as_dict() for k, v in spans.items()},
+            "rows": counts,
+            "table_bytes": sizes,
+            "wal_bytes_per_event": round(wal / total, 1),
+            "cpu": cpu,
+            "profiled": profiler,
+        }
+        if profiler and worker.profile_path is not None:
+            result["profile"] = self.summarise_profile(worker.profile_path)
+        await self.stack.drop_database(db)
+        return result
+
     async def proctoring(self, spec: data.ProctoringSpec) -> None:
         say(f"proctoring: generating {spec.events} events ...")
         records = await asyncio.to_thread(data.proctoring_workload, spec)
@@ -311,49 +386,28 @@ class Bench:
         delivered = await self.preload([(topics[0], r.key, r.value) for r in records])
         mean_bytes = sum(len(r.value) for r in records) / len(records)
         self.sizes["proctoring"]["mean_record_bytes"] = round(mean_bytes, 1)
+        wide: tuple[tuple[str, str, str], produce.Delivered] | None = None
+        if "wide" in self.only:
+            wide_topics = self.create_topics("w", WIDE_PARTITIONS)
+            say(f"wide: the same records on {WIDE_PARTITIONS} partitions ...")
+            wide = (
+                wide_topics,
+                await self.preload([(wide_topics[0], r.key, r.value) for r in records]),
+            )
         del records
         total = delivered.count
         results = self.results.setdefault("proctoring", {})
 
         if "proctoring" in self.only:
             say("proctoring: worker ...")
-            db = await self.stack.fresh_database("p_worker")
-            group = f"bench-{self.run_id}-p"
-            worker, samples, rss, cpu = await self.run_worker(
-                "p",
-                topics,
-                db,
-                lambda: delivered.expected_offsets(topics),
-                timeout=120 + total / 500,
-                profiler=self.args.profile,
-            )
-            spans = await self.span(db, group, samples, rows=True)
-            main = spans.get("rows") or spans.get("offsets") or spans.get("poll")
-            self.check_span("proctoring", main)
-            conn = await asyncpg.connect(db)
-            try:
-                counts = await measure.table_counts(
-                    conn, ["proctoring_events", "proctoring_sessions"]
-                )
-            finally:
-                await conn.close()
-            if counts["proctoring_events"] != total:
-                self.notes.append(
-                    f"proctoring: {counts['proctoring_events']} rows stored for {total} records"
-                )
-            results["worker"] = {
-                "events_per_s": main.rate if main else None,
-                "method": main.method if main else None,
-                "peak_rss_mb": rss,
-                "spans": {k: v.as_dict() for k, v in spans.items()},
-                "rows": counts,
-                "cpu": cpu,
-                "profiled": self.args.profile,
-            }
-            if self.args.profile and worker.profile_path is not None:
-                results["worker"]["profile"] = self.summarise_profile(worker.profile_path)
-            await self.stack.drop_database(db)
+            results["worker"] = await self.proctoring_worker("p", topics, delivered)
             say(f"  worker: {_fmt_rate(results['worker']['events_per_s'])} events/s")
+        if wide is not None:
+            say(f"wide: worker on {WIDE_PARTITIONS} partitions ...")
+            result = await self.proctoring_worker("w", *wide, profile=False)
+            result["partitions"] = WIDE_PARTITIONS
+            results["worker-96p"] = result
+            say(f"  worker-96p: {_fmt_rate(result['events_per_s'])} events/s")
 
         if "naive" in self.only:
             say("naive: tutorial-style consumer ...")
@@ -416,21 +470,26 @@ class Bench:
             say(f"  peer: {_fmt_rate(result['events_per_s'])} events/s")
 
         if "fetch" in self.only:
-            say("fetch: aiokafka fetch + msgspec decode, no database ...")
-            results["fetch"] = await self.baseline(
-                "fetch",
-                {
-                    "bootstrap_servers": self.stack.bootstrap_servers,
-                    "topic": topics[0],
-                    "partitions": PARTITIONS,
-                    "events": total,
-                    "max_records": 5000,
-                    "timeout": 120 + total / 1000,
-                },
-            )
-            if results["fetch"]["events"] != total:
-                self.notes.append(f"fetch: read {results['fetch']['events']} of {total} records")
-            say(f"  fetch: {_fmt_rate(results['fetch']['events_per_s'])} events/s")
+            # Beside the wide row: whether the broker or the worker pays for the partitions.
+            runs = [("fetch", topics[0], PARTITIONS)]
+            if wide is not None:
+                runs.append(("fetch-96p", wide[0][0], WIDE_PARTITIONS))
+            for name, topic, partitions in runs:
+                say(f"{name}: aiokafka fetch + msgspec decode, no database ...")
+                results[name] = await self.baseline(
+                    "fetch",
+                    {
+                        "bootstrap_servers": self.stack.bootstrap_servers,
+                        "topic": topic,
+                        "partitions": partitions,
+                        "events": total,
+                        "max_records": 5000,
+                        "timeout": 120 + total / 1000,
+                    },
+                )
+                if results[name]["events"] != total:
+                    self.notes.append(f"{name}: read {results[name]['events']} of {total} records")
+                say(f"  {name}: {_fmt_rate(results[name]['events_per_s'])} events/s")
 
     async def tracing(self, spec: data.ProctoringSpec) -> None:
         """The proctoring workload, every record with a W3C traceparent header, stored by the
@@ -539,6 +598,7 @@ class Bench:
         say("mixed: worker ...")
         db = await self.stack.fresh_database("m_worker")
         group = f"bench-{self.run_id}-m"
+        wal0 = await measure.wal_position(self.stack.admin_url)
         _, samples, rss, cpu = await self.run_worker(
             "m",
             topics,
@@ -546,6 +606,7 @@ class Bench:
             lambda: delivered.expected_offsets(topics),
             timeout=120 + delivered.count / 200,
         )
+        wal = await measure.wal_position(self.stack.admin_url) - wal0
         spans = await self.span(db, group, samples, rows=False)
         main = spans.get("offsets") or spans.get("poll")
         self.check_span("mixed", main)
@@ -562,6 +623,7 @@ class Bench:
                     "candidates",
                 ],
             )
+            sizes = await measure.table_bytes(conn, list(MIXED_TABLES))
         finally:
             await conn.close()
         if counts["proctoring_events"] != kinds.get("proctoring", 0):
@@ -576,6 +638,8 @@ class Bench:
                 "peak_rss_mb": rss,
                 "spans": {k: v.as_dict() for k, v in spans.items()},
                 "rows": counts,
+                "table_bytes": sizes,
+                "wal_bytes_per_event": round(wal / delivered.count, 1),
                 "cpu": cpu,
             }
         }
@@ -883,6 +947,10 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     for name in ("bare-copy", "peer", "naive", "copy", "fetch"):
         base = (p.get(name) or {}).get("events_per_s")
         out[f"worker/{name}"] = round(worker / base, 3) if worker and base else None
+    wide = (p.get("worker-96p") or {}).get("events_per_s")
+    out["worker-96p/worker"] = round(wide / worker, 3) if worker and wide else None
+    fetch, fetch_wide = ((p.get(n) or {}).get("events_per_s") for n in ("fetch", "fetch-96p"))
+    out["fetch-96p/fetch"] = round(fetch_wide / fetch, 3) if fetch and fetch_wide else None
     return out
 
 
@@ -912,6 +980,7 @@ def check_targets(
         "latency_p99_added_ms": get("latency", "added", "p99_ms"),
         "latency_p50_added_ms": get("latency", "added", "p50_ms"),
         "mixed_events_per_s": get("mixed", "worker", "events_per_s"),
+        "wide_over_narrow": r.get("worker-96p/worker"),
         "peak_rss_mb": max(rss) if rss else None,
     }
     out = {}
@@ -955,7 +1024,16 @@ def render(doc: dict[str, Any]) -> str:
         )
 
     p = res.get("proctoring", {})
-    for system in ("worker", "naive", "peer", "copy", "bare-copy", "fetch"):
+    for system in (
+        "worker",
+        "worker-96p",
+        "naive",
+        "peer",
+        "copy",
+        "bare-copy",
+        "fetch",
+        "fetch-96p",
+    ):
         if system in p:
             r = p[system]
             label = system + ("*" if system == "worker" and r.get("profiled") else "")
@@ -991,7 +1069,9 @@ def render(doc: dict[str, Any]) -> str:
         f"worker/peer = {ratio('worker/peer', '.2f')}, "
         f"worker/naive = {ratio('worker/naive', '.0f', 'x')}, "
         f"worker/copy = {ratio('worker/copy', '.2f')}, "
-        f"worker/fetch = {ratio('worker/fetch', '.2f')}"
+        f"worker/fetch = {ratio('worker/fetch', '.2f')}, "
+        f"worker-96p/worker = {ratio('worker-96p/worker', '.2f')}, "
+        f"fetch-96p/fetch = {ratio('fetch-96p/fetch', '.2f')}"
     )
     for system in ("bare", "worker"):
         r = lat.get(system)
@@ -1039,6 +1119,7 @@ def render(doc: dict[str, Any]) -> str:
             )
     for workload, system in (
         ("proctoring", "worker"),
+        ("proctoring", "worker-96p"),
         ("proctoring", "peer"),
         ("mixed", "worker"),
         ("latency", "bare"),
@@ -1063,6 +1144,15 @@ def render(doc: dict[str, Any]) -> str:
     if cpu_rows:
         lines.append("cpu seconds per 1 000 events (cores busy), between first and last commit:")
         lines.extend(cpu_rows)
+    for workload, system in (("proctoring", "worker"), ("mixed", "worker")):
+        sizes = ((res.get(workload) or {}).get(system) or {}).get("table_bytes")
+        if sizes:
+            shown = ", ".join(
+                f"{t} {v['bytes_per_row']}" for t, v in sizes.items() if v["bytes_per_row"]
+            )
+            wal = res[workload][system].get("wal_bytes_per_event")
+            lines.append(f"bytes per row (heap+indexes+TOAST), {workload}: {shown}")
+            lines.append(f"WAL bytes per event, {workload}: {wal}")
     lines.append("targets:")
     for t in doc["targets"].values():
         flag = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]

@@ -40,7 +40,7 @@ from bench.baselines import (
 )
 from bench.stack import database_url_for
 from worker.handlers import proctoring as pr
-from worker.handlers.base import Item
+from worker.handlers.base import Item, transaction_time
 from worker.handlers.registers import Registers
 
 TOPIC = "proctoring.events"
@@ -92,7 +92,8 @@ def _staged(insert: str) -> Write:
             format="text",
         )
         if insert:
-            await conn.execute(insert, *([pr._FLAG_TYPES] if "$1" in insert else []))
+            args = [pr._FLAG_TYPES, transaction_time()] if "$1" in insert else []
+            await conn.execute(insert, *args)
 
     return write
 
@@ -299,7 +300,9 @@ async def explain(url: str, w: Workload, batch: int) -> str:
         async with conn.transaction():
             await _staged("")(conn, stage_text)
             plan = await conn.fetch(
-                "EXPLAIN (ANALYZE, BUFFERS, TIMING ON) " + pr._INSERT_STAGED, pr._FLAG_TYPES
+                "EXPLAIN (ANALYZE, BUFFERS, TIMING ON) " + pr._INSERT_STAGED,
+                pr._FLAG_TYPES,
+                transaction_time(),
             )
         return "\n".join(r[0] for r in plan)
     finally:

@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import UnsupportedCodecError
 
 from worker import fetch
-from worker.fetch import PartitionReader
+from worker.fetch import PartitionReader, Positions
 from worker.metrics import Metrics
 
 BAD = "bad"
@@ -44,6 +45,7 @@ class LossyConsumer:
         # After a failure aiokafka fetches the partition again; until then it has no data.
         self.refetch_s = 0.0
         self._hidden_until: dict[TopicPartition, float] = {}
+        self.calls = 0
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.logs)
@@ -60,9 +62,19 @@ class LossyConsumer:
     async def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
 
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp] = offset
+
+    def positions_of(self, tps: Any = None) -> Positions:
+        """What `fetch.aiokafka_positions` reads from aiokafka: here, of every partition."""
+        return Positions(
+            self, {tp: self.positions[tp] for tp in (self.logs if tps is None else tps)}
+        )
+
     async def getmany(
         self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[Rec]]:
+        self.calls += 1
         await asyncio.sleep(0)
         drained = self._drain(tps, max_records)
         if not drained and timeout_ms:
@@ -96,6 +108,20 @@ class LossyConsumer:
         return drained
 
 
+@pytest.fixture(params=["one-call", "per-partition"])
+def reader_for(request: pytest.FixtureRequest) -> Any:
+    """A PartitionReader draining all healthy partitions in one getmany (positions readable,
+    as from aiokafka), or each by its own call (positions not readable)."""
+
+    def make(consumer: LossyConsumer, **kwargs: Any) -> PartitionReader:
+        if request.param == "one-call":
+            return PartitionReader(Metrics(), positions=LossyConsumer.positions_of, **kwargs)
+        return PartitionReader(Metrics(), positions=lambda c, tps: None, **kwargs)
+
+    make.mode = request.param  # type: ignore[attr-defined]
+    return make
+
+
 async def _read(reader: PartitionReader, consumer: LossyConsumer, rounds: int) -> list[Rec]:
     got: list[Rec] = []
     for _ in range(rounds):
@@ -109,10 +135,12 @@ def _offsets(records: list[Rec], tp: TopicPartition) -> list[int]:
     return [r.offset for r in records if r.tp == tp]
 
 
-async def test_other_partitions_lose_nothing_and_the_partition_stops_at_the_batch() -> None:
+async def test_other_partitions_lose_nothing_and_the_partition_stops_at_the_batch(
+    reader_for: Any,
+) -> None:
     consumer = LossyConsumer({P0: list(range(5)), P1: [0, 1, BAD, 3, 4], P2: list(range(5))})
-    metrics = Metrics()
-    reader = PartitionReader(metrics, retry_initial_s=60)
+    reader = reader_for(consumer, retry_initial_s=60)
+    metrics = reader._metrics
     got = await _read(reader, consumer, rounds=5)
     assert _offsets(got, P0) == list(range(5))
     assert _offsets(got, P2) == list(range(5))
@@ -123,30 +151,32 @@ async def test_other_partitions_lose_nothing_and_the_partition_stops_at_the_batc
     assert metrics.registry.get_sample_value("worker_partition_stuck", labels) == 1
 
 
-async def test_a_batch_failing_during_the_wait_is_still_attributed() -> None:
+async def test_a_batch_failing_during_the_wait_is_still_attributed(reader_for: Any) -> None:
     consumer = LossyConsumer({P0: [], P1: [], P2: []})
     # P0 comes first in the consumer's order, so the wait's getmany itself raises, naming
     # no partition.
     consumer.arrivals = [(P0, BAD), (P1, 0), (P2, 0)]
-    reader = PartitionReader(Metrics(), retry_initial_s=60)
+    reader = reader_for(consumer, retry_initial_s=60)
     got = await _read(reader, consumer, rounds=5)
     assert reader.stuck() == [P0]
     assert sorted((r.tp.partition, r.offset) for r in got) == [(1, 0), (2, 0)]
 
 
-async def test_a_batch_fetched_again_during_each_wait_is_still_attributed() -> None:
+async def test_a_batch_fetched_again_during_each_wait_is_still_attributed(
+    reader_for: Any,
+) -> None:
     # The batch fails in the wait (no partition named) and, fetched again while the next
     # wait runs, would fail there again every time: polling single partitions breaks that.
     consumer = LossyConsumer({P0: [BAD], P1: [], P2: []})
     consumer.refetch_s = 0.02
-    reader = PartitionReader(Metrics(), retry_initial_s=60)
+    reader = reader_for(consumer, retry_initial_s=60)
     for _ in range(6):
         await reader.fetch(consumer, timeout_ms=50, max_records=1000)  # type: ignore[arg-type]
     assert reader.stuck() == [P0]
 
 
 async def test_a_stuck_partition_resumes_once_readable_and_logs_one_error(
-    monkeypatch: Any,
+    monkeypatch: Any, reader_for: Any
 ) -> None:
     lines: list[str] = []
 
@@ -156,7 +186,7 @@ async def test_a_stuck_partition_resumes_once_readable_and_logs_one_error(
 
     monkeypatch.setattr(fetch, "log", Log())
     consumer = LossyConsumer({P0: [0, BAD, 2], P1: [0]})
-    reader = PartitionReader(Metrics(), retry_initial_s=0, retry_max_s=0)  # retry at once
+    reader = reader_for(consumer, retry_initial_s=0, retry_max_s=0)  # retry at once
     got = await _read(reader, consumer, rounds=6)
     assert reader.stuck() == [P0]
     consumer.logs[P0][1] = 1  # readable now
@@ -166,3 +196,43 @@ async def test_a_stuck_partition_resumes_once_readable_and_logs_one_error(
     # Retried while unreadable (debug lines), one error line, one line when readable again.
     assert lines.count("debug") >= 1, lines
     assert lines.count("error") == 1 and lines.count("info") == 1, lines
+
+
+async def test_the_calls_per_fetch_do_not_grow_with_the_partitions(reader_for: Any) -> None:
+    """Flat cost: one getmany drains every healthy partition; per partition only without
+    readable positions (another aiokafka) or while a failure is being attributed."""
+    calls = {}
+    for count in (12, 96):
+        tps = [TopicPartition("t", p) for p in range(count)]
+        consumer = LossyConsumer({tp: list(range(3)) for tp in tps})
+        reader = reader_for(consumer)
+        fetched = await reader.fetch(consumer, timeout_ms=0, max_records=10_000)  # type: ignore[arg-type]
+        assert fetched.size() == 3 * count
+        calls[count] = consumer.calls
+    if reader_for.mode == "one-call":
+        assert calls == {12: 1, 96: 1}
+    else:
+        assert calls == {12: 12, 96: 96}
+
+
+async def test_a_failing_partition_is_drained_alone_and_the_others_in_one_call() -> None:
+    consumer = LossyConsumer({P0: [0, BAD, 2], P1: list(range(4)), P2: list(range(4))})
+    reader = PartitionReader(Metrics(), retry_initial_s=60, positions=LossyConsumer.positions_of)
+    got = await _read(reader, consumer, rounds=8)
+    assert reader.stuck() == [P0]
+    assert (_offsets(got, P0), _offsets(got, P1), _offsets(got, P2)) == (
+        [0],
+        [0, 1, 2, 3],
+        [0, 1, 2, 3],
+    )
+    consumer.logs[P1] += [4, 5]
+    consumer.logs[P2] += [4]
+    before = consumer.calls
+    fetched = await reader.fetch(consumer, timeout_ms=0, max_records=100)  # type: ignore[arg-type]
+    assert sorted(
+        (tp.partition, [r.offset for r in rs]) for tp, rs in fetched.by_partition().items()
+    ) == [
+        (1, [4, 5]),
+        (2, [4]),
+    ]
+    assert consumer.calls - before == 1  # P0 is paused: the healthy two in one call

@@ -25,6 +25,7 @@ rejected) is kept in `Letters`, so a retry neither re-sends nor re-discovers the
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import time
 from collections.abc import Sequence
@@ -47,7 +48,7 @@ from worker.dlq import (
     StorageRefusal,
     truncate,
 )
-from worker.handlers.base import Item
+from worker.handlers.base import Item, transaction_time
 from worker.retention import Horizon
 from worker.retry import describe, is_record_error
 from worker.router import Prepared, PrepareError, prepare_batch, write_batch
@@ -174,10 +175,12 @@ class Committer:
             try:
                 began = time.time_ns()
                 async with self._pool.acquire() as conn, conn.transaction():
+                    # One time for every row this transaction writes (updated_at).
+                    at = transaction_time()
                     moves = {
                         tp: (batch[tp].claim.state.stored, batch[tp].next_offset) for tp in live
                     }
-                    done = await offsets.advance(conn, self._group_id, moves)
+                    done = await offsets.advance(conn, self._group_id, moves, at)
                     if done != live:
                         raise Fenced(live - done)
                     kept, erased = await erasure.screen(
@@ -186,7 +189,7 @@ class Committer:
                     if erased:
                         set_aside_erased(batch, erased)
                         prepared = None
-                    found = await self.store(conn, kept, prepared)
+                    found = await self.store(conn, kept, prepared, at)
                     if found:
                         raise _Rejected(found)  # rolls the transaction back
                 return began, time.time_ns()
@@ -209,16 +212,22 @@ class Committer:
         await self._dlq.publish(letters)
 
     async def store(
-        self, conn: asyncpg.Connection, items: Sequence[Item], prepared: Prepared | None = None
+        self,
+        conn: asyncpg.Connection,
+        items: Sequence[Item],
+        prepared: Prepared | None = None,
+        at: dt.datetime | None = None,
     ) -> list[tuple[Item, str, str]]:
         """Write `items`; isolate records the database rejects (or a handler cannot prepare)
         by bisection under savepoints. Returns the rejected items, dead-letter reason and
         message."""
         if not items:
             return []
+        at = transaction_time() if at is None else at
         try:
             async with conn.transaction():
-                await write_batch(conn, prepare_batch(items) if prepared is None else prepared)
+                batch = prepare_batch(items) if prepared is None else prepared
+                await write_batch(conn, batch, at)
             return []
         except PrepareError as exc:
             if len(items) == 1:
@@ -229,7 +238,9 @@ class Committer:
             if len(items) == 1:
                 return [(items[0], REJECTED_BY_DATABASE, truncate(describe(exc)))]
         mid = len(items) // 2
-        return await self.store(conn, items[:mid]) + await self.store(conn, items[mid:])
+        return await self.store(conn, items[:mid], None, at) + await self.store(
+            conn, items[mid:], None, at
+        )
 
 
 async def commit_kafka(consumer: Any, moves: dict[TopicPartition, int]) -> None:

@@ -11,10 +11,21 @@ that is not UTF-8) leaves `getmany` without naming the partition, and:
 - the failing partition's position does not move: the next fetch reads the same batch and
   raises again. It is retried forever, never skipped.
 
-So no `getmany` here can mix an unreadable batch with another partition's records:
+A call per partition avoids both, but costs in proportion to the partitions owned, on every
+fetch (and aiokafka's drain walks its whole buffer for each: per fetch, partitions squared). So:
 
-- each partition is drained by its own call, `getmany(tp)`: an error names its partition and
-  loses nothing;
+- normally every buffered partition is drained by ONE `getmany()`. Just before it, the
+  positions of the buffered partitions are read (`Positions`: the only ones a call without a
+  wait can drain). If it raises on an unreadable batch, each partition whose position moved is
+  sought back to where it was, so the records drained with the failure are fetched again (the
+  failing partition's own position never moved: aiokafka drops its half-read response and
+  refetches it). Nothing is lost, and the next few seconds fall back to the per-partition calls
+  below to find the partition. A rebalance during the call (a new aiokafka assignment) voids
+  the positions and nothing is sought: the new owner starts from the stored offsets anyway.
+  Where aiokafka keeps positions elsewhere (another version), every drain is per partition;
+- per partition, `getmany(tp)`: an error names its partition and loses nothing. Used while an
+  error has named no partition yet, and for the partitions that failed (the rest stay in one
+  `getmany(*healthy)`);
 - with nothing buffered, the wait for data is `getmany(max_records=1)`, which can only raise
   before it has drained a record. That error names no partition, so for a few seconds waits
   become polls of single partitions, until the batch (fetched again) fails in one of them;
@@ -29,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -44,6 +55,38 @@ from worker.retry import Backoff, describe
 log = structlog.get_logger("worker.fetch")
 
 Stamp = Callable[[TopicPartition], Any]
+
+
+class Positions(NamedTuple):
+    """Positions of some partitions, and what they are relative to (`token`: aiokafka's
+    assignment object, which a rebalance replaces)."""
+
+    token: object
+    at: dict[TopicPartition, int]
+
+
+# Reads positions: of the given partitions, or (None) of those with buffered fetched data.
+ReadPositions = Callable[[Any, Iterable[TopicPartition] | None], Positions | None]
+
+
+def aiokafka_positions(
+    consumer: Any, tps: Iterable[TopicPartition] | None = None
+) -> Positions | None:
+    """From aiokafka's internals (0.12 to 0.14: `Fetcher._records`, the subscription's
+    `Assignment.state_value`); None where they are not there, and the caller then does without."""
+    try:
+        assignment = consumer._subscription.subscription.assignment
+        buffered = consumer._fetcher._records
+    except AttributeError:
+        return None
+    if assignment is None:
+        return None
+    at: dict[TopicPartition, int] = {}
+    for tp in buffered if tps is None else tps:
+        state = assignment.state_value(tp)
+        if state is not None and state.has_valid_position:
+            at[tp] = state.position
+    return Positions(assignment, at)
 
 
 class Chunk(NamedTuple):
@@ -118,7 +161,8 @@ class _Failing:
 
 
 class PartitionReader:
-    """getmany for the worker: same records and waits, one partition per call."""
+    """getmany for the worker: same records and waits, without losing any to an unreadable
+    batch."""
 
     def __init__(
         self,
@@ -128,11 +172,13 @@ class PartitionReader:
         stamp: Stamp = _no_stamp,
         dropped: Callable[[], None] = lambda: None,
         paused: Callable[[], set[TopicPartition]] = set,
+        positions: ReadPositions = aiokafka_positions,
     ) -> None:
         self._metrics = metrics
         # The partitions an operator holds paused (worker pause): never resumed here, and
         # not a sign that the worker holds every partition.
         self._operator_paused = paused
+        self._positions = positions
         # Told when pausing a partition drops its buffered data (worker/reclaim.py).
         self._dropped = dropped
         # Called for a partition right as its records return from getmany, before any other
@@ -182,10 +228,66 @@ class PartitionReader:
     # -- draining ----------------------------------------------------------------------
 
     async def _drain(self, consumer: AIOKafkaConsumer, budget: int) -> Fetched:
+        """What is buffered: the healthy partitions in one call, the failing ones each by its
+        own; every partition by its own while an unreadable batch is not yet attributed."""
+        if time.monotonic() < self._poll_until:
+            return await self._drain_each(consumer, budget)
+        fetched = Fetched()
+        fetchable = consumer.assignment() - consumer.paused()
+        failing = fetchable & self._failing.keys()
+        if failing:
+            fetched = await self._drain_each(consumer, budget, sorted(failing))
+            budget -= fetched.size()
+            if budget <= 0 or self._deferred is not None:
+                return fetched
+        healthy = fetchable - failing
+        if not healthy:
+            return fetched
+        before = self._positions(consumer, None)
+        if before is None:
+            for chunk in await self._drain_each(consumer, budget, sorted(healthy)):
+                fetched.add(*chunk)
+            return fetched
+        try:
+            # No partitions named: aiokafka's drain skips none (paused ones it drops itself).
+            got = await consumer.getmany(*([] if not failing else healthy), max_records=budget)
+        except Exception as exc:
+            if not is_unreadable(exc):
+                # aiokafka raises a partition's fetch error only before it drains any record.
+                if fetched:
+                    self._deferred = exc
+                    return fetched
+                raise
+            self._rewind(consumer, before)
+            log.debug("unreadable batch in a drain of all partitions", error=describe(exc))
+            self._poll_until = time.monotonic() + POLL_WINDOW_S
+            for chunk in await self._drain_each(consumer, budget, sorted(healthy)):
+                fetched.add(*chunk)
+            return fetched
+        for tp, records in got.items():
+            fetched.add(tp, self._stamp(tp), records)
+        return fetched
+
+    def _rewind(self, consumer: AIOKafkaConsumer, before: Positions) -> None:
+        """Seek every partition that moved in a failed drain back to where it was: the records
+        drained with the failure were never returned."""
+        now = self._positions(consumer, before.at)
+        if now is None or now.token is not before.token:
+            return  # rebalanced meanwhile: the positions are the new assignment's
+        for tp, position in before.at.items():
+            if now.at.get(tp, position) != position:
+                consumer.seek(tp, position)
+
+    async def _drain_each(
+        self,
+        consumer: AIOKafkaConsumer,
+        budget: int,
+        partitions: list[TopicPartition] | None = None,
+    ) -> Fetched:
         """What is buffered, partition by partition, starting with a different one each time
         so that a busy partition cannot take every batch's whole budget."""
         fetched = Fetched()
-        for tp in self._rotation(consumer):
+        for tp in self._rotation(consumer, partitions):
             if budget <= 0:
                 break
             failing = self._failing.get(tp)
@@ -220,8 +322,12 @@ class PartitionReader:
                 return fetched
             await asyncio.sleep(min(POLL_INTERVAL_S, remaining))
 
-    def _rotation(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        fetchable = sorted(consumer.assignment() - consumer.paused())
+    def _rotation(
+        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition] | None = None
+    ) -> list[TopicPartition]:
+        fetchable = (
+            sorted(consumer.assignment() - consumer.paused()) if partitions is None else partitions
+        )
         if not fetchable:
             return []
         self._turn = (self._turn + 1) % len(fetchable)

@@ -16,15 +16,20 @@ Invariants:
   one transaction, and never deletes one: the running workers' compare-and-set fails on them,
   and they continue from the new value at their next batch.
 - Rows are locked in one order (topic, partition) by every writer.
+- `updated_at` is bound by the writer (the batch's transaction time), never `now()` in the
+  SQL: Citus refuses a non-immutable function in `DO UPDATE SET` (worker/distribution.py).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import asyncpg
 from aiokafka import TopicPartition
+
+from worker.handlers.base import transaction_time
 
 _LOAD = """
 SELECT topic, partition, next_offset FROM consumer_offsets
@@ -33,7 +38,7 @@ WHERE group_id = $1 AND (topic, partition) IN (
 """
 
 _ADVANCE = """
-UPDATE consumer_offsets AS o SET next_offset = u.next_offset, updated_at = now()
+UPDATE consumer_offsets AS o SET next_offset = u.next_offset, updated_at = $6::timestamptz
 FROM unnest($2::text[], $3::integer[], $4::bigint[], $5::bigint[])
     AS u(topic, partition, expected, next_offset)
 WHERE o.group_id = $1 AND o.topic = u.topic AND o.partition = u.partition
@@ -62,7 +67,7 @@ _SET = """
 INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
 SELECT $1, * FROM unnest($2::text[], $3::integer[], $4::bigint[])
 ON CONFLICT (group_id, topic, partition)
-DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
+DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = $5::timestamptz
 """
 
 
@@ -84,9 +89,11 @@ async def advance(
     conn: asyncpg.Connection,
     group_id: str,
     moves: Mapping[TopicPartition, tuple[int | None, int]],
+    at: dt.datetime | None = None,
 ) -> set[TopicPartition]:
     """Apply `{tp: (expected, next)}`; `expected=None` means "no row yet". Return the
-    partitions whose compare-and-set succeeded."""
+    partitions whose compare-and-set succeeded. `at` is the transaction's time (taken now if
+    the caller has none)."""
     ordered = sorted(moves.items())  # one lock order for every worker
     update = [(tp, exp, nxt) for tp, (exp, nxt) in ordered if exp is not None]
     create = [(tp, nxt) for tp, (exp, nxt) in ordered if exp is None]
@@ -99,6 +106,7 @@ async def advance(
             [tp.partition for tp, _, _ in update],
             [exp for _, exp, _ in update],
             [nxt for _, _, nxt in update],
+            transaction_time() if at is None else at,
         )
         done.update(TopicPartition(r["topic"], r["partition"]) for r in rows)
     if create:
@@ -145,5 +153,6 @@ async def reset(
                 [tp.topic for tp in moved],
                 [tp.partition for tp in moved],
                 [targets[tp] for tp in moved],
+                transaction_time(),
             )
     return plan

@@ -7,6 +7,7 @@ batch by handler then turns, say, all 13 proctoring types into one statement.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,12 +21,7 @@ from worker.handlers.base import Handler, Item
 from worker.handlers.interviews import InterviewStartedHandler
 from worker.handlers.proctoring import ProctoringHandler
 from worker.handlers.registers import Registers
-from worker.handlers.reports import (
-    ReportCreatedHandler,
-    proctoring_score_handler,
-    recording_handler,
-    webcam_recording_handler,
-)
+from worker.handlers.reports import report_handler
 
 
 def _build_routes() -> dict[type, Handler]:
@@ -35,10 +31,10 @@ def _build_routes() -> dict[type, Handler]:
     routes.update(
         {
             iv.InterviewStarted: InterviewStartedHandler(),
-            iv.InterviewReportCreated: ReportCreatedHandler(),
-            iv.InterviewRecordingCompleted: recording_handler,
-            iv.InterviewWebcamRecordingCompleted: webcam_recording_handler,
-            iv.ProctoringScoreCompleted: proctoring_score_handler,
+            iv.InterviewReportCreated: report_handler,
+            iv.InterviewRecordingCompleted: report_handler,
+            iv.InterviewWebcamRecordingCompleted: report_handler,
+            iv.ProctoringScoreCompleted: report_handler,
             iv.ApplicantCreated: applicants,
             iv.ApplicantInvited: applicants,
             iv.ApplicantUpdated: applicants,
@@ -59,8 +55,15 @@ if _missing:
     raise RuntimeError(f"event types without a handler: {sorted(_missing)}")
 
 
+# The order handlers write in, the same in every transaction whatever the batch holds: two
+# lanes then lock the rows of different tables in one table order (and within a table in key
+# order), so neither can hold what the other waits for.
+_WRITE_ORDER: dict[Handler, int] = {h: n for n, h in enumerate(dict.fromkeys(ROUTES.values()))}
+
+
 def group_by_handler(items: Iterable[Item]) -> dict[Handler, list[Item]]:
-    """Split a batch by handler, keeping each group's records in their stream order."""
+    """Split a batch by handler, keeping each group's records in their stream order; the
+    groups in `_WRITE_ORDER`."""
     groups: dict[Handler, list[Item]] = {}
     for item in items:
         handler = ROUTES[type(item.event)]
@@ -69,7 +72,9 @@ def group_by_handler(items: Iterable[Item]) -> dict[Handler, list[Item]]:
             groups[handler] = [item]
         else:
             group.append(item)
-    return groups
+    if len(groups) == 1:
+        return groups
+    return {h: groups[h] for h in sorted(groups, key=_WRITE_ORDER.__getitem__)}
 
 
 Prepared = list[tuple[Handler, Any]]
@@ -108,15 +113,19 @@ async def prepare_batch_cooperatively(items: Iterable[Item], slice_size: int = 5
     return prepared
 
 
-async def write_batch(conn: asyncpg.Connection, prepared: Prepared) -> None:
+async def write_batch(
+    conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime | None = None
+) -> None:
     """Write a prepared batch through its handlers, in the caller's transaction; then the
-    registers they all contributed to, once."""
-    registers = Registers()
+    registers they all contributed to, once. `at`: the transaction's time (now if None)."""
+    registers = Registers(at)
     for handler, payload in prepared:
         await handler.write(conn, payload, registers)
     await registers.write(conn)
 
 
-async def apply_batch(conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+async def apply_batch(
+    conn: asyncpg.Connection, items: Sequence[Item], at: dt.datetime | None = None
+) -> None:
     """Write a batch of decoded events through their handlers, in the caller's transaction."""
-    await write_batch(conn, prepare_batch(items))
+    await write_batch(conn, prepare_batch(items), at)

@@ -99,4 +99,4 @@ class ApplicantHandler(BatchHandler):
                 registers.jobs.add(
                     d.micro1_job_id, at, {"name": d.job_name, "ats_job_id": d.ats_job_id}
                 )
-        await fold.write(conn)
+        await fold.write(conn, registers.at)

@@ -79,6 +79,13 @@ def param(index: int, pg_type: str) -> str:
     return f"${index}::{pg_type}[]"
 
 
+def stamp(index: int) -> str:
+    """`updated_at` set from parameter `index`: the transaction's time, bound by the worker
+    (`worker.handlers.base.transaction_time`). Never `now()`: Citus refuses a function that is
+    not immutable in `ON CONFLICT ... DO UPDATE SET` (worker/distribution.py)."""
+    return f"updated_at = ${index}::timestamptz"
+
+
 def wire(pg_type: str, values: list[Any]) -> list[Any]:
     """`values` as `param` sends them."""
     if pg_type == "timestamptz":
@@ -156,7 +163,7 @@ class RegisterTable:
             f"INSERT INTO {self.name} AS t ({', '.join(names)})\n"
             f"SELECT * FROM unnest({params})\n"
             f"ON CONFLICT ({self.key.name}) DO UPDATE SET\n    "
-            + ",\n    ".join([*sets, "updated_at = now()"])
+            + ",\n    ".join([*sets, stamp(len(self._types()) + 1)])
             + "\nWHERE "
             + "\n   OR ".join(self.wins(c) for c in self.columns)
         )
@@ -204,9 +211,9 @@ class RegisterFold:
                 array.append(value)
         return [wire(t, a) for t, a in zip(self.table._types(), arrays, strict=True)]
 
-    async def write(self, conn: asyncpg.Connection) -> None:
+    async def write(self, conn: asyncpg.Connection, at: dt.datetime) -> None:
         if self._rows:
-            await conn.execute(self.table.sql, *self.arrays())
+            await conn.execute(self.table.sql, *self.arrays(), at)
 
 
 # -- gated rows ------------------------------------------------------------------------------
@@ -260,7 +267,7 @@ class GatedTable:
             f"INSERT INTO {self.name} AS t ({', '.join(names)})\n"
             f"SELECT *{consts} FROM unnest({params})\n"
             f"ON CONFLICT ({self.key.name}) DO UPDATE SET\n    "
-            + ",\n    ".join([*sets, "updated_at = now()"])
+            + ",\n    ".join([*sets, stamp(len(cols) + 1)])
             + f"\nWHERE {gate}"
         )
 
@@ -311,6 +318,6 @@ class GatedFold:
             arrays.append(wire(c.type, [self._rows[k].get(c.name) for k in keys]))
         return arrays
 
-    async def write(self, conn: asyncpg.Connection) -> None:
+    async def write(self, conn: asyncpg.Connection, at: dt.datetime) -> None:
         if self._rows:
-            await conn.execute(self.table.sql, *self.arrays())
+            await conn.execute(self.table.sql, *self.arrays(), at)

@@ -33,7 +33,7 @@ import structlog
 from schemas.common import tag_of
 from schemas.proctoring import FLAG_TYPES, PROCTORING_STRUCTS, SystemCheckCompleted
 from worker.handlers.base import BatchHandler, Item, columns, to_json
-from worker.handlers.merge import param, wire
+from worker.handlers.merge import param, stamp, wire
 from worker.handlers.registers import Registers
 
 log = structlog.get_logger("worker")
@@ -64,15 +64,20 @@ CREATE TEMP TABLE IF NOT EXISTS stage_proctoring_events (
 """
 _STAGE_COLUMNS = (*_COLUMNS[:3], "created_us", *_COLUMNS[4:])
 
-_SESSION_UPDATE = """
+
+def _session_update(at: int) -> str:
+    """The sessions' upsert clause; parameter `at` is the transaction's time."""
+    return f"""
 ON CONFLICT (exam_id, candidate_id) DO UPDATE SET
     started_at = LEAST(s.started_at, EXCLUDED.started_at),
     ended_at = GREATEST(s.ended_at, EXCLUDED.ended_at),
     last_event_at = GREATEST(s.last_event_at, EXCLUDED.last_event_at),
     flag_count = s.flag_count + EXCLUDED.flag_count,
     event_count = s.event_count + EXCLUDED.event_count,
-    updated_at = now()
+    {stamp(at)}
 """
+
+
 _SESSION_COLUMNS = (
     "exam_id, candidate_id, started_at, ended_at, last_event_at, flag_count, event_count"
 )
@@ -102,7 +107,7 @@ WITH ins AS (
     FROM ins
     GROUP BY exam_id, candidate_id
     ORDER BY exam_id, candidate_id
-    {_SESSION_UPDATE}
+    {_session_update(2)}
 )
 SELECT count(*) FROM ins
 """
@@ -113,7 +118,7 @@ INSERT INTO proctoring_sessions AS s ({_SESSION_COLUMNS})
 SELECT * FROM unnest(
     $1::text[], $2::text[], {param(3, "timestamptz")}, {param(4, "timestamptz")},
     {param(5, "timestamptz")}, $6::integer[], $7::integer[])
-{_SESSION_UPDATE}
+{_session_update(8)}
 """
 
 _INSERT_SYSTEM_CHECKS = """
@@ -312,14 +317,19 @@ class ProctoringHandler(BatchHandler):
             # The stage empties at commit: in autocommit mode it would be empty by the time
             # the INSERT reads it, and the batch would vanish without an error.
             raise RuntimeError("ProctoringHandler.write must run inside a transaction")
-        stored = self.direct and not prepared.extreme and await self._copy_direct(conn, prepared)
+        at = registers.at
+        stored = (
+            self.direct and not prepared.extreme and await self._copy_direct(conn, prepared, at)
+        )
         if not stored:
-            await self._insert_staged(conn, prepared)
+            await self._insert_staged(conn, prepared, at)
         if prepared.checks:
             checks = sorted(prepared.checks, key=lambda r: (r[0], r[1], r[2]))
             await conn.execute(_INSERT_SYSTEM_CHECKS, *columns(checks, 6))
 
-    async def _copy_direct(self, conn: asyncpg.Connection, prepared: Prepared) -> bool:
+    async def _copy_direct(
+        self, conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime
+    ) -> bool:
         """COPY the rows into proctoring_events and add them to the sessions; False (nothing
         written) if one of them was already stored."""
         try:
@@ -344,10 +354,13 @@ class ProctoringHandler(BatchHandler):
             wire("timestamptz", [s.last for s in sessions]),
             [s.flags for s in sessions],
             [s.events for s in sessions],
+            at,
         )
         return True
 
-    async def _insert_staged(self, conn: asyncpg.Connection, prepared: Prepared) -> None:
+    async def _insert_staged(
+        self, conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime
+    ) -> None:
         await conn.execute(_STAGE)
         await conn.copy_to_table(
             "stage_proctoring_events",
@@ -356,6 +369,6 @@ class ProctoringHandler(BatchHandler):
             schema_name="pg_temp",
             format="text",
         )
-        new = await conn.fetchval(_INSERT_STAGED, _FLAG_TYPES)
+        new = await conn.fetchval(_INSERT_STAGED, _FLAG_TYPES, at)
         if new == len(prepared.rows):
             self.direct = True

@@ -10,8 +10,11 @@ shared job or candidate.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncpg
 
+from worker.handlers.base import transaction_time
 from worker.handlers.merge import Column, RegisterTable, Rule
 
 _NEWEST_TEXT = ("text", Rule.NEWEST)
@@ -43,11 +46,14 @@ INTERVIEWS = RegisterTable(
 
 
 class Registers:
-    """A transaction's contributions to the shared register tables."""
+    """A transaction's contributions to the shared register tables, and its time `at`
+    (`worker.handlers.base.transaction_time`), which every handler of the transaction binds
+    as `updated_at`."""
 
-    __slots__ = ("candidates", "interviews", "jobs")
+    __slots__ = ("at", "candidates", "interviews", "jobs")
 
-    def __init__(self) -> None:
+    def __init__(self, at: dt.datetime | None = None) -> None:
+        self.at = transaction_time() if at is None else at
         self.interviews = INTERVIEWS.fold()
         self.candidates = CANDIDATES.fold()
         self.jobs = JOBS.fold()
@@ -55,4 +61,4 @@ class Registers:
     async def write(self, conn: asyncpg.Connection) -> None:
         # Always this order: every transaction locks shared rows table by table, key by key.
         for fold in (self.interviews, self.candidates, self.jobs):
-            await fold.write(conn)
+            await fold.write(conn, self.at)

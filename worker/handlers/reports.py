@@ -8,6 +8,17 @@ proctoring-score events carry no time and each owns its own columns, as register
 greater value wins, so no event erases another's values and arrival order never decides. Where
 two events carry the same value (recording URL, proctoring score) each source has its own
 column and the public column is computed from them, the dedicated event taking precedence.
+
+One handler writes all four, one statement per step, so that two commit lanes holding events
+of the same reports (they came through two partitions) cannot deadlock: the first statement,
+the part events' upsert, names every report of the batch in key order, creating the rows that
+do not exist yet and locking the others even where it changes nothing (`ON CONFLICT DO UPDATE
+... WHERE` locks the rows it skips); the report events' version read, their upsert and the
+violations then touch only rows the transaction holds. Every transaction thus takes its
+report locks in one order, before any register table (worker/handlers/registers.py), and a lane
+waits for the other instead of each holding what the other needs. (Before, each event type
+had its own statement: partition 0's recordings and partition 1's webcam recordings of the
+same reports locked in opposite orders; tests/test_report_lanes.py counts the deadlocks.)
 """
 
 from __future__ import annotations
@@ -18,7 +29,14 @@ from typing import Any
 
 import asyncpg
 
-from schemas.interview import InterviewReportData, ProctoringViolation, raw_or_none
+from schemas.interview import (
+    InterviewRecordingCompleted,
+    InterviewReportData,
+    InterviewWebcamRecordingCompleted,
+    ProctoringScoreCompleted,
+    ProctoringViolation,
+    raw_or_none,
+)
 from worker.handlers.base import BatchHandler, Item, columns
 from worker.handlers.merge import (
     Column,
@@ -27,6 +45,7 @@ from worker.handlers.merge import (
     RegisterTable,
     Rule,
     param,
+    stamp,
     time_order,
 )
 from worker.handlers.registers import Registers
@@ -85,39 +104,104 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
 """
 
 
-class ReportCreatedHandler(BatchHandler):
-    name = "interview_report.created"
+class ReportHandler(BatchHandler):
+    """One instance serves the four events of a report: they write the same rows, so a
+    batch's report events become one statement per step, in key order (see the module
+    docstring: why two lanes then never deadlock)."""
+
+    name = "interview_report"
+
+    def __init__(self, parts: dict[type, dict[str, Column]]) -> None:
+        """`parts` maps each part event's struct to {data attribute: the column it fills}."""
+        self._parts = parts
+        columns = [c for fields in parts.values() for c in fields.values()]
+        self._table = RegisterTable(
+            "interview_reports", REPORTS.key, (Column("candidate_id", "text"), *columns)
+        )
+        self._sql = _parts_sql(self._table, columns)
 
     async def write(
         self, conn: asyncpg.Connection, items: Sequence[Item], registers: Registers
     ) -> None:
-        reports: list[InterviewReportData] = [item.event.data for item in items]
-        stored = await REPORTS.stored_versions(conn, (d.report_id for d in reports))
-        fold = GatedFold(REPORTS, stored)
-        violations: dict[str, list[ProctoringViolation]] = {}
-        for d in reports:
-            values = {name: fill(d) for name, (_, fill) in _REPORT_COLUMNS.items()}
-            current = fold.offer(d.report_id, _report_version(d.date_modified), values)
-            if current and d.proctoring_violations is not None:
-                violations[d.report_id] = d.proctoring_violations
-            # Names and the interview are registers: a stale report still offers them, at
-            # its own (older) time.
-            at = d.date_modified
-            registers.candidates.add(
-                d.candidate_id, at, {"name": d.candidate_name, "email": d.candidate_email_id}
-            )
-            registers.interviews.add(
-                d.interview_id,
-                at,
-                {
-                    "interview_name": d.interview_name,
-                    "candidate_id": d.candidate_id,
-                    "ats_job_id": d.ats_job_id,
-                    "ats_job_application_id": d.ats_job_application_id,
-                },
-            )
-        await fold.write(conn)
-        await _replace_violations(conn, violations)
+        parts = self._table.fold()
+        least: dict[str, str] = {}
+        reports: list[InterviewReportData] = []
+        for item in items:
+            d = item.event.data
+            fields = self._parts.get(type(item.event))
+            if fields is None:
+                reports.append(d)
+                parts.add(d.report_id, None, {})  # the row is locked (or created) here too
+                continue
+            parts.add(d.report_id, None, {c.name: getattr(d, a) for a, c in fields.items()})
+            least[d.report_id] = min(least.get(d.report_id, d.candidate_id), d.candidate_id)
+        for report_id, candidate_id in least.items():
+            parts.add(report_id, None, {"candidate_id": candidate_id})
+        # Step 1 locks every report row of the batch, creating the missing ones, in key
+        # order; every later statement touches only rows this transaction already holds.
+        await conn.execute(self._sql, *parts.arrays(), registers.at)
+        if reports:
+            await _write_reports(conn, reports, registers)
+
+
+def _parts_sql(table: RegisterTable, columns: Sequence[Column]) -> str:
+    """The part events' upsert: registers of their own columns (no time: the greater value
+    wins), and the report's candidate_id until the report event sets it (the smallest value,
+    which no arrival order can change). A row without values is locked and left alone."""
+    params = ", ".join(param(i, c.type) for i, c in enumerate(table.columns, 2))
+    at = len(table.columns) + 2
+    sets = [
+        f"{c.name} = CASE WHEN {table.wins(c)} THEN EXCLUDED.{c.name} ELSE t.{c.name} END"
+        for c in columns
+    ]
+    sets_sql = ",\n    ".join(sets)
+    changed = "\n   OR ".join(table.wins(c) for c in columns)
+    names = ", ".join(c.name for c in table.columns)
+    return f"""
+INSERT INTO interview_reports AS t (report_id, {names}, updated_at)
+SELECT *, ${at}::timestamptz FROM unnest($1::text[], {params})
+ON CONFLICT (report_id) DO UPDATE SET
+    candidate_id = CASE WHEN t.has_report THEN t.candidate_id
+                        ELSE LEAST(t.candidate_id COLLATE "C", EXCLUDED.candidate_id) END,
+    {sets_sql},
+    {stamp(at)}
+WHERE (NOT t.has_report AND EXCLUDED.candidate_id IS NOT NULL
+       AND (t.candidate_id IS NULL OR EXCLUDED.candidate_id COLLATE "C" < t.candidate_id))
+   OR {changed}
+"""
+
+
+async def _write_reports(
+    conn: asyncpg.Connection, reports: list[InterviewReportData], registers: Registers
+) -> None:
+    """The report events' columns (a gated row) and violation sets, and their names and
+    interviews into the registers."""
+    stored = await REPORTS.stored_versions(conn, (d.report_id for d in reports))
+    fold = GatedFold(REPORTS, stored)
+    violations: dict[str, list[ProctoringViolation]] = {}
+    for d in reports:
+        values = {name: fill(d) for name, (_, fill) in _REPORT_COLUMNS.items()}
+        current = fold.offer(d.report_id, _report_version(d.date_modified), values)
+        if current and d.proctoring_violations is not None:
+            violations[d.report_id] = d.proctoring_violations
+        # Names and the interview are registers: a stale report still offers them, at
+        # its own (older) time.
+        at = d.date_modified
+        registers.candidates.add(
+            d.candidate_id, at, {"name": d.candidate_name, "email": d.candidate_email_id}
+        )
+        registers.interviews.add(
+            d.interview_id,
+            at,
+            {
+                "interview_name": d.interview_name,
+                "candidate_id": d.candidate_id,
+                "ats_job_id": d.ats_job_id,
+                "ats_job_application_id": d.ats_job_application_id,
+            },
+        )
+    await fold.write(conn, registers.at)
+    await _replace_violations(conn, violations)
 
 
 async def _replace_violations(
@@ -140,73 +224,24 @@ def _json_text(raw: object) -> str | None:
     return None if body is None else body.decode()
 
 
-class ReportPartHandler(BatchHandler):
-    """A recording, webcam-recording or proctoring-score event: registers of its own
-    columns (no time: the greater value wins), and the report's candidate_id until the
-    report event sets it (the smallest value, which no arrival order can change)."""
-
-    def __init__(self, name: str, fields: dict[str, Column]) -> None:
-        """`fields` maps event data attributes to the interview_reports columns they fill."""
-        self.name = name
-        self._fields = fields
-        self._table = RegisterTable(
-            "interview_reports", REPORTS.key, (Column("candidate_id", "text"), *fields.values())
-        )
-        own = [c for c in self._table.columns if c.name != "candidate_id"]
-        params = ", ".join(param(i, c.type) for i, c in enumerate(self._table.columns, 2))
-        sets = [
-            f"{c.name} = CASE WHEN {self._table.wins(c)} THEN EXCLUDED.{c.name} ELSE t.{c.name} END"
-            for c in own
-        ]
-        sets_sql = ",\n    ".join(sets)
-        changed = "\n   OR ".join(self._table.wins(c) for c in own)
-        self._sql = f"""
-INSERT INTO interview_reports AS t (report_id, {", ".join(c.name for c in self._table.columns)})
-SELECT * FROM unnest($1::text[], {params})
-ON CONFLICT (report_id) DO UPDATE SET
-    candidate_id = CASE WHEN t.has_report THEN t.candidate_id
-                        ELSE LEAST(t.candidate_id COLLATE "C", EXCLUDED.candidate_id) END,
-    {sets_sql},
-    updated_at = now()
-WHERE (NOT t.has_report AND EXCLUDED.candidate_id IS DISTINCT FROM t.candidate_id)
-   OR {changed}
-"""
-
-    async def write(
-        self, conn: asyncpg.Connection, items: Sequence[Item], registers: Registers
-    ) -> None:
-        fold = self._table.fold()
-        least: dict[str, str] = {}
-        for item in items:
-            d = item.event.data
-            fold.add(d.report_id, None, {c.name: getattr(d, a) for a, c in self._fields.items()})
-            least[d.report_id] = min(least.get(d.report_id, d.candidate_id), d.candidate_id)
-        for report_id, candidate_id in least.items():
-            fold.add(report_id, None, {"candidate_id": candidate_id})
-        await conn.execute(self._sql, *fold.arrays())
-
-
-recording_handler = ReportPartHandler(
-    "interview_recording.completed",
+report_handler = ReportHandler(
     {
-        "interview_recording_url": Column("recording_url_from_event", "text", Rule.GREATEST),
-        "interview_recording_player_url": Column(
-            "interview_recording_player_url", "text", Rule.GREATEST
-        ),
-    },
-)
-webcam_recording_handler = ReportPartHandler(
-    "interview_webcam_recording.completed",
-    {
-        "interview_webcam_recording_url": Column(
-            "interview_webcam_recording_url", "text", Rule.GREATEST
-        ),
-        "interview_webcam_recording_player_url": Column(
-            "interview_webcam_recording_player_url", "text", Rule.GREATEST
-        ),
-    },
-)
-proctoring_score_handler = ReportPartHandler(
-    "proctoring_score.completed",
-    {"proctoring_score": Column("proctoring_score_from_event", "numeric", Rule.GREATEST)},
+        InterviewRecordingCompleted: {
+            "interview_recording_url": Column("recording_url_from_event", "text", Rule.GREATEST),
+            "interview_recording_player_url": Column(
+                "interview_recording_player_url", "text", Rule.GREATEST
+            ),
+        },
+        InterviewWebcamRecordingCompleted: {
+            "interview_webcam_recording_url": Column(
+                "interview_webcam_recording_url", "text", Rule.GREATEST
+            ),
+            "interview_webcam_recording_player_url": Column(
+                "interview_webcam_recording_player_url", "text", Rule.GREATEST
+            ),
+        },
+        ProctoringScoreCompleted: {
+            "proctoring_score": Column("proctoring_score_from_event", "numeric", Rule.GREATEST)
+        },
+    }
 )
