@@ -39,8 +39,9 @@ from bench.baselines import (
     decoded_proctoring,
 )
 from bench.stack import database_url_for
+from worker.clock import transaction_time
 from worker.handlers import proctoring as pr
-from worker.handlers.base import Item, transaction_time
+from worker.handlers.base import Item
 from worker.handlers.registers import Registers
 
 TOPIC = "proctoring.events"

@@ -40,6 +40,7 @@ from aiokafka.structs import OffsetAndMetadata
 from schemas.common import tag_of
 from worker import erasure, offsets
 from worker.batch import Batch, Part, record_of, set_aside_erased
+from worker.clock import transaction_time
 from worker.dlq import (
     REJECTED_BY_DATABASE,
     SCHEMA_VIOLATION,
@@ -48,7 +49,7 @@ from worker.dlq import (
     StorageRefusal,
     truncate,
 )
-from worker.handlers.base import Item, transaction_time
+from worker.handlers.base import Item
 from worker.retention import Horizon
 from worker.retry import describe, is_record_error
 from worker.router import Prepared, PrepareError, prepare_batch, write_batch

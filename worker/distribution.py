@@ -11,7 +11,7 @@ statement the worker sends, and fails when
   immutable (Citus evaluates those on the shards and refuses anything the shards could
   evaluate differently: "functions used in the DO UPDATE SET clause of INSERTs on distributed
   tables must be marked IMMUTABLE"). The worker binds times such as `updated_at` itself, taken
-  once per transaction (`worker.handlers.base.transaction_time`).
+  once per transaction (`worker.clock.transaction_time`).
 
 The table of docs/scaling.md is `python -m worker.distribution`; the test checks it is current.
 
@@ -90,6 +90,20 @@ PLACEMENTS: dict[str, Placement] = {
     ),
     "schema_migrations": Placement(
         Kind.REFERENCE, why="written by `worker migrate` only, read at start"
+    ),
+    "erasures": Placement(
+        Kind.REFERENCE,
+        why="the erasure ledger: one row per `worker forget`, read by every batch's check",
+    ),
+    "erasure_state": Placement(
+        Kind.REFERENCE,
+        why="one row: the ledger's key and lock row, read FOR SHARE by every batch",
+    ),
+    "retention_state": Placement(
+        Kind.REFERENCE, why="one row: what retention has dropped, read by every worker"
+    ),
+    "partition_pauses": Placement(
+        Kind.REFERENCE, why="a few rows per group, written by `worker pause`, read every 2 s"
     ),
 }
 

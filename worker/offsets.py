@@ -29,7 +29,7 @@ from typing import Protocol
 import asyncpg
 from aiokafka import TopicPartition
 
-from worker.handlers.base import transaction_time
+from worker.clock import transaction_time
 
 _LOAD = """
 SELECT topic, partition, next_offset FROM consumer_offsets

@@ -11,7 +11,6 @@ once after every handler (worker/handlers/registers.py).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -61,14 +60,6 @@ class BatchHandler:
 
     async def write(self, conn: asyncpg.Connection, prepared: Any, registers: Registers) -> None:
         raise NotImplementedError
-
-
-def transaction_time() -> dt.datetime:
-    """The time a transaction writes into `updated_at`, taken once per transaction by the
-    worker and bound as a parameter of every statement that sets it: the SQL calls no `now()`
-    where Citus would refuse it (worker/distribution.py), and every row one transaction
-    writes carries the same time, as `now()` (the transaction's start) gave them before."""
-    return dt.datetime.now(dt.UTC)
 
 
 def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

@@ -81,7 +81,7 @@ def param(index: int, pg_type: str) -> str:
 
 def stamp(index: int) -> str:
     """`updated_at` set from parameter `index`: the transaction's time, bound by the worker
-    (`worker.handlers.base.transaction_time`). Never `now()`: Citus refuses a function that is
+    (`worker.clock.transaction_time`). Never `now()`: Citus refuses a function that is
     not immutable in `ON CONFLICT ... DO UPDATE SET` (worker/distribution.py)."""
     return f"updated_at = ${index}::timestamptz"
 

@@ -14,7 +14,7 @@ import datetime as dt
 
 import asyncpg
 
-from worker.handlers.base import transaction_time
+from worker.clock import transaction_time
 from worker.handlers.merge import Column, RegisterTable, Rule
 
 _NEWEST_TEXT = ("text", Rule.NEWEST)
@@ -47,7 +47,7 @@ INTERVIEWS = RegisterTable(
 
 class Registers:
     """A transaction's contributions to the shared register tables, and its time `at`
-    (`worker.handlers.base.transaction_time`), which every handler of the transaction binds
+    (`worker.clock.transaction_time`), which every handler of the transaction binds
     as `updated_at`."""
 
     __slots__ = ("at", "candidates", "interviews", "jobs")
