@@ -11,22 +11,19 @@ and decides per request; responses pass through untouched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
+
+from support.tcp_proxy import TcpProxy
 
 PRODUCE_API_KEY = 0
 
 
-class KafkaProxy:
+class KafkaProxy(TcpProxy):
     def __init__(self, upstream_port: int, port: int, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = port
-        self._upstream_port = upstream_port
-        self._server: asyncio.Server | None = None
+        super().__init__(upstream_port, port, host)
         self._released = asyncio.Event()
         self._released.set()
         self._held_client: str | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         # Produce requests from the held client that arrived while it was held.
         self.held_requests = 0
 
@@ -34,18 +31,9 @@ class KafkaProxy:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
-
     async def close(self) -> None:
         self.release()
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        await super().close()
 
     def hold_produce(self, client_id: str) -> None:
         """Stop forwarding produce requests of `client_id` (and what follows them on its
@@ -57,24 +45,7 @@ class KafkaProxy:
         self._held_client = None
         self._released.set()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.host, self._upstream_port)
-        tasks = [
-            asyncio.create_task(self._requests(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
-        ]
-        self._tasks.update(tasks)
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-                self._tasks.discard(task)
-            for w in (writer, up_writer):
-                with contextlib.suppress(Exception):
-                    w.close()
-
-    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             size_bytes = await reader.readexactly(4)
             (size,) = struct.unpack(">i", size_bytes)
@@ -85,10 +56,4 @@ class KafkaProxy:
                 self.held_requests += 1
                 await self._released.wait()
             writer.write(size_bytes + body)
-            await writer.drain()
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
             await writer.drain()

@@ -13,51 +13,18 @@ messages and forwards or cuts; the server's answers pass through untouched. Conn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 
+from support.tcp_proxy import TcpProxy
 
-class PgProxy:
+
+class PgProxy(TcpProxy):
     def __init__(self, upstream_port: int, max_message: int, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.upstream_port = upstream_port
+        super().__init__(upstream_port, 0, host)
         self.max_message = max_message
-        self.port = 0
         self.cut = 0  # connections closed for an oversized message
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream_port)
-        tasks = [
-            asyncio.create_task(self._frontend(reader, up_writer)),
-            asyncio.create_task(_pipe(up_reader, writer)),
-        ]
-        self._tasks.update(tasks)
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-                self._tasks.discard(task)
-            for w in (writer, up_writer):
-                with contextlib.suppress(Exception):
-                    w.close()
-
-    async def _frontend(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         (length,) = struct.unpack(">i", await reader.readexactly(4))
         writer.write(struct.pack(">i", length) + await reader.readexactly(length - 4))
         while True:
@@ -68,9 +35,3 @@ class PgProxy:
                 return  # closes both sides, as the server does
             writer.write(header + await reader.readexactly(length - 4))
             await writer.drain()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(1 << 16):
-        writer.write(data)
-        await writer.drain()
