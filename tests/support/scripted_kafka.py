@@ -216,7 +216,21 @@ class Fetch:
 _ALL = object()  # hold every fetch
 
 
-class ScriptedConsumer:
+class _ListOffsets:
+    """ListOffsets as the broker answers it now (earliest and latest), for the consumers."""
+
+    broker: ScriptedBroker
+
+    async def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        return {tp: self.broker.log_start[tp] for tp in partitions}
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.broker.end(tp) for tp in partitions}
+
+
+class ScriptedConsumer(_ListOffsets):
     """Implements what the worker calls on AIOKafkaConsumer, over a ScriptedBroker."""
 
     def __init__(self, *topics: str, broker: ScriptedBroker | None = None, **_ignored: Any):
@@ -277,14 +291,6 @@ class ScriptedConsumer:
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         return self.broker.partitions_for_topic(topic)
-
-    async def beginning_offsets(
-        self, partitions: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, int]:
-        return {tp: self.broker.log_start[tp] for tp in partitions}
-
-    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: self.broker.end(tp) for tp in partitions}
 
     async def committed(self, partition: TopicPartition) -> int | None:
         return self.broker.committed.get(partition)
@@ -747,7 +753,7 @@ class ScriptedProducer:
 # -- injection into the worker ----------------------------------------------------------------
 
 
-class ScriptedReader:
+class ScriptedReader(_ListOffsets):
     """A group-less consumer reading log bounds (worker/broker.py): ListOffsets answers
     and fetch responses carry the broker's log ends as they are now."""
 
@@ -761,14 +767,6 @@ class ScriptedReader:
 
     async def stop(self) -> None:
         pass
-
-    async def beginning_offsets(
-        self, partitions: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, int]:
-        return {tp: self.broker.log_start[tp] for tp in partitions}
-
-    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: self.broker.end(tp) for tp in partitions}
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         self._assigned = dict.fromkeys(partitions)

@@ -227,17 +227,20 @@ def _offsets(args: argparse.Namespace) -> tuple[int, int] | None:
     return (low, high)
 
 
-async def _inspect(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    filters = DeadLetterFilter(
+def _filters(args: argparse.Namespace) -> DeadLetterFilter:
+    return DeadLetterFilter(
         reasons=frozenset(args.reason) if args.reason else None,
         topic=args.topic,
         offsets=_offsets(args),
         partition=args.partition,
         candidate=args.candidate,
     )
+
+
+async def _inspect(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     scan = await scan_dead_letters(
         settings,
-        accept=filters.matches,
+        accept=_filters(args).matches,
         limit=args.limit,
         timeout_s=args.timeout,
         idle_s=args.idle,
@@ -261,11 +264,7 @@ async def _inspect(args: argparse.Namespace, settings: Settings, out: TextIO) ->
 async def _replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     result = await replay_dead_letters(
         settings,
-        reason=set(args.reason) if args.reason else None,
-        topic=args.topic,
-        offsets=_offsets(args),
-        partition=args.partition,
-        candidate=args.candidate,
+        _filters(args),
         limit=args.limit,
         max_replays=args.max_replays,
         include_replayed=args.include_replayed,

@@ -106,12 +106,8 @@ async def plan_replay(
 
 async def replay_dead_letters(
     settings: Settings,
+    filters: DeadLetterFilter = DeadLetterFilter(),  # noqa: B008 (frozen: shared safely)
     *,
-    reason: set[str] | None = None,
-    topic: str | None = None,
-    offsets: tuple[int, int] | None = None,
-    partition: int | None = None,
-    candidate: str | None = None,
     limit: int | None = None,
     max_replays: int = 1,
     include_replayed: bool = False,
@@ -120,14 +116,8 @@ async def replay_dead_letters(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     idle_s: float = DEFAULT_IDLE_S,
 ) -> ReplayResult:
-    """Plan a replay and, with `execute`, publish it. Without `execute` nothing is sent."""
-    filters = DeadLetterFilter(
-        reasons=frozenset(reason) if reason is not None else None,
-        topic=topic,
-        offsets=offsets,
-        partition=partition,
-        candidate=candidate,
-    )
+    """Plan a replay of the dead letters `filters` accepts and, with `execute`, publish it.
+    Without `execute` nothing is sent."""
     plan = await plan_replay(
         settings,
         filters,
