@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaTimeoutError
+from aiokafka.errors import IllegalStateError, KafkaTimeoutError, TopicAuthorizationFailedError
 from support import infra
 from support.e2e import settings_for
 from support.pg_proxy import PgProxy
@@ -46,6 +46,7 @@ from support.scripted_kafka import (
 from worker import consumer as consumer_module
 from worker import offsets as offsets_module
 from worker import ownership as ownership_module
+from worker import pauses as pauses_module
 from worker.config import Settings
 from worker.migrate import migrate_url
 from worker.tools.forget import count_rows, erase
@@ -112,14 +113,16 @@ def spans(offsets: Iterable[int]) -> str:
     return ", ".join(out)
 
 
+def dead_letters_of(sent: Any) -> tuple[int, int]:
+    """A dead letter's original (partition, offset)."""
+    partition, offset = sent.header("dlq.original.partition"), sent.header("dlq.original.offset")
+    assert partition is not None and offset is not None, sent.headers
+    return int(partition), int(offset)
+
+
 def dead_letters(producer: ScriptedProducer) -> Counter[tuple[int, int]]:
     """Acknowledged dead letters by original (partition, offset)."""
-    found: Counter[tuple[int, int]] = Counter()
-    for s in producer.acked:
-        partition, offset = s.header("dlq.original.partition"), s.header("dlq.original.offset")
-        assert partition is not None and offset is not None, s.headers
-        found[(int(partition), int(offset))] += 1
-    return found
+    return Counter(dead_letters_of(s) for s in producer.acked)
 
 
 # -- the database side ------------------------------------------------------------------------
@@ -1126,5 +1129,313 @@ async def test_l_a_batch_that_meets_an_erasure_in_progress_stores_nothing_of_the
         await db.wait_offsets({I0: 2}, run)
         if await rows_naming(db, ERASED) != {"applicants": 1, "candidates": 1}:
             problems.append(f"after a new record: {await rows_naming(db, ERASED)}")
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+# -- m. a consumer error in the middle of a fetch (issue 24) ----------------------------------
+
+
+async def test_m_a_record_returned_before_a_consumer_error_is_stored_not_skipped(
+    database_url: str,
+) -> None:
+    """Right after P0 is positioned, the fetch's wait returns its first record and the drain
+    that follows fails with a consumer-level error (another topic's authorization failure,
+    a coordinator error from check_errors()). That record was returned by the consumer: it
+    must be stored, not passed over as a gap in the log."""
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=1)
+    clients = ScriptedClients(s, partitions=1)
+    c = clients.scripted_consumer
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0})
+        await c.until(lambda: P0 in run.worker.owned(), 5.0, "P0 positioned")
+        calls = len(c.fetches)
+        await c.wait_fetches(calls + 1)
+        await c.wait_waiting()  # the wait for data, after the positioning
+        c.fail_after_return(TopicAuthorizationFailedError())
+        fill(c, P0, 10)
+        problems: list[str] = []
+        try:
+            await db.wait_offsets({P0: 10}, run)
+        except AssertionError as exc:
+            problems.append(str(exc))
+        await asyncio.sleep(0.2)
+        check_rows(problems, await db.rows(P0), P0, present=range(10))
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+# -- n, o. an operator's pause while a lane backs off, and one a batch meets in its commit ----
+
+
+async def test_n_a_pause_is_followed_while_a_lane_backs_off(database_url: str) -> None:
+    """P1's lane backs off (its dead letter refused) with every partition held. The operator
+    pauses P1 to unblock the others, as the README advises: within the 5 s the contract
+    promises, P0's new records must be stored while P1 stores nothing and sends no dead
+    letter; once resumed (and the broker takes dead letters again), P1 is stored from where
+    it was, its dead letter once."""
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=2)
+    clients = ScriptedClients(s)
+    c, p = clients.scripted_consumer, clients.scripted_producer
+    fill(c, P0, 5)
+    fill(c, P1, 5)
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0, P1})
+        await db.wait_offsets({P0: 5, P1: 5}, run)
+        p.fail_sends()
+        fill(c, P1, 5, bad={7})  # [5, 10): its dead letter is refused, the lane backs off
+        await c.until(lambda: run.worker.retrying, 5.0, "lane 1 backing off")
+        operator = await db.connect()
+        await pauses_module.pause(operator, s.group_id, {P1})
+        fill(c, P0, 5)  # [5, 10)
+        problems: list[str] = []
+        try:
+            await db.wait_offsets({P0: 10}, run, timeout=6.0)
+        except AssertionError as exc:
+            problems.append(f"the pause did not unblock P0 within 6 s: {exc}")
+        check_rows(problems, await db.rows(P1), P1, absent=range(5, 10), what=" (paused)")
+        if any(s.outcome == "acked" for s in p.sent):
+            problems.append("a dead letter of the paused partition was sent")
+        p.stop_failing()
+        await pauses_module.resume(operator, s.group_id, {P1})
+        try:
+            await db.wait_offsets({P0: 10, P1: 10}, run)
+        except AssertionError as exc:
+            problems.append(f"after the resume: {exc}")
+        check_rows(problems, await db.rows(P0), P0, present=range(10))
+        check_rows(problems, await db.rows(P1), P1, present=[o for o in range(10) if o != 7])
+        if dead_letters(p) != {(1, 7): 1}:
+            problems.append(f"dead letters by (partition, offset): {dict(dead_letters(p))}")
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+async def test_o_a_batch_claimed_before_a_pause_stores_nothing_of_the_paused_partition(
+    database_url: str,
+) -> None:
+    """P1's batch [5, 10) has been fetched and waits for its dead letter's acknowledgement
+    when the operator pauses P1; the acknowledgement comes at once, long before the workers'
+    periodic read of the pauses. The pause is read in the batch's own transaction: nothing of
+    P1 is stored and its offset stays; after the resume its records are read again and
+    stored once (the dead letter may repeat, never be lost)."""
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=2)
+    clients = ScriptedClients(s)
+    c, p = clients.scripted_consumer, clients.scripted_producer
+    fill(c, P0, 5)
+    fill(c, P1, 5)
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0, P1})
+        await db.wait_offsets({P0: 5, P1: 5}, run)
+        p.hold_sends()
+        fill(c, P1, 5, bad={7})  # [5, 10): waits for its dead letter's acknowledgement
+        await p.wait_held(1)
+        operator = await db.connect()
+        await pauses_module.pause(operator, s.group_id, {P1})
+        p.release_sends()
+        await asyncio.sleep(0.5)
+        problems: list[str] = []
+        check_rows(problems, await db.rows(P1), P1, absent=range(5, 10), what=" (paused)")
+        if (await db.offsets()).get(P1) != 5:
+            problems.append(f"P1's offset moved while paused: {await db.offsets()}")
+        await pauses_module.resume(operator, s.group_id, {P1})
+        try:
+            await db.wait_offsets({P1: 10}, run)
+        except AssertionError as exc:
+            problems.append(f"after the resume: {exc}")
+        check_rows(problems, await db.rows(P1), P1, present=[o for o in range(10) if o != 7])
+        if dead_letters(p)[(1, 7)] < 1:
+            problems.append("P1's dead letter was lost")
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+# -- p. a lost log whose partition is revoked while its end is read ----------------------------
+
+
+async def test_p_a_partition_revoked_while_its_log_end_is_read_is_left_alone(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P0's log is lost (recreated shorter than the stored offset), which usually comes with a
+    rebalance. The worker asks the broker for the log end, and the group revokes P0 while
+    the answer is on its way: the worker must not seek a partition it no longer owns (aiokafka
+    raises IllegalStateError), and must go on with P1."""
+    monkeypatch.setattr(consumer_module, "CHECK_INTERVAL_S", 0.05)
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=1)
+    clients = ScriptedClients(s)
+    c = clients.scripted_consumer
+    fill(c, P0, 10)
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0, P1})
+        await db.wait_offsets({P0: 10}, run)
+        clients.scripted_reader.hold()
+        c.broker.logs[P0] = []  # the topic was recreated: three records, below the stored 10
+        fill(c, P0, 3)
+        await clients.scripted_reader.wait_reading()
+        await c.revoke()
+        await c.assign({P1})
+        clients.scripted_reader.release()
+        fill(c, P1, 5)
+        problems: list[str] = []
+        try:
+            await db.wait_offsets({P1: 5}, run)
+        except AssertionError as exc:
+            problems.append(str(exc))
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+# -- q. one record over the server's message limit --------------------------------------------
+
+
+async def test_q_a_single_record_over_the_message_limit_is_dead_lettered(
+    database_url: str,
+) -> None:
+    """One record of P0 alone is over the server's message limit (tests/support/pg_proxy.py at
+    16 KiB, as PostgreSQL at 1 GB): no split can help. It must be dead-lettered as
+    rejected_by_database with the error attached, and neither P0's later records nor P1 may
+    be held behind it."""
+    await migrate_url(database_url)
+    parts = urlsplit(database_url)
+    proxy = PgProxy(upstream_port=parts.port or 5432, max_message=16 << 10)
+    await proxy.start()
+    via_proxy = urlunsplit(
+        parts._replace(
+            netloc=f"{parts.netloc.rsplit(':', 1)[0]}:{proxy.port}", query="sslmode=disable"
+        )
+    )
+    s = settings(via_proxy, db_lanes=1)
+    clients = ScriptedClients(s)
+    c = clients.scripted_consumer
+    huge = json.loads(event(P0, 0))
+    huge["description"] = "x" * (20 << 10)
+    c.append(P0, json.dumps(huge).encode(), key=b"exam-0:cand")
+    fill(c, P0, 2)
+    fill(c, P1, 3)
+    try:
+        async with scenario(database_url, s, clients) as (run, db, watch):
+            await c.assign({P0, P1})
+            problems: list[str] = []
+            try:
+                await db.wait_offsets({P0: 3, P1: 3}, run, timeout=30.0)
+            except AssertionError as exc:
+                problems.append(f"{exc} (connections cut for their size: {proxy.cut})")
+            check_rows(problems, await db.rows(P0), P0, present=[1, 2], absent=[0])
+            check_rows(problems, await db.rows(P1), P1, present=range(3))
+            sent = run.producer.acked
+            letters = [s.header("dlq.reason") for s in sent if dead_letters_of(s) == (0, 0)]
+            if letters != ["rejected_by_database"] or len(sent) != 1:
+                problems.append(
+                    "expected one dead letter, rejected_by_database, of P0 offset 0; got "
+                    f"{[(dead_letters_of(s), s.header('dlq.reason')) for s in sent]}"
+                )
+            elif not sent[0].header("dlq.error"):
+                problems.append("the dead letter carries no error")
+            check_common(problems, run, watch)
+            assert not problems, "\n".join(problems)
+    finally:
+        await proxy.close()
+
+
+# -- r. transaction markers -------------------------------------------------------------------
+
+
+async def test_r_transaction_markers_cost_no_seek(database_url: str) -> None:
+    """A transactional producer's commit marker follows every transaction: offsets that hold
+    no record. Whether a fetch ends right after a marker or right before one, the records
+    after it continue what was claimed (the consumer returned nothing in between): no seek
+    back, and the stored offset reaches the log end, marker included."""
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=1)
+    clients = ScriptedClients(s, partitions=1)
+    c = clients.scripted_consumer
+    records: list[int] = []
+
+    def transaction(n: int) -> None:
+        records.extend(fill(c, P0, n))
+        c.broker.append_marker(P0)
+
+    for _ in range(5):
+        transaction(3)
+
+    async def stored(db: Db, run: RunningWorker) -> None:
+        """Until every record so far is stored (the offset may stop at a marker)."""
+        deadline = time.monotonic() + 20
+        while set(records) - set(await db.rows(P0)):
+            run.check_alive()
+            assert time.monotonic() < deadline, (
+                f"not stored: {set(records) - set(await db.rows(P0))}"
+            )
+            await asyncio.sleep(0.02)
+
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0})
+        problems: list[str] = []
+        try:
+            await stored(db, run)
+            for _ in range(5):  # the marker arrives after the fetch of its records
+                records.extend(fill(c, P0, 3))
+                await stored(db, run)
+                c.broker.append_marker(P0)
+                transaction(2)
+                await stored(db, run)
+            await db.wait_offsets({P0: c.broker.end(P0)}, run, timeout=5.0)
+        except AssertionError as exc:
+            problems.append(str(exc))
+        check_rows(problems, await db.rows(P0), P0, present=records)
+        seeks = [o for tp, o in c.seeks if tp == P0]
+        if seeks != [0]:
+            problems.append(f"P0 was sought {seeks}: only its positioning (0) was expected")
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+# -- s. readiness follows the commits, not SELECT 1 -------------------------------------------
+
+
+async def test_s_readiness_turns_unready_when_commits_fail_although_select_1_answers(
+    database_url: str,
+) -> None:
+    """The worker's connections end up on a server that answers but refuses writes (a standby
+    during a failover, here the database made read-only): SELECT 1 succeeds, every commit
+    fails. Readiness must say so at once, not after WORKER_READY_MAX_RETRY_S, and come back
+    once a commit succeeds."""
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=1)
+    clients = ScriptedClients(s, partitions=1)
+    c = clients.scripted_consumer
+    fill(c, P0, 3)
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0})
+        await db.wait_offsets({P0: 3}, run)
+        problems: list[str] = []
+        if not (await run.worker.readiness())[0]:
+            problems.append(f"not ready while healthy: {(await run.worker.readiness())[1]}")
+        name = await db._c().fetchval("SELECT current_database()")
+        await db._c().execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        await db._c().execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        fill(c, P0, 3)
+        await c.until(lambda: run.worker.retrying, 10.0, "commits failing")
+        await asyncio.sleep(0.5)
+        ready, detail = await run.worker.readiness()
+        if ready:
+            problems.append(f"ready while every commit fails: {detail}")
+        await db._c().execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        await db._c().execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        try:
+            await db.wait_offsets({P0: 6}, run, timeout=30.0)
+        except AssertionError as exc:
+            problems.append(str(exc))
+        if not (await run.worker.readiness())[0]:
+            problems.append(f"not ready again after a commit: {(await run.worker.readiness())[1]}")
         check_common(problems, run, watch)
         assert not problems, "\n".join(problems)

@@ -21,6 +21,16 @@ consumer/fetcher.py, consumer/subscription_state.py):
   the log start) for every partition, kept ones included.
 - `seek`, `pause`, `resume`, `position`, `highwater`, `commit` on a partition that is not
   assigned fail as aiokafka's do (IllegalStateError, AssertionError for highwater).
+- Offsets without a record (transaction markers, compacted records: `append_marker`) are never
+  returned, but a drain that reaches the end of what is there moves the position past them,
+  as aiokafka's does (`PartitionRecords.next_fetch_offset` runs past trailing control batches);
+  a drain cut short by `max_records` stops right after its last record.
+- An unreadable batch at a partition's position raises out of getmany (naming no partition)
+  after the partitions drained before it in the same call have had their positions moved:
+  their records are lost with the exception, as in aiokafka's `fetched_records`.
+- The positions are readable the way worker/fetch.py reads aiokafka's
+  (`_subscription.subscription.assignment.state_value(tp).position`, `_fetcher._records`),
+  with a new assignment object at every assignment.
 
 Script controls (all on the asyncio loop, none sleeps):
 
@@ -28,6 +38,9 @@ Script controls (all on the asyncio loop, none sleeps):
 - `await assign(tps)`, `await revoke(tps=None)`, `await rebalance(tps)`.
 - `hold_fetches(*tps)` / `release_fetches()`: a getmany that has records to return (of `tps`,
   or any) takes them as a fetch in flight and blocks until released; `await wait_held()`.
+- `fail_after_return(exc)`: the getmany call right after the next one that returns records
+  raises `exc` before draining anything (a coordinator error from `check_errors()`, another
+  partition's fetch error).
 - `await wait_waiting()`: a getmany is inside its wait for data now; `await wait_fetches(n)`:
   the worker has called getmany n times; `await wait_seek(tp, offset)`; `await until(pred)`.
 - Observations: `fetches` (every getmany call: arguments, what it returned, whether held),
@@ -52,6 +65,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -110,7 +124,8 @@ class ScriptedBroker:
     """Partition logs, log starts, Kafka-committed offsets of the group, produced records."""
 
     def __init__(self, partitions: Mapping[str, int]) -> None:
-        self.logs: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {
+        # None at an offset: a marker, never returned as a record.
+        self.logs: dict[TopicPartition, list[ConsumerRecord[bytes, bytes] | None]] = {
             TopicPartition(topic, p): [] for topic, n in partitions.items() for p in range(n)
         }
         self.log_start: dict[TopicPartition, int] = dict.fromkeys(self.logs, 0)
@@ -172,6 +187,15 @@ class ScriptedBroker:
         self.signal.notify()
         return offset
 
+    def append_marker(self, tp: TopicPartition) -> int:
+        """An offset that holds no record (a transaction's commit marker, a compacted record);
+        returns it."""
+        log = self.logs[tp]
+        log.append(None)
+        self._arrival[(tp, len(log) - 1)] = next(self._sequence)
+        self.signal.notify()
+        return len(log) - 1
+
     def arrival(self, tp: TopicPartition, offset: int) -> int:
         return self._arrival.get((tp, offset), -1)
 
@@ -184,6 +208,8 @@ class _PartitionState:
 
     __slots__ = ("highwater", "paused", "position", "version")
 
+    has_valid_position = True  # as aiokafka's, for worker/fetch.py's position reads
+
     def __init__(self, position: int) -> None:
         self.position = position
         self.paused = False
@@ -192,6 +218,38 @@ class _PartitionState:
         self.highwater: int | None = None
         # Bumped by seek and pause: a fetch in flight for an older version returns nothing.
         self.version = 0
+
+
+class _Assignment:
+    """aiokafka's `Assignment` as worker/fetch.py reads it: one object per assignment."""
+
+    def __init__(self, states: dict[TopicPartition, _PartitionState]) -> None:
+        self._states = states
+
+    def state_value(self, tp: TopicPartition) -> _PartitionState | None:
+        return self._states.get(tp)
+
+
+class _Subscription:
+    def __init__(self) -> None:
+        self.assignment: _Assignment | None = None
+
+
+class _Fetcher:
+    """aiokafka's `Fetcher._records` as worker/fetch.py reads it: the partitions with data
+    to drain (fetchable, with records or markers past their position)."""
+
+    def __init__(self, consumer: ScriptedConsumer) -> None:
+        self._consumer = consumer
+
+    @property
+    def _records(self) -> list[TopicPartition]:
+        c = self._consumer
+        return [
+            tp
+            for tp, s in c._assigned.items()
+            if not s.paused and c.broker.end(tp) > max(s.position, c.broker.log_start[tp])
+        ]
 
 
 @dataclass
@@ -214,6 +272,18 @@ class Fetch:
 
 
 _ALL = object()  # hold every fetch
+
+
+@dataclass(frozen=True)
+class _Drain:
+    """What a drain takes of one partition: from `start` to `end` (the position after it),
+    the records among those offsets, as of an assignment generation and partition version."""
+
+    generation: int
+    version: int
+    start: int
+    end: int
+    records: list[Any]
 
 
 class _ListOffsets:
@@ -262,6 +332,11 @@ class ScriptedConsumer(_ListOffsets):
         self.waiting = 0  # getmany calls waiting for data now
         self.held = 0  # getmany calls held in flight now
         self.commit_error: BaseException | None = None  # raised by the next commits if set
+        # fail_after_return: (armed once a getmany returned records, the error)
+        self._fail_next: tuple[bool, BaseException] | None = None
+        # What worker/fetch.py reads of aiokafka's internals.
+        self._subscription = SimpleNamespace(subscription=_Subscription())
+        self._fetcher = _Fetcher(self)
 
     def _event(self, kind: str, detail: Any) -> None:
         self.events.append((kind, detail))
@@ -398,6 +473,7 @@ class ScriptedConsumer(_ListOffsets):
             tp: _PartitionState(self.broker.committed.get(tp, self.broker.log_start[tp]))
             for tp in sorted(tps)
         }
+        self._subscription.subscription.assignment = _Assignment(self._assigned)
         self.rebalancing = False
         self.rebalances.append(("assign", tps))
         self._event("assign", tps)
@@ -445,9 +521,9 @@ class ScriptedConsumer(_ListOffsets):
 
     def _plan(
         self, partitions: tuple[TopicPartition, ...], max_records: int | None
-    ) -> dict[TopicPartition, tuple[int, int, list[Any]]]:
-        """What a drain would return now: {tp: (assignment generation, version, records)}."""
-        plan: dict[TopicPartition, tuple[int, int, list[Any]]] = {}
+    ) -> dict[TopicPartition, _Drain]:
+        """What a drain would take now, partition by partition (records and markers)."""
+        plan: dict[TopicPartition, _Drain] = {}
         budget = max_records
         for tp in self._fetchable(partitions):
             if budget is not None and budget <= 0:
@@ -455,52 +531,66 @@ class ScriptedConsumer(_ListOffsets):
             state = self._assigned[tp]
             log = self.broker.logs[tp]
             start = max(state.position, self.broker.log_start[tp])
-            stop = len(log) if budget is None else min(len(log), start + budget)
-            bad = [o for o in self.broker.unreadable.get(tp, ()) if start <= o < stop]
-            if bad:
-                stop = min(bad)
-                if stop == start:
-                    # aiokafka raises from getmany, naming no partition (worker/fetch.py).
-                    raise CorruptRecordException(f"unreadable record batch at {tp} {start}")
-            records = log[start:stop]
-            if not records:
+            unreadable = self.broker.unreadable.get(tp, set())
+            if start in unreadable and start < len(log):
+                # aiokafka raises from getmany, naming no partition (worker/fetch.py), after
+                # moving the positions of the partitions it drained before this one.
+                for lost_tp, lost in plan.items():
+                    self._assigned[lost_tp].position = lost.end
+                raise CorruptRecordException(f"unreadable record batch at {tp} {start}")
+            records: list[Any] = []
+            offset = start
+            while offset < len(log) and offset not in unreadable:
+                if budget is not None and len(records) >= budget:
+                    break
+                if log[offset] is not None:
+                    records.append(log[offset])
+                offset += 1
+            if offset == start:
                 continue
-            plan[tp] = (self.assignment_generation, state.version, records)
+            plan[tp] = _Drain(self.assignment_generation, state.version, start, offset, records)
             if budget is not None:
                 budget -= len(records)
         return plan
 
     def _take(
-        self, plan: dict[TopicPartition, tuple[int, int, list[Any]]], call: Fetch
+        self, plan: dict[TopicPartition, _Drain], call: Fetch
     ) -> dict[TopicPartition, list[Any]]:
         """Return the planned records still valid (same assignment, no seek or pause since),
-        moving the positions past them."""
+        moving the positions past them (and past the markers drained with them)."""
         out: dict[TopicPartition, list[Any]] = {}
-        for tp, (generation, version, records) in plan.items():
+        for tp, drain in plan.items():
             state = self._assigned.get(tp)
-            span = (records[0].offset, records[-1].offset + 1)
             valid = (
                 state is not None
-                and generation == self.assignment_generation
-                and version == state.version
+                and drain.generation == self.assignment_generation
+                and drain.version == state.version
                 and not state.paused
-                and state.position == records[0].offset
+                and state.position == drain.start
             )
             if not valid:
-                call.dropped[tp] = span
+                call.dropped[tp] = (drain.start, drain.end)
                 continue
             assert state is not None
-            state.position = span[1]
-            out[tp] = list(records)
+            state.position = drain.end
+            if drain.records:
+                out[tp] = list(drain.records)
         call.returned = {tp: (rs[0].offset, rs[-1].offset + 1) for tp, rs in out.items()}
         call.returned_at = len(self.events)
         self._event("fetched", call.number)
+        if out and self._fail_next is not None:
+            self._fail_next = (True, self._fail_next[1])
         return out
 
-    def _holds(self, plan: Mapping[TopicPartition, Any]) -> bool:
+    def _holds(self, plan: Mapping[TopicPartition, _Drain]) -> bool:
         if self._hold is None:
             return False
         return self._hold is _ALL or bool(self._hold & set(plan))
+
+    def fail_after_return(self, error: BaseException) -> None:
+        """The getmany call right after the next one that returns records raises `error`
+        before it drains anything."""
+        self._fail_next = (False, error)
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
@@ -513,6 +603,11 @@ class ScriptedConsumer(_ListOffsets):
         loop = asyncio.get_running_loop()
         call = Fetch(len(self.fetches) + 1, partitions, timeout_ms, max_records, loop.time())
         self.fetches.append(call)
+        if self._fail_next is not None and self._fail_next[0]:
+            error, self._fail_next = self._fail_next[1], None
+            call.returned = {}
+            self._event("failed", call.number)
+            raise error
         self.inside += 1
         self._event("fetch", call.number)
         try:
@@ -524,10 +619,12 @@ class ScriptedConsumer(_ListOffsets):
                     call.returned = {}
                     return {}
                 plan = self._plan(partitions, max_records)
-                if plan and self._holds(plan):
-                    return await self._held(plan, call)
-                if plan:
+                if any(d.records for d in plan.values()):
+                    if self._holds(plan):
+                        return await self._held(plan, call)
                     return self._take(plan, call)
+                for tp, drain in plan.items():  # markers only: the position moves past them
+                    self._assigned[tp].position = drain.end
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     call.returned = {}
@@ -544,7 +641,7 @@ class ScriptedConsumer(_ListOffsets):
             self.signal.notify()
 
     async def _held(
-        self, plan: dict[TopicPartition, tuple[int, int, list[Any]]], call: Fetch
+        self, plan: dict[TopicPartition, _Drain], call: Fetch
     ) -> dict[TopicPartition, list[Any]]:
         call.held = True
         self.held += 1
@@ -755,18 +852,50 @@ class ScriptedProducer:
 
 class ScriptedReader(_ListOffsets):
     """A group-less consumer reading log bounds (worker/broker.py): ListOffsets answers
-    and fetch responses carry the broker's log ends as they are now."""
+    and fetch responses carry the broker's log ends as they are now.
+
+    Script controls: `hold()` / `release()` keep the next reads inside `start()` until
+    released (`await wait_reading()`); `silent = True` makes fetches answer nothing, so no
+    high watermark is ever known (a probe that times out); `fail_start` is raised by the next
+    `start()`."""
 
     def __init__(self, broker: ScriptedBroker) -> None:
         self.broker = broker
         self._assigned: dict[TopicPartition, int | None] = {}
         self.reads = 0  # log-bound reads: how often the worker asked the broker
+        self.stops = 0
+        self.silent = False
+        self.fail_start: BaseException | None = None
+        self._held = False
+        self._released = asyncio.Event()
+        self.reading = 0  # reads held in start() now
+
+    def hold(self) -> None:
+        self._held = True
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self._held = False
+        self._released.set()
+
+    async def wait_reading(self, timeout: float = 10.0) -> None:
+        await until(self.broker.signal, lambda: self.reading, timeout, "a held log-end read")
 
     async def start(self) -> None:
         self.reads += 1
+        if self.fail_start is not None:
+            error, self.fail_start = self.fail_start, None
+            raise error
+        if self._held:
+            self.reading += 1
+            self.broker.signal.notify()
+            try:
+                await self._released.wait()
+            finally:
+                self.reading -= 1
 
     async def stop(self) -> None:
-        pass
+        self.stops += 1
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         self._assigned = dict.fromkeys(partitions)
@@ -775,6 +904,9 @@ class ScriptedReader(_ListOffsets):
         assert partition in self._assigned
 
     async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0) -> dict[Any, Any]:
+        if self.silent:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
         for tp in partitions or tuple(self._assigned):
             self._assigned[tp] = self.broker.end(tp)
         return {}
