@@ -54,8 +54,9 @@ def record(topic: str, partition: int, offset: int) -> SimpleNamespace:
 
 def part_of(tp: TopicPartition, offsets: list[int], bad: set[int] = frozenset()) -> Part:
     state = PartitionState(tp)
-    generation = state.positioned(offsets[0], offsets[0])
-    claim, _ = state.claim(generation, [record(tp.topic, tp.partition, o) for o in offsets])
+    state.positioned(offsets[0], offsets[0])
+    records = [record(tp.topic, tp.partition, o) for o in offsets]
+    claim, _ = state.claim(state.stamp(), records, None)
     assert claim is not None
     part = Part(claim)
     for o in offsets:

@@ -329,3 +329,38 @@ def test_to_env_gives_back_the_same_settings() -> None:
     )
     assert Settings.from_env(settings.to_env()) == settings
     assert Settings.env_name("dlq_topic") == "WORKER_DLQ_TOPIC"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u@db/x", "postgresql://u@db/x"),
+        (
+            "postgresql://u@db1:5432,db2:5432/x",
+            "postgresql://u@db1:5432,db2:5432/x?target_session_attrs=read-write",
+        ),
+        (
+            "postgresql://u@db1,db2/x?sslmode=require",
+            "postgresql://u@db1,db2/x?sslmode=require&target_session_attrs=read-write",
+        ),
+        (
+            "postgresql:///x?host=db1,db2",
+            "postgresql:///x?host=db1,db2&target_session_attrs=read-write",
+        ),
+        (
+            "postgresql://u@db1,db2/x?target_session_attrs=any",
+            "postgresql://u@db1,db2/x?target_session_attrs=any",
+        ),
+    ],
+)
+def test_several_hosts_mean_a_read_write_server_unless_chosen(
+    url: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a primary and its standbys listed, asyncpg's default (`any`) connects to a
+    read-only standby while the primary is down; the worker asks for read-write unless the
+    operator chose otherwise, in the URL or in PGTARGETSESSIONATTRS."""
+    monkeypatch.delenv("PGTARGETSESSIONATTRS", raising=False)
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == expected
+    assert Settings(database_url=url).database_url == expected
+    monkeypatch.setenv("PGTARGETSESSIONATTRS", "prefer-standby")
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url

@@ -1,18 +1,23 @@
-"""The partition state object under every interleaving hypothesis finds (issue: partition
-ownership as one state object).
+"""The partition state object under every interleaving hypothesis finds.
 
 A `RuleBasedStateMachine` plays a worker's life on one partition against a model of the world:
-a log of offsets, the database's `consumer_offsets` row (with the compare-and-set the commit
+a log whose offsets are records or holes (transaction markers, compacted records: offsets no
+fetch returns), the database's `consumer_offsets` row (with the compare-and-set the commit
 path does), a consumer position that follows seeks, and another worker that may take the
-partition over and store progress of its own. Fetches, claims (the decode step, which may
-wait while other steps run), commit start, the database commit, commit finish, fences,
-revocations and reassignments interleave freely, and so do polls whose records are returned
-and never claimed (a getmany while backing off): the next claim then starts above where the
-partition was read to, and must be refused with a seek back rather than span the hole; the log
-has holes (compaction), which a claim may span only once a fetch after a seek proves them.
-Invariants: the stored offset only moves forward, no offset is stored twice and none is
-skipped (what this worker and the other one stored tiles the log from 0 to the stored offset),
-no claim skips a record, and a revoked state never changes again.
+partition over and store progress of its own.
+
+Each getmany return is stamped (`PartitionState.stamp`) with the consumer's position after it,
+which runs past trailing holes unless the return was cut short by `max_records`. Returns are
+claimed in order, as the worker does right after its fetch; any of them may instead be dropped
+(an error in the middle of a drain, a poll while backing off), and `settle` (the worker's
+`Ownership.settle`, run once nothing stamped is left to claim) must then seek back to where
+the claims end. Fences, pauses and resumes, revocations and reassignments, commit start, the
+database commit and commit finish interleave freely.
+
+Invariants: the stored offset only moves forward; what this worker and the other one stored
+tiles the log from 0 to the stored offset, holes included, with no gap and no overlap; every
+claim covers exactly the records it carries (nothing the consumer did not return, nothing it
+returned left out); no record is stored twice; a revoked state never changes again.
 """
 
 from __future__ import annotations
@@ -22,25 +27,28 @@ from dataclasses import dataclass
 from aiokafka import TopicPartition
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from worker.partitions import Claim, PartitionState, Phase, Refetch
+from worker.partitions import Claim, PartitionState, Phase, Stamp
 
 TP = TopicPartition("t", 0)
 LOG_END = 200
-# Offsets compaction (or transaction markers) left empty: no record is ever returned for them,
-# so a fetch can start above where the previous one ended without anything being lost.
+# Offsets without a record: transaction markers (every 11th from 5) and compacted records.
 HOLES = frozenset(o for o in range(LOG_END) if o % 11 == 5 or o % 17 == 3)
 
 
 @dataclass(frozen=True)
 class Record:
     offset: int
+
+
+@dataclass
+class Chunk:
+    """One getmany return, as worker/fetch.py hands it over."""
+
+    stamp: Stamp | None
+    records: list[Record]
+    position: int
 
 
 @dataclass
@@ -55,12 +63,14 @@ class PartitionLife(RuleBasedStateMachine):
         super().__init__()
         self.db: int | None = None  # consumer_offsets.next_offset; None: no row
         self.stored_ranges: list[tuple[int, int]] = []  # [start, end) stored by anyone
+        self.stored_records: list[int] = []  # record offsets stored by this worker
         self.state: PartitionState | None = None
         self.old_states: list[tuple[PartitionState, tuple[object, ...]]] = []
         self.position = 0  # the consumer's fetch position
-        self.fetched: list[tuple[int, list[Record]]] = []  # (generation, records), unclaimed
-        self.claims: list[Claim] = []  # claimed, not yet committing, in order
-        self.commits: list[Commit] = []  # started, in order
+        self.pending: list[Chunk] = []  # returned, not yet claimed or dropped, in order
+        self.claims: list[tuple[Claim, list[Record]]] = []  # claimed, not yet committing
+        self.commits: list[tuple[Commit, list[Record]]] = []  # started, in order
+        self.paused_in_db = False  # partition_pauses has the row
 
     # -- the world -------------------------------------------------------------------------
 
@@ -70,19 +80,22 @@ class PartitionLife(RuleBasedStateMachine):
         self.position = start  # consumer.seek
 
     def _cas(self, expected: int | None, end: int, start: int) -> bool:
-        if self.db != expected:
+        if self.db != expected or self.paused_in_db:
             return False
         self.stored_ranges.append((start if expected is None else expected, end))
         self.db = end
         return True
 
-    # -- rules -----------------------------------------------------------------------------
+    # -- the consumer ----------------------------------------------------------------------
 
     @precondition(lambda self: self.state is None)
     @rule()
     def assign(self) -> None:
         self.state = PartitionState(TP)
+        self.pending.clear()  # a new assignment: nothing fetched before is returned
         self._position_from_db(self.state)
+        if self.paused_in_db:
+            self.state.pause()
 
     @precondition(lambda self: self.state is not None)
     @rule()
@@ -92,75 +105,105 @@ class PartitionLife(RuleBasedStateMachine):
         self.old_states.append((self.state, self._snapshot(self.state)))
         self.state = None
 
-    @precondition(lambda self: self.state is not None and self.state.consuming)
-    @rule(n=st.integers(1, 7))
-    def fetch(self, n: int) -> None:
+    @precondition(lambda self: self.state is not None and self.state.fetchable)
+    @rule(n=st.integers(1, 7), cut=st.booleans())
+    def getmany_returns(self, n: int, cut: bool) -> None:
+        """A getmany drains up to `n` offsets; `cut`: max_records stopped it right after its
+        last record (otherwise its position runs past the holes it reached)."""
         assert self.state is not None
-        generation = self.state.fetch_epoch()
         end = min(self.position + n, LOG_END)
         records = [Record(o) for o in range(self.position, end) if o not in HOLES]
+        if cut and records:
+            end = records[-1].offset + 1
         self.position = end
-        if records and generation is not None:
-            self.fetched.append((generation, records))
+        if records:  # a return without records is no return: nothing stamped
+            self.pending.append(Chunk(self.state.stamp(), records, end))
 
-    @precondition(lambda self: self.state is not None and self.state.consuming)
-    @rule(n=st.integers(1, 7))
-    def poll_drops(self, n: int) -> None:
-        """A getmany returns records that nobody claims (a poll while backing off): the worker
-        puts them back, seeking to the first of them."""
-        assert self.state is not None
-        epoch = self.state.fetch_epoch()
-        returned = [o for o in range(self.position, min(self.position + n, LOG_END))]
-        returned = [o for o in returned if o not in HOLES]
-        if not returned:
-            return
-        self.position = returned[-1] + 1
-        if epoch is not None and self.state.put_back(epoch, returned[0]):
-            self.position = returned[0]
-
-    @precondition(lambda self: self.fetched)
+    @precondition(lambda self: self.pending)
     @rule(data=st.data())
-    def claim(self, data: st.DataObject) -> None:
-        # The decode of an earlier fetch may finish after later steps: any fetch may be next.
-        generation, records = self.fetched.pop(0)
+    def drop(self, data: st.DataObject) -> None:
+        """A return never claimed: an error later in the same drain, a poll while backing
+        off, a fetch cancelled."""
+        self.pending.pop(data.draw(st.integers(0, len(self.pending) - 1)))
+
+    @precondition(lambda self: self.pending)
+    @rule()
+    def claim(self) -> None:
+        chunk = self.pending.pop(0)
         if self.state is None:
             return
-        claim, reset = self.state.claim(generation, records)
+        claim, reset = self.state.claim(chunk.stamp, chunk.records, chunk.position)
         assert not reset, "no log reset happens in this model"
-        if isinstance(claim, Refetch):
-            self.position = claim.offset  # consumer.seek
+        if claim is None:
             return
-        if claim is not None:
-            skipped = range(claim.start, records[0].offset)
-            assert all(o in HOLES for o in skipped), f"claim {claim} skips records {skipped}"
-            self.claims.append(claim)
+        covered = [o for o in range(claim.start, claim.end) if o not in HOLES]
+        carried = [r.offset for r in chunk.records]
+        assert covered == carried, f"claim {claim.start}-{claim.end} carries {carried}"
+        self.claims.append((claim, chunk.records))
+
+    @precondition(lambda self: self.state is not None and not self.pending)
+    @rule()
+    def settle(self) -> None:
+        """After a fetch, nothing stamped left to claim: seek back what was dropped."""
+        assert self.state is not None
+        offset = self.state.unclaimed()
+        if offset is not None:
+            self.position = offset
+
+    # -- operator pauses -------------------------------------------------------------------
+
+    @precondition(lambda self: not self.paused_in_db)
+    @rule()
+    def operator_pauses(self) -> None:
+        self.paused_in_db = True
+
+    @precondition(lambda self: self.state is not None and self.paused_in_db)
+    @rule()
+    def worker_follows_the_pause(self) -> None:
+        assert self.state is not None
+        if self.state.consuming:
+            self.state.pause()
+
+    @precondition(lambda self: self.paused_in_db)
+    @rule()
+    def operator_resumes(self) -> None:
+        self.paused_in_db = False
+        state = self.state
+        if state is not None and state.consuming and state.resume():
+            self._position_from_db(state)  # worker/ownership.py's follower
+
+    # -- committing ------------------------------------------------------------------------
 
     # A partition's batches commit one after the other (one lane, one batch in flight).
     @precondition(lambda self: self.claims and not self.commits)
     @rule()
     def commit_start(self) -> None:
-        claim = self.claims.pop(0)
+        claim, records = self.claims.pop(0)
         state = claim.state
         if not state.may_commit(claim):
             return  # the lane drops a stale part
         state.commit_started()
-        self.commits.append(Commit(claim, state.stored))
+        self.commits.append((Commit(claim, state.stored), records))
 
-    @precondition(lambda self: any(c.committed is None for c in self.commits))
+    @precondition(lambda self: any(c.committed is None for c, _ in self.commits))
     @rule()
     def commit_in_database(self) -> None:
-        commit = next(c for c in self.commits if c.committed is None)
+        commit, records = next((c, r) for c, r in self.commits if c.committed is None)
         commit.committed = self._cas(commit.expected, commit.claim.end, commit.claim.start)
+        if commit.committed:
+            self.stored_records.extend(r.offset for r in records)
 
-    @precondition(lambda self: self.commits and self.commits[0].committed is not None)
+    @precondition(lambda self: self.commits and self.commits[0][0].committed is not None)
     @rule()
     def commit_finish(self) -> None:
-        commit = self.commits.pop(0)
+        commit, _ = self.commits.pop(0)
         state = commit.claim.state
         applied = state.commit_finished(commit.claim if commit.committed else None)
-        if commit.committed is False and state.consuming:
-            # Fenced: re-read the row and continue from there (worker._refence).
+        if commit.committed is False and state.consuming and not self.paused_in_db:
+            # Fenced: re-read the row and continue from there (Ownership.refence).
             self._position_from_db(state)
+        elif commit.committed is False and state.consuming:
+            state.pause()  # refused for the pause (worker/offsets.py): Paused
         if applied:
             assert state.stored == commit.claim.end
 
@@ -189,6 +232,21 @@ class PartitionLife(RuleBasedStateMachine):
         assert (self.db or 0) == expected_start
 
     @invariant()
+    def no_record_is_stored_twice(self) -> None:
+        assert len(self.stored_records) == len(set(self.stored_records))
+
+    @invariant()
+    def nothing_returned_is_passed_over(self) -> None:
+        """Once every return is claimed, the consumer reads on from where the claims end
+        (offsets between them are holes); a dropped one is settled by a seek back."""
+        state = self.state
+        if state is None or not state.fetchable or self.pending or state.dropped:
+            return
+        assert state.next_fetch is not None
+        passed = [o for o in range(state.next_fetch, self.position) if o not in HOLES]
+        assert not passed, f"records {passed} returned and neither claimed nor read again"
+
+    @invariant()
     def revoked_states_never_change(self) -> None:
         for state, snapshot in self.old_states:
             assert state.phase is Phase.REVOKED
@@ -201,5 +259,23 @@ class PartitionLife(RuleBasedStateMachine):
             assert state.stored <= self.db
 
 
-PartitionLife.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+PartitionLife.TestCase.settings = settings(max_examples=400, stateful_step_count=60, deadline=None)
 test_partition_life = PartitionLife.TestCase
+
+
+def test_a_dropped_return_is_read_again_and_markers_cost_nothing() -> None:
+    """The rule in one example: a return after a marker continues the claim; a dropped return
+    stops the next ones from claiming and sends the partition back to where claims end."""
+    state = PartitionState(TP)
+    state.positioned(None, 0)
+    first = state.stamp()
+    claim, _ = state.claim(first, [Record(0), Record(1)], 3)  # 2 is a marker
+    assert claim is not None and (claim.start, claim.end) == (0, 3)
+    state.stamp()  # [3, 4] returned, then lost with an error
+    later = state.stamp()
+    assert state.claim(later, [Record(5)], 6) == (None, False)
+    assert state.unclaimed() == 3  # seek back to 3
+    again = state.stamp()
+    claim, _ = state.claim(again, [Record(3), Record(4), Record(5)], 6)
+    assert claim is not None and (claim.start, claim.end) == (3, 6)
+    assert state.unclaimed() is None

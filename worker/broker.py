@@ -14,9 +14,12 @@ these questions here, one way:
   (`end_offsets`) is exact on Kafka but under-reports on some Kafka-protocol brokers (Tansu
   answers with an offset inside the last batch), while the high watermark of a fetch response
   is exact on both. So the reader is positioned at the reported end and fetches until every
-  partition's response has come back. A consumer's cached high watermark is never used as the
-  end: it is as old as that consumer's last fetch of the partition, and a paused partition is
-  not fetched (`log_ends` reads through a new consumer every time).
+  partition's response has come back; if one has not within END_PROBE_S, its end is unknown
+  (TimeoutError), never the reported one, which may be short. A consumer's cached high
+  watermark is never used as the end: it is as old as that consumer's last fetch of the
+  partition, and a paused partition is not fetched (`log_ends` reads through a new consumer
+  every time, stops it whatever happens, and gives up after LOG_ENDS_DEADLINE_S, so a broker
+  that never answers cannot hold the worker's loop).
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from worker.config import ConfigError, Settings
 
 # The settings that name a topic the worker needs, in the order a start check reports them.
 TOPIC_SETTINGS: tuple[str, ...] = ("proctoring_topic", "interview_topic", "dlq_topic")
-# How long the fetches that read the high watermarks may take before the reported ends stand.
+# How long the fetches that read the high watermarks may take before the ends are unknown.
 END_PROBE_S = 5.0
+# The bound on a whole `log_ends` read: connecting, ListOffsets, the probe, closing.
+LOG_ENDS_DEADLINE_S = 15.0
 
 
 def reader(settings: Settings, client_id: str, **options: Any) -> AIOKafkaConsumer:
@@ -98,7 +103,10 @@ async def log_bounds(
     deadline = time.monotonic() + probe_s
     while unanswered := [tp for tp in tps if consumer.highwater(tp) is None]:
         if time.monotonic() > deadline:
-            break
+            raise TimeoutError(
+                f"no fetch answer within {probe_s} s for {len(unanswered)} partition(s): "
+                "their log ends are unknown"
+            )
         await consumer.getmany(*unanswered, timeout_ms=200)
     bounds: dict[TopicPartition, tuple[int, int]] = {}
     for tp in tps:
@@ -113,11 +121,13 @@ async def log_ends(
     reader: Callable[[], Any], tps: Collection[TopicPartition]
 ) -> dict[TopicPartition, int]:
     """{tp: log end} now, through a new consumer from `reader()` (a fresh one, so that no high
-    watermark of an earlier read can stand in for the broker's answer)."""
+    watermark of an earlier read can stand in for the broker's answer). Raises TimeoutError
+    when the broker does not answer within LOG_ENDS_DEADLINE_S."""
     consumer = reader()
-    await consumer.start()
     try:
-        bounds = await log_bounds(consumer, tps)
+        async with asyncio.timeout(LOG_ENDS_DEADLINE_S):
+            await consumer.start()
+            bounds = await log_bounds(consumer, tps)
     finally:
         await consumer.stop()
     return {tp: end for tp, (_, end) in bounds.items()}

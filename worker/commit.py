@@ -5,10 +5,11 @@
    letter commits only after its acknowledgement (a crash in between re-sends it: a dead
    letter may repeat, never be lost).
 2. In ONE transaction: the offsets of the batch's partitions are compare-and-set from what
-   this worker believes is stored (`Fenced` when another writer moved them), and the handlers
-   write the events. A record the database rejects is isolated by bisection under savepoints;
-   the transaction is then rolled back, the rejected records dead-lettered (step 1 again) and
-   the batch stored without them.
+   this worker believes is stored (`Fenced` when another writer moved them, `Paused` when an
+   operator holds one paused: worker/offsets.py), and the handlers write the events. A record
+   the database rejects is isolated by bisection under savepoints; the transaction is then
+   rolled back, the rejected records dead-lettered (step 1 again) and the batch stored
+   without them.
 3. After the commit, the offsets are also committed to Kafka, for lag tools only.
 
 Before step 2, records past the retention horizon (worker/retention.py) are moved out of each
@@ -38,7 +39,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.common import tag_of
-from worker import erasure, offsets
+from worker import erasure, offsets, pauses
 from worker.batch import Batch, Part, record_of, set_aside_erased
 from worker.clock import transaction_time
 from worker.dlq import (
@@ -62,6 +63,14 @@ Coordinates = tuple[str, int, int]
 class Fenced(Exception):
     def __init__(self, partitions: set[TopicPartition]) -> None:
         super().__init__(f"offsets moved by another writer: {sorted(partitions)}")
+        self.partitions = partitions
+
+
+class Paused(Exception):
+    """Partitions of the batch an operator holds paused: nothing of them may be stored."""
+
+    def __init__(self, partitions: set[TopicPartition]) -> None:
+        super().__init__(f"partitions paused by an operator: {sorted(partitions)}")
         self.partitions = partitions
 
 
@@ -157,8 +166,9 @@ class Committer:
         letters: Letters,
     ) -> tuple[int, int]:
         """Dead letters, then the rows and offsets of the `live` partitions of `batch` in one
-        transaction. Raises `Fenced` (nothing committed) or a transient error. Returns when
-        the committed transaction began and ended (`time.time_ns()`, for its trace span)."""
+        transaction. Raises `Fenced` or `Paused` (nothing committed) or a transient error.
+        Returns when the committed transaction began and ended (`time.time_ns()`, for its
+        trace span)."""
         self._sift(batch, live)
         decoded_out = [letter for tp in sorted(live) for letter in batch[tp].letters]
         while True:
@@ -183,7 +193,9 @@ class Committer:
                     }
                     done = await offsets.advance(conn, self._group_id, moves, at)
                     if done != live:
-                        raise Fenced(live - done)
+                        refused = live - done
+                        held = await pauses.among(conn, self._group_id, refused)
+                        raise Paused(held) if held else Fenced(refused)
                     kept, erased = await erasure.screen(
                         conn, storable, functools.partial(record_of, batch)
                     )

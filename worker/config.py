@@ -29,7 +29,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -282,6 +282,10 @@ class Settings:
         high=36_500,
     )
 
+    def __post_init__(self) -> None:
+        # Here rather than in the parser: settings built in code connect the same way.
+        object.__setattr__(self, "database_url", with_read_write_default(self.database_url))
+
     @property
     def topics(self) -> tuple[str, str]:
         return (self.proctoring_topic, self.interview_topic)
@@ -492,6 +496,34 @@ def database_url_problem(url: str) -> str | None:
         return f"has an '@' outside the user info ({_ENCODE_HINT}; '@' is %40)"
     hostspec = parts.netloc.rpartition("@")[2]
     return _hosts_problem(hostspec) or _query_problem(parts.query)
+
+
+# asyncpg's own environment variable for the same choice; an operator who sets it decides.
+_SESSION_ATTRS_ENV = "PGTARGETSESSIONATTRS"
+
+
+def with_read_write_default(url: str) -> str:
+    """`url` asking for a read-write server when it lists several hosts and says nothing
+    about which to take (no `target_session_attrs`, no PGTARGETSESSIONATTRS).
+
+    asyncpg's default is `any`: the first host that accepts a connection. With a primary and
+    its standbys listed, that is a read-only standby whenever the primary is down (during a
+    failover, before a promotion): the worker would connect, answer SELECT 1, and fail every
+    commit. With `read-write` it connects only where it can write, and waits for a primary
+    otherwise. An explicit choice (in the URL or the environment) is left as it is."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2].split(",")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for name, value in query:
+        if name == "host":
+            hosts += value.split(",")
+        if name == "target_session_attrs":
+            return url
+    if len([h for h in hosts if h]) < 2 or os.environ.get(_SESSION_ATTRS_ENV):
+        return url
+    # Appended as text: the URL is otherwise kept exactly as given ('#' is refused anyway).
+    separator = "&" if parts.query else "" if url.endswith("?") else "?"
+    return f"{url}{separator}target_session_attrs=read-write"
 
 
 def _has_authority(url: str, scheme: str) -> bool:

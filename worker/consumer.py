@@ -3,19 +3,24 @@
 The path of a record, top to bottom (one module each):
 
 1. `getmany` returns records of the partitions this worker owns and has positioned
-   (worker/fetch.py reads partition by partition, so an unreadable batch stalls only its
-   own), each stamped with its partition's generation the moment it is returned;
-2. each fetch becomes a claim on its partition (worker/partitions.py): records fetched before
-   a seek, a fence or a revocation are stale and dropped; then each record is decoded into
-   its struct or into a dead letter with a reason (worker/decode.py), into a batch
-   (worker/batch.py) that grows while the commit lanes are busy;
+   (worker/fetch.py, so that an unreadable batch stalls only its own partition), each return
+   stamped with its partition's epoch and sequence and the consumer's position after it;
+2. right after the fetch, under the same lock, each return becomes a claim on its partition
+   (worker/partitions.py): records stamped before a seek, a fence or a revocation are stale,
+   and a partition with a return nobody claimed is sought back to where its claims end
+   (`Ownership.settle`); then each record is decoded into its struct or into a dead letter
+   with a reason (worker/decode.py), into a batch (worker/batch.py) that grows while the
+   commit lanes are busy;
 3. a lane commits its share of the batch (worker/commit.py): dead letters first, then rows and
    offsets in one transaction, then Kafka's copy of the offsets.
 
 This module keeps the lifecycle (start, run, stop), the loop and the commit lanes; the
 rebalance callbacks and positioning are worker/ownership.py's. A transient failure pauses the
 partitions (membership stays: the lane keeps polling), backs off and retries the same batch; a
-batch failing for its size is split. Only a claim still current when its commit returns moves
+batch failing for its size is split, and a lone record the database cannot take for its size
+is dead-lettered (`rejected_by_database`). A partition an operator pauses stores nothing from
+then on, even a batch fetched before (its transaction refuses it: worker/offsets.py). Only a
+claim still current when its commit returns moves
 its partition's stored offset, so nothing a revoked partition's late commit returns is applied.
 Shutdown finishes or abandons the batch in hand (never half of it), leaves the group and
 closes connections.
@@ -39,10 +44,17 @@ from worker.accounting import Progress, account
 from worker.batch import Batch, BatchBudget, Part, halves
 from worker.broker import require_topics
 from worker.clients import Clients, KafkaPostgresClients
-from worker.commit import Committer, Fenced, Letters, commit_kafka
+from worker.commit import Committer, Fenced, Letters, Paused, commit_kafka
 from worker.config import Settings
 from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
-from worker.dlq import REASONS, DeadLetter, DeadLetterPublisher, DecodeFailure
+from worker.dlq import (
+    REASONS,
+    REJECTED_BY_DATABASE,
+    DeadLetter,
+    DeadLetterPublisher,
+    DecodeFailure,
+    truncate,
+)
 from worker.fetch import Fetched, PartitionReader
 from worker.handlers.base import Item
 from worker.logs import tp_names
@@ -55,10 +67,16 @@ from worker.metrics import (
 )
 from worker.migrate import migrate
 from worker.ownership import CHECK_INTERVAL_S, Ownership
-from worker.partitions import Refetch
-from worker.pauses import PAUSES_INTERVAL_S
+from worker.partitions import Claim
 from worker.retention import Maintenance
-from worker.retry import TRANSIENT, Backoff, describe, is_dropped_connection, is_size_error
+from worker.retry import (
+    TRANSIENT,
+    Backoff,
+    describe,
+    is_dropped_connection,
+    is_oversized,
+    is_size_error,
+)
 from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
 from worker.tracing import BatchTracer
 
@@ -99,7 +117,7 @@ class Worker:
         self._tracer = BatchTracer(settings.group_id, settings.database_url)
         self._reader = PartitionReader(
             self.metrics,
-            stamp=self._ownership.epoch_of,
+            stamp=self._ownership.stamp,
             dropped=self._ownership.reclaim.dropped,
             paused=lambda: {s.tp for s in self._partitions.paused()},
         )
@@ -172,6 +190,9 @@ class Worker:
         maintenance = asyncio.create_task(retention.run(self._stop))
         self._committer = Committer(self._pool, dlq, s.group_id, retention.horizon)
         self._ownership.attach(self._pool, consumer)
+        # Operator pauses are followed by a task of their own: the loop may sit for a long
+        # time waiting on a lane that backs off, which is when a pause is needed most.
+        pauses = asyncio.create_task(self._ownership.follow_pauses(self._stop))
         try:
             await self._retrying_call("kafka producer", producer.start)
             await self._retrying_call("kafka consumer", consumer.start)
@@ -181,9 +202,10 @@ class Worker:
             self.ready.set()
             await self._loop(consumer)
         finally:
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+            for task in (maintenance, pauses):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._shutdown(consumer, producer)
 
     async def _shutdown(self, consumer: Any, producer: Any) -> None:
@@ -271,7 +293,7 @@ class Worker:
         s = self.settings
         progress = Progress(self.stats)
         inflight: dict[int, asyncio.Task[None]] = {}
-        next_check = next_pauses = time.monotonic()
+        next_check = time.monotonic()
         try:
             while not self._stop.is_set():
                 progress.maybe_log()
@@ -280,9 +302,6 @@ class Worker:
                     await self._ownership.rewind_lost_logs()
                     await self._ownership.follow_moved_offsets()
                     next_check = time.monotonic() + CHECK_INTERVAL_S
-                if time.monotonic() >= next_pauses:
-                    await self._ownership.follow_pauses()
-                    next_pauses = time.monotonic() + PAUSES_INTERVAL_S
                 if self._retrying and inflight:
                     # A lane is backing off with every partition paused: nothing to fetch
                     # until it recovers (the lane keeps polling for group membership).
@@ -295,8 +314,8 @@ class Worker:
                 while not self._stop.is_set():
                     busy = bool(inflight) and not any(t.done() for t in inflight.values())
                     wait = min(s.fetch_wait_ms, 5) if busy else s.fetch_wait_ms
-                    fetched = await self._fetch(consumer, wait, budget.room())
-                    budget.add(*await self._prepare(fetched, batch))
+                    claimed = await self._fetch(consumer, wait, budget.room())
+                    budget.add(*await self._prepare(claimed, batch))
                     if budget.full or not busy:
                         break
                 for lane, share in self._split(batch).items():
@@ -328,37 +347,39 @@ class Worker:
             lanes.setdefault(tp.partition % self._lanes, {})[tp] = part
         return lanes
 
-    async def _fetch(self, consumer: Any, timeout_ms: int, max_records: int) -> Fetched:
+    async def _fetch(
+        self, consumer: Any, timeout_ms: int, max_records: int
+    ) -> list[tuple[Claim, list[Any]]]:
+        """Fetch, and claim what was returned before anything else can fetch or seek: every
+        return is claimed here or its partition is read again (`Ownership.settle`)."""
         async with self._fetch_lock:
             try:
                 fetched = await self._unless_stopped(
                     self._reader.fetch(consumer, timeout_ms, max_records), Fetched()
                 )
             except KafkaError as exc:
+                self._ownership.settle()  # what it had returned is read again
                 if self._fetch_backoff.attempt == 0:
                     log.warning("kafka fetch failed, retrying", error=describe(exc))
                 self.metrics.retries.labels("kafka").inc()
                 await self._sleep_or_stop(self._fetch_backoff.next_delay())
-                return Fetched()
+                return []
+            claimed = self._claim(fetched)
+            self._ownership.settle()
         if self._fetch_backoff.attempt:
             log.info("kafka fetch recovered")
             self._fetch_backoff.reset()
-        return fetched
+        return claimed
 
-    async def _prepare(self, fetched: Fetched, batch: Batch) -> tuple[int, int]:
-        """Claim each fetched chunk for its partition and decode its records into `batch`;
-        return how many records were added and their bytes (keys and values)."""
-        added = nbytes = 0
-        for tp, generation, records in fetched:
-            # The state as of now: stale records (fetched before a seek, or for a partition
-            # since revoked) get no claim.
+    def _claim(self, fetched: Fetched) -> list[tuple[Claim, list[Any]]]:
+        """A claim for each return still current (not stamped before a seek, its partition
+        still ours, no earlier return of it left unclaimed), with its records."""
+        claimed: list[tuple[Claim, list[Any]]] = []
+        for tp, stamp, records, position in fetched:
             state = self._partitions.get(tp)
-            if state is None or generation is None:
+            if state is None:
                 continue
-            claim, reset = state.claim(generation, records)
-            if isinstance(claim, Refetch):
-                self._ownership.refetch(state, claim)
-                continue
+            claim, reset = state.claim(stamp, records, position)
             if claim is None:
                 continue
             if reset:
@@ -372,12 +393,22 @@ class Worker:
                     stored_offset=state.stored,
                     first_offset=claim.start,
                 )
+            claimed.append((claim, records))
+        return claimed
+
+    async def _prepare(
+        self, claimed: list[tuple[Claim, list[Any]]], batch: Batch
+    ) -> tuple[int, int]:
+        """Decode each claim's records into `batch`; return how many records were added and
+        their bytes (keys and values)."""
+        added = nbytes = 0
+        for claim, records in claimed:
+            tp = claim.state.tp
             part = batch.get(tp)
             if part is None or not part.extend(claim):
                 part = batch[tp] = Part(claim)
-            size = await self._decode(tp, records, part)
+            nbytes += await self._decode(tp, records, part)
             added += len(records)
-            nbytes += size
         return added, nbytes
 
     async def _decode(self, tp: TopicPartition, records: list[Any], part: Part) -> int:
@@ -425,6 +456,7 @@ class Worker:
         backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         letters = Letters()
         records = sum(len(part.records) for part in batch.values())
+        oversized = 0  # attempts of a lone record that failed for its size
         while True:
             # Only claims still current may commit: a partition revoked, re-positioned or
             # fenced since the fetch, or behind an abandoned batch, is not ours to commit.
@@ -438,13 +470,17 @@ class Worker:
                     "database", functools.partial(self._ownership.refence, fenced.partitions)
                 )
                 continue
+            except Paused as paused:
+                self._ownership.paused_by_operator(paused.partitions)
+                continue
             except TRANSIENT as exc:
                 self.metrics.retries.labels(_dependency(exc)).inc()
-                parts = (
-                    halves({tp: batch[tp] for tp in live})
-                    if await self._failed_for_size(exc)
-                    else None
-                )
+                size = await self._failed_for_size(exc)
+                parts = halves({tp: batch[tp] for tp in live}) if size else None
+                if parts is None and size == "size":
+                    oversized += 1
+                    if oversized > 1 and _reject_lone_record(batch, live, letters, exc):
+                        continue
                 if parts is not None:
                     # Retrying the same batch would fail the same way: commit it in two
                     # parts, in order (the second one continues where the first ends).
@@ -483,13 +519,18 @@ class Worker:
             time.time_ns(),
         )
 
-    async def _failed_for_size(self, exc: BaseException) -> bool:
-        """A smaller batch may succeed: the failure is one of size or duration, or the
-        connection was dropped mid-statement while the database itself still answers (an
-        outage is waited out whole instead)."""
+    async def _failed_for_size(self, exc: BaseException) -> str | None:
+        """Whether a smaller batch may succeed: "size" when the data itself was too large
+        (over the server's message limit, out of memory), "duration" when a statement ran out
+        of time; None otherwise. A connection dropped mid-statement is a size failure only
+        while the database itself still answers (an outage is waited out whole instead)."""
+        if is_oversized(exc):
+            return "size"
         if is_size_error(exc):
-            return True
-        return is_dropped_connection(exc) and await self._database_answers(fresh=True)
+            return "duration"
+        if is_dropped_connection(exc) and await self._database_answers(fresh=True):
+            return "size"
+        return None
 
     async def _commit(
         self,
@@ -537,8 +578,11 @@ class Worker:
         return {(s.tp.topic, s.tp.partition): s.paused for s in self._partitions}
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready = running, the database answers now, not failing for too long, and no
-        partition stuck on a batch it cannot read."""
+        """Ready = running; no commit lane retrying a failed commit (the last attempt of
+        every batch in hand succeeded, or none is pending), which a database that answers
+        SELECT 1 but refuses writes (a standby) fails at once; the database answers now;
+        no other transient failure lasting too long; no partition stuck on a batch it cannot
+        read."""
         started = self.ready.is_set() and not self._stop.is_set()
         database = await self._database_answers()
         failing_s = None if self._failing_since is None else time.monotonic() - self._failing_since
@@ -548,6 +592,7 @@ class Worker:
         detail = {
             "running": started,
             "database": database,
+            "commits_failing": len(self._retrying),
             "failing_for_s": None if failing_s is None else round(failing_s, 1),
             "partitions_owned": len(self._partitions.consuming()),
             "partitions_pending": len(self._partitions.pending()) + len(self._partitions.waiting()),
@@ -555,7 +600,8 @@ class Worker:
             # Paused on purpose (worker pause): reported, never a reason to be unready.
             "partitions_paused": tp_names(s.tp for s in self._partitions.paused()),
         }
-        return (started and database and not stuck and not unreadable), detail
+        healthy = database and not self._retrying and not stuck and not unreadable
+        return started and healthy, detail
 
     async def _database_answers(self, fresh: bool = False) -> bool:
         checked_at, ok = self._db_check
@@ -577,28 +623,48 @@ class Worker:
         not evict this member for exceeding max.poll.interval. True if stopping.
 
         Every partition is held paused, so a poll returns nothing; should one return records
-        anyway, their partition is put back where they start (`Ownership.unread`): records
-        a fetch returned are claimed or read again, never dropped."""
+        anyway, they are stamped and never claimed, and `settle()` reads their partition
+        again from where its claims end: records a fetch returned are claimed or read again,
+        never dropped."""
         deadline = time.monotonic() + delay
         while (remaining := deadline - time.monotonic()) > 0:
             if self._stop.is_set():
                 return True
             with contextlib.suppress(KafkaError):
                 async with self._fetch_lock:
-                    poll = self._poll(consumer, int(min(remaining, 1.0) * 1000))
-                    returned = await self._unless_stopped(poll, {})
-                    self._ownership.unread(returned)
+                    try:
+                        await self._unless_stopped(self._poll(consumer, min(remaining, 1.0)), None)
+                    finally:
+                        self._ownership.settle()
             self._ownership.reclaim.collect_if_due()
         return self._stop.is_set()
 
-    async def _poll(
-        self, consumer: Any, timeout_ms: int
-    ) -> dict[TopicPartition, tuple[int | None, int]]:
-        """One getmany; for each partition it returned records of, the stamp they were
-        fetched with (taken before anything else runs) and their first offset."""
-        polled = await consumer.getmany(timeout_ms=timeout_ms)
-        epoch_of = self._ownership.epoch_of
-        return {tp: (epoch_of(tp), records[0].offset) for tp, records in polled.items() if records}
+    async def _poll(self, consumer: Any, timeout_s: float) -> None:
+        """One getmany whose records nobody claims: each return is stamped as it comes."""
+        polled = await consumer.getmany(timeout_ms=int(timeout_s * 1000))
+        for tp, records in polled.items():
+            if records:
+                self._ownership.stamp(tp)
+
+
+def _reject_lone_record(
+    batch: Batch, live: set[TopicPartition], letters: Letters, exc: BaseException
+) -> bool:
+    """Dead-letter the one record left of a batch that keeps failing for its size (no split
+    can help it); False if the batch is not down to one storable record."""
+    if len(live) != 1:
+        return False
+    (tp,) = live
+    part = batch[tp]
+    items = letters.storable(part.items)
+    if len(part.records) != 1 or len(items) != 1:
+        return False
+    message = truncate(
+        "the database cannot take this record: its statement failed for its size "
+        f"while the database still answered others ({describe(exc)})"
+    )
+    letters.reject(part, items[0], REJECTED_BY_DATABASE, message)
+    return True
 
 
 def _reap(inflight: dict[int, asyncio.Task[None]]) -> None:

@@ -33,6 +33,11 @@ fetch (and aiokafka's drain walks its whole buffer for each: per fetch, partitio
   batch are delivered and the position stops exactly at it. Failing there too, the partition
   is paused, reported once, and read again with backoff until it can be read (the codec
   installed, the data replaced) or is revoked.
+
+Every getmany return goes through `_returned`: each partition's records are stamped by the
+caller's `stamp(tp)` and recorded with the consumer's position right after the call, before
+anything else runs (worker/partitions.py claims on exactly that). Records returned are never
+dropped here: a consumer error met after some were returned is raised by the next call.
 """
 
 from __future__ import annotations
@@ -90,28 +95,18 @@ def aiokafka_positions(
 
 
 class Chunk(NamedTuple):
-    """Records of one partition from consecutive fetch calls, with the stamp the caller's
-    `stamp(tp)` gave at the moment they were returned (the worker stamps the partition's
-    generation: records fetched before a seek must never pass for ones fetched after it)."""
+    """The records of one partition from one getmany return: the stamp the caller's
+    `stamp(tp)` gave the moment they were returned, and the consumer's position for the
+    partition right after the call (None where positions cannot be read)."""
 
     tp: TopicPartition
     stamp: Any
     records: list[Any]
+    position: int | None
 
 
 class Fetched(list[Chunk]):
     """What one fetch returned, in order."""
-
-    def add(self, tp: TopicPartition, stamp: Any, records: list[Any]) -> None:
-        if not records:
-            return
-        for chunk in reversed(self):
-            if chunk.tp == tp:
-                if chunk.stamp == stamp:
-                    chunk.records.extend(records)
-                    return
-                break
-        self.append(Chunk(tp, stamp, list(records)))
 
     def size(self) -> int:
         """How many records."""
@@ -188,8 +183,7 @@ class PartitionReader:
         self._failing: dict[TopicPartition, _Failing] = {}
         self._poll_until = 0.0
         self._turn = 0
-        # A consumer error met after other partitions were drained: raised by the next call,
-        # so the drained records are not dropped with it.
+        # A consumer error met after records were returned: raised by the next call.
         self._deferred: Exception | None = None
 
     def stuck(self) -> list[TopicPartition]:
@@ -197,17 +191,32 @@ class PartitionReader:
         return sorted(tp for tp, f in self._failing.items() if f.stuck_since is not None)
 
     async def fetch(self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> Fetched:
-        """Up to `max_records` records, waiting up to `timeout_ms` if none is buffered."""
+        """Up to `max_records` records, waiting up to `timeout_ms` if none is buffered. An
+        error met after records were returned is raised by the next call instead, so that
+        what the consumer returned is never dropped with it."""
         if self._deferred is not None:
             exc, self._deferred = self._deferred, None
             raise exc
         self._forget_revoked(consumer)
         self._pause_or_retry(consumer)
-        fetched = await self._drain(consumer, max_records)
-        if fetched or timeout_ms <= 0:
-            return fetched
+        fetched = Fetched()
+        try:
+            await self._read(consumer, timeout_ms, max_records, fetched)
+        except Exception as exc:
+            if not fetched:
+                raise
+            self._deferred = exc
+        return fetched
+
+    async def _read(
+        self, consumer: AIOKafkaConsumer, timeout_ms: int, budget: int, into: Fetched
+    ) -> None:
+        await self._drain(consumer, budget, into)
+        if into or timeout_ms <= 0:
+            return
         if time.monotonic() < self._poll_until:
-            return await self._poll(consumer, timeout_ms, max_records)
+            await self._poll(consumer, timeout_ms, budget, into)
+            return
         try:
             waited = await consumer.getmany(timeout_ms=timeout_ms, max_records=1)
         except Exception as exc:
@@ -215,58 +224,58 @@ class PartitionReader:
                 raise
             log.debug("unreadable batch met while waiting; polling partitions", error=describe(exc))
             self._poll_until = time.monotonic() + POLL_WINDOW_S
-            return await self._drain(consumer, max_records)
-        first = Fetched()
-        for tp, records in waited.items():
-            first.add(tp, self._stamp(tp), records)
-        got = first.size()
-        if max_records > got:
-            for chunk in await self._drain(consumer, max_records - got):
-                first.add(*chunk)
-        return first
+            await self._drain(consumer, budget, into)
+            return
+        self._returned(consumer, waited, into)
+        if budget > into.size():
+            await self._drain(consumer, budget - into.size(), into)
+
+    def _returned(
+        self, consumer: AIOKafkaConsumer, got: dict[TopicPartition, list[Any]], into: Fetched
+    ) -> None:
+        """Stamp what one getmany returned and record each partition's position after it
+        (no await here: nothing can seek in between)."""
+        returned = [tp for tp, records in got.items() if records]
+        if not returned:
+            return
+        now = self._positions(consumer, returned)
+        at = {} if now is None else now.at
+        for tp in returned:
+            into.append(Chunk(tp, self._stamp(tp), got[tp], at.get(tp)))
 
     # -- draining ----------------------------------------------------------------------
 
-    async def _drain(self, consumer: AIOKafkaConsumer, budget: int) -> Fetched:
-        """What is buffered: the healthy partitions in one call, the failing ones each by its
-        own; every partition by its own while an unreadable batch is not yet attributed."""
+    async def _drain(self, consumer: AIOKafkaConsumer, budget: int, into: Fetched) -> None:
+        """What is buffered, into `into`: the healthy partitions in one call, the failing ones
+        each by its own; every partition by its own while an unreadable batch is not yet
+        attributed."""
         if time.monotonic() < self._poll_until:
-            return await self._drain_each(consumer, budget)
-        fetched = Fetched()
+            await self._drain_each(consumer, budget, into)
+            return
         fetchable = consumer.assignment() - consumer.paused()
         failing = fetchable & self._failing.keys()
         if failing:
-            fetched = await self._drain_each(consumer, budget, sorted(failing))
-            budget -= fetched.size()
-            if budget <= 0 or self._deferred is not None:
-                return fetched
+            budget -= await self._drain_each(consumer, budget, into, sorted(failing))
         healthy = fetchable - failing
-        if not healthy:
-            return fetched
+        if not healthy or budget <= 0:
+            return
         before = self._positions(consumer, None)
         if before is None:
-            for chunk in await self._drain_each(consumer, budget, sorted(healthy)):
-                fetched.add(*chunk)
-            return fetched
+            await self._drain_each(consumer, budget, into, sorted(healthy))
+            return
         try:
             # No partitions named: aiokafka's drain skips none (paused ones it drops itself).
             got = await consumer.getmany(*([] if not failing else healthy), max_records=budget)
         except Exception as exc:
+            # aiokafka raises a partition's fetch error only before it drains any record.
             if not is_unreadable(exc):
-                # aiokafka raises a partition's fetch error only before it drains any record.
-                if fetched:
-                    self._deferred = exc
-                    return fetched
                 raise
             self._rewind(consumer, before)
             log.debug("unreadable batch in a drain of all partitions", error=describe(exc))
             self._poll_until = time.monotonic() + POLL_WINDOW_S
-            for chunk in await self._drain_each(consumer, budget, sorted(healthy)):
-                fetched.add(*chunk)
-            return fetched
-        for tp, records in got.items():
-            fetched.add(tp, self._stamp(tp), records)
-        return fetched
+            await self._drain_each(consumer, budget, into, sorted(healthy))
+            return
+        self._returned(consumer, got, into)
 
     def _rewind(self, consumer: AIOKafkaConsumer, before: Positions) -> None:
         """Seek every partition that moved in a failed drain back to where it was: the records
@@ -282,44 +291,58 @@ class PartitionReader:
         self,
         consumer: AIOKafkaConsumer,
         budget: int,
+        into: Fetched,
         partitions: list[TopicPartition] | None = None,
-    ) -> Fetched:
+    ) -> int:
         """What is buffered, partition by partition, starting with a different one each time
-        so that a busy partition cannot take every batch's whole budget."""
-        fetched = Fetched()
+        so that a busy partition cannot take every batch's whole budget; how many records."""
+        start = into.size()
         for tp in self._rotation(consumer, partitions):
-            if budget <= 0:
+            left = budget - (into.size() - start)
+            if left <= 0:
                 break
             failing = self._failing.get(tp)
-            before = fetched.size()
-            if failing is None:
-                records, exc = await _drain_partition(consumer, tp, budget)
-                fetched.add(tp, self._stamp(tp), records)
-                exhausted = False
-            else:
-                exc, exhausted = await _drain_one_by_one(consumer, tp, budget, fetched, self._stamp)
-            taken = fetched.size() - before
-            budget -= taken
-            if exc is None:
-                if failing is not None and taken and exhausted:
-                    self._readable_again(tp, failing)
-                continue
-            if is_unreadable(exc):
+            before = into.size()
+            exhausted = False
+            try:
+                if failing is None:
+                    self._returned(consumer, await consumer.getmany(tp, max_records=left), into)
+                else:
+                    exhausted = await self._drain_one_by_one(consumer, tp, left, into)
+            except Exception as exc:
+                if not is_unreadable(exc):
+                    raise  # the consumer's, not this partition's records
                 await self._unreadable(consumer, tp, exc)
-            elif fetched:
-                self._deferred = exc
-                break
-            else:
-                raise exc
-        return fetched
+                continue
+            if failing is not None and exhausted and into.size() > before:
+                self._readable_again(tp, failing)
+        return into.size() - start
 
-    async def _poll(self, consumer: AIOKafkaConsumer, timeout_ms: int, budget: int) -> Fetched:
+    async def _drain_one_by_one(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, budget: int, into: Fetched
+    ) -> bool:
+        """Records of `tp` into `into` until the buffer is empty (True), the budget is used
+        (False) or one fails (raises). The fetcher moves the position after every call, so
+        the records returned before a failure are kept and the position is left at the
+        unreadable batch."""
+        for got in range(1, budget + 1):
+            chunk = await consumer.getmany(tp, max_records=1)
+            if not chunk.get(tp):
+                return True
+            self._returned(consumer, chunk, into)
+            if not got % 500:
+                await asyncio.sleep(0)  # a fetch response holds thousands: let commits run
+        return False
+
+    async def _poll(
+        self, consumer: AIOKafkaConsumer, timeout_ms: int, budget: int, into: Fetched
+    ) -> None:
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
-            fetched = await self._drain(consumer, budget)
+            await self._drain(consumer, budget, into)
             remaining = deadline - time.monotonic()
-            if fetched or remaining <= 0:
-                return fetched
+            if into or remaining <= 0:
+                return
             await asyncio.sleep(min(POLL_INTERVAL_S, remaining))
 
     def _rotation(
@@ -406,40 +429,6 @@ class PartitionReader:
         for tp in [tp for tp in self._failing if tp not in owned]:
             del self._failing[tp]
             self._metrics.partition_stuck.labels(tp.topic, str(tp.partition)).set(0)
-
-
-async def _drain_partition(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, budget: int
-) -> tuple[list[Any], Exception | None]:
-    try:
-        chunk = await consumer.getmany(tp, max_records=budget)
-    except Exception as exc:  # sorted by the caller: the partition's records, or the consumer
-        return [], exc
-    return chunk.get(tp, []), None
-
-
-async def _drain_one_by_one(
-    consumer: AIOKafkaConsumer, tp: TopicPartition, budget: int, into: Fetched, stamp: Stamp
-) -> tuple[Exception | None, bool]:
-    """Records of `tp` into `into` until the buffer is empty (True), the budget is used or
-    one fails.
-
-    The fetcher moves the position after every call, so the records returned before a
-    failure are kept and the position is left at the unreadable batch."""
-    got = 0
-    while got < budget:
-        try:
-            chunk = await consumer.getmany(tp, max_records=1)
-        except Exception as exc:  # sorted by the caller
-            return exc, False
-        records = chunk.get(tp)
-        if not records:
-            return None, True
-        into.add(tp, stamp(tp), records)
-        got += len(records)
-        if not got % 500:
-            await asyncio.sleep(0)  # a fetch response holds thousands: let commits run
-    return None, False
 
 
 async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:

@@ -15,6 +15,11 @@ Invariants:
 - An operator's reset (`worker offsets reset`) writes the rows it moves, unconditionally and in
   one transaction, and never deletes one: the running workers' compare-and-set fails on them,
   and they continue from the new value at their next batch.
+- A partition an operator holds paused (`partition_pauses`, worker/pauses.py) refuses the
+  compare-and-set as a moved row would: a batch fetched before the pause, whose worker has not
+  heard of it yet, stores nothing. The check is in the statement that moves the offset, so no
+  path of the worker can miss it and the common case pays no extra round trip; the caller
+  tells a pause from a fence with `pauses.among` only when a move was refused.
 - Rows are locked in one order (topic, partition) by every writer.
 - `updated_at` is bound by the writer (the batch's transaction time), never `now()` in the
   SQL: Citus refuses a non-immutable function in `DO UPDATE SET` (worker/distribution.py).
@@ -43,12 +48,18 @@ FROM unnest($2::text[], $3::integer[], $4::bigint[], $5::bigint[])
     AS u(topic, partition, expected, next_offset)
 WHERE o.group_id = $1 AND o.topic = u.topic AND o.partition = u.partition
   AND o.next_offset = u.expected
+  AND NOT EXISTS (
+    SELECT 1 FROM partition_pauses AS p
+    WHERE p.group_id = $1 AND p.topic = u.topic AND p.partition = u.partition)
 RETURNING o.topic, o.partition
 """
 
 _CREATE = """
 INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
-SELECT $1, * FROM unnest($2::text[], $3::integer[], $4::bigint[])
+SELECT $1, u.* FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS u(topic, partition, n)
+WHERE NOT EXISTS (
+    SELECT 1 FROM partition_pauses AS p
+    WHERE p.group_id = $1 AND p.topic = u.topic AND p.partition = u.partition)
 ON CONFLICT DO NOTHING
 RETURNING topic, partition
 """
@@ -92,7 +103,8 @@ async def advance(
     at: dt.datetime | None = None,
 ) -> set[TopicPartition]:
     """Apply `{tp: (expected, next)}`; `expected=None` means "no row yet". Return the
-    partitions whose compare-and-set succeeded. `at` is the transaction's time (taken now if
+    partitions whose compare-and-set succeeded (not those moved by another writer, nor those
+    an operator holds paused). `at` is the transaction's time (taken now if
     the caller has none)."""
     ordered = sorted(moves.items())  # one lock order for every worker
     update = [(tp, exp, nxt) for tp, (exp, nxt) in ordered if exp is not None]

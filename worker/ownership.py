@@ -17,22 +17,27 @@ so a fetch can never return records of the old position stamped with the new gen
   new log from its start;
 - hold: while a commit lane backs off from a transient failure every partition stays paused
   (`hold`/`release`); a partition positioned meanwhile is resumed only at the release;
-- records a fetch returned that nobody claims (a poll during a back-off) put their partition
-  back where they started (`unread`), so they are read again rather than skipped;
+- what the consumer returned: `stamp(tp)` at every getmany return, and after every fetch
+  `settle()`: a partition with a stamped chunk nobody claimed (an error dropped it, a poll
+  during a back-off returned it) is sought back to where its claims end
+  (worker/partitions.py), so it is read again rather than skipped;
 - moved offsets under idle partitions, which no commit would ever find fenced: compared with
   the database every CHECK_INTERVAL_S;
 - operator pauses (worker/pauses.py): read with every positioning, so a partition assigned
-  paused is never resumed, and every PAUSES_INTERVAL_S (`follow_pauses`); a paused partition
-  stays assigned (the group keeps the member) and paused in the consumer, and every resume
-  here names only `fetchable` partitions; a resumed one is positioned again from the
-  database before it is fetched.
+  paused is never resumed; every PAUSES_INTERVAL_S by a task of their own (`follow_pauses`),
+  so a pause is followed whatever the loop is doing (a lane backing off included); and in
+  every batch's transaction (worker/commit.py), which reports a paused partition here
+  (`paused_by_operator`). A paused partition stays assigned (the group keeps the member) and
+  paused in the consumer, and every resume here names only `fetchable` partitions; a resumed
+  one is positioned again from the database before it is fetched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import asyncpg
@@ -44,7 +49,7 @@ from worker.broker import log_ends
 from worker.config import Settings
 from worker.logs import tp_name, tp_names
 from worker.metrics import Metrics
-from worker.partitions import Partitions, PartitionState, Phase, Refetch
+from worker.partitions import Partitions, PartitionState, Phase, Stamp
 from worker.reclaim import Reclaimer
 from worker.retry import TRANSIENT, describe
 
@@ -88,6 +93,8 @@ class Ownership:
         self._cleared: dict[TopicPartition, tuple[tuple[Any, ...], float]] = {}
         # Every partition paused: a commit lane is backing off.
         self._held = False
+        # Partitions stamped since the last settle().
+        self._stamped: set[PartitionState] = set()
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
 
@@ -96,10 +103,6 @@ class Ownership:
         self._consumer = consumer
 
     # -- holding every partition while a lane backs off -----------------------------------
-
-    @property
-    def held(self) -> bool:
-        return self._held
 
     def hold(self) -> None:
         """Pause every assigned partition until `release()`."""
@@ -113,38 +116,36 @@ class Ownership:
         self._held = False
         self._consumer.resume(*(s.tp for s in self.partitions.fetchable()))
 
-    def unread(self, returned: Mapping[TopicPartition, tuple[int | None, int]]) -> None:
-        """Records a fetch returned that will not be claimed: {tp: (the epoch they were
-        stamped with, their first offset)}. Seek each partition back to that offset, unless
-        it was sought since (then that seek decides where it reads)."""
-        for tp, (epoch, first) in returned.items():
-            state = self.partitions.get(tp)
-            if state is None or epoch is None or not state.put_back(epoch, first):
-                continue
-            self._consumer.seek(tp, first)
-            self.reclaim.dropped()
-            log.warning(
-                "records fetched while paused put back", partition=tp_name(tp), offset=first
-            )
+    def stamp(self, tp: TopicPartition) -> Stamp | None:
+        """The stamp of records of `tp` getmany returns now (None: not fetchable)."""
+        state = self.partitions.get(tp)
+        if state is None:
+            return None
+        stamp = state.stamp()
+        if stamp is not None:
+            self._stamped.add(state)
+        return stamp
 
-    def refetch(self, state: PartitionState, refetch: Refetch) -> None:
-        """Records came after a gap nothing proves: read the partition again from where its
-        claims end (synchronously after the refused claim: nothing fetched in between)."""
-        log.info(
-            "records start past where the partition was read to; reading it again from there",
-            partition=tp_name(state.tp),
-            offset=refetch.offset,
-        )
-        self._consumer.seek(state.tp, refetch.offset)
-        self.reclaim.dropped()
+    def settle(self) -> None:
+        """After a fetch's chunks were claimed (or the fetch failed, or a poll returned records
+        nobody claims): read each partition with a chunk left unclaimed again from where its
+        claims end. Synchronous after the fetch: nothing was stamped in between."""
+        stamped, self._stamped = self._stamped, set()
+        owned = self._consumer.assignment()
+        for state in stamped:
+            offset = state.unclaimed()
+            if offset is None or state.tp not in owned:
+                continue
+            self._consumer.seek(state.tp, offset)
+            self.reclaim.dropped()
+            log.info(
+                "records returned and not claimed; reading the partition again from there",
+                partition=tp_name(state.tp),
+                offset=offset,
+            )
 
     def listener(self) -> ConsumerRebalanceListener:
         return _Listener(self)
-
-    def epoch_of(self, tp: TopicPartition) -> int | None:
-        """The stamp of records of `tp` fetched now (None: not consuming)."""
-        state = self.partitions.get(tp)
-        return None if state is None else state.fetch_epoch()
 
     def stored_offsets(self) -> Mapping[TopicPartition, int | None]:
         return self.partitions.stored_offsets()
@@ -203,11 +204,7 @@ class Ownership:
         for state in pending:
             if state.tp in held:
                 state.pause()
-        positioned = self._reposition(pending, stored, starts)
-        # A lane may have started backing off during the reads above: then they stay paused
-        # like every other partition, and `release` resumes them.
-        if not self._held:
-            self._consumer.resume(*(tp for tp in positioned if tp not in held))
+        positioned = self._reposition(pending, stored, starts, resume=True)
         log.info(
             "partitions positioned",
             stored={tp_name(tp): stored.get(tp) for tp in sorted(positioned)},
@@ -220,19 +217,29 @@ class Ownership:
         async with self._pool.acquire() as conn:
             return await pauses.load(conn, self._group_id)
 
-    async def follow_pauses(self) -> None:
-        """Pause and resume the positioned partitions as `partition_pauses` says now."""
-        if self._pool is None:
-            return
-        try:
-            held = await self._load_pauses()
-        except TRANSIENT:
-            return  # read again next time
-        paused = [s for s in self.partitions.consuming() if s.tp in held and s.pause()]
+    async def follow_pauses(self, stop: asyncio.Event) -> None:
+        """Every PAUSES_INTERVAL_S until `stop`: pause and resume the positioned partitions as
+        `partition_pauses` says."""
+        while not stop.is_set():
+            with contextlib.suppress(TRANSIENT):  # read again next time
+                await self._follow_pauses()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pauses.PAUSES_INTERVAL_S)
+
+    def paused_by_operator(self, tps: Iterable[TopicPartition]) -> None:
+        """These partitions are paused in `partition_pauses` (found by a batch's transaction,
+        or by the follower): stop fetching them and claim nothing more of them."""
+        paused = [s for tp in tps if (s := self.partitions.get(tp)) and s.consuming and s.pause()]
         if paused:
             self._consumer.pause(*(s.tp for s in paused))
             self.reclaim.dropped()
             log.info("partitions paused by an operator", partitions=tp_names(s.tp for s in paused))
+
+    async def _follow_pauses(self) -> None:
+        if self._pool is None:
+            return
+        held = await self._load_pauses()
+        self.paused_by_operator(held)
         resuming = {s.tp for s in self.partitions.consuming() if s.paused and s.tp not in held}
         if not resuming:
             return
@@ -241,10 +248,7 @@ class Ownership:
         # elsewhere (a lane's release) can fetch the partition from where it was.
         stored, starts = await self._stored_and_starts(resuming)
         resumed = [s for tp in resuming if (s := self.partitions.get(tp)) and s.consuming]
-        resumed = [s for s in resumed if s.resume()]
-        positioned = self._reposition(resumed, stored, starts)
-        if not self._held:
-            self._consumer.resume(*positioned)
+        positioned = self._reposition([s for s in resumed if s.resume()], stored, starts, True)
         log.info(
             "partitions resumed by an operator",
             stored={tp_name(tp): stored.get(tp) for tp in sorted(positioned)},
@@ -270,10 +274,13 @@ class Ownership:
         states: list[PartitionState],
         stored: dict[TopicPartition, int],
         starts: dict[TopicPartition, int],
+        resume: bool = False,
     ) -> set[TopicPartition]:
         """Give each state still ours a new generation at its position and seek there, with
         no await in between: a fetch returns records either before both (stamped with the
-        old generation, so stale) or after both (from the new position)."""
+        old generation, so stale) or after both (from the new position). With `resume`,
+        resume the fetchable ones, unless a lane started backing off during the reads before
+        (then they stay paused like every other partition, and `release` resumes them)."""
         done: set[TopicPartition] = set()
         consumer = self._consumer
         owned = consumer.assignment()
@@ -289,6 +296,8 @@ class Ownership:
             done.add(tp)
         if done:
             self.reclaim.dropped()
+        if resume and not self._held:
+            consumer.resume(*(s.tp for s in states if s.tp in done and s.fetchable))
         return done
 
     async def rewind_lost_logs(self) -> None:
@@ -330,10 +339,13 @@ class Ownership:
         for tp, seen in suspects.items():
             state, generation, stored = seen
             end = ends.get(tp)
-            if end is None or (state.generation, state.stored) != (generation, stored):
-                continue  # unknown, or moved while the end was read: look again next time
+            if end is None:
+                continue  # unknown: look again next time
             if stored <= end:
                 self._cleared[tp] = (seen, now + CLEARED_FOR_S)
+                continue
+            # Not if it moved, was revoked or given away while the end was read.
+            if tp not in consumer.assignment() or not state.rewind(generation, stored):
                 continue
             log.warning(
                 "stored offset is beyond the partition's log end; reading it from the start",
@@ -343,7 +355,6 @@ class Ownership:
                 log_end=end,
             )
             self._rewound[tp] = (state, stored)
-            state.rewound(0)
             consumer.seek(tp, 0)
             self.reclaim.dropped()
 

@@ -9,38 +9,39 @@ the new one. Its phases, in the spirit of aiokafka's `TopicPartitionState`:
         │                         └──────────────────────────────────────────────────┘
         └──────────────revoke()────────────────▶ revoked (final)
 
-Every (re)positioning starts a new *generation*, a number no other positioning of any partition
-state has. The invariants, which the commit path relies
-on and tests/test_partition_state.py checks under random interleavings:
+Claims follow from what the consumer returned, never from the offsets of the records:
 
-- `stored` is consumer_offsets' next offset for the partition as far as this worker knows
-  (None: no row); the compare-and-set of the next commit expects exactly it.
-- A `Claim` is taken on the records of one fetch, stamped with the *epoch* they were fetched
-  in: every seek starts a new epoch (a positioning starts a generation and its first epoch),
-  and records fetched before a seek are stale whatever their offsets, since the seek reads
-  them again. Within a generation,
-  claims are contiguous: each starts where the previous one ended (`next_fetch`), so a batch
-  never skips a record. Records that start above `next_fetch` are a gap, and a gap is taken
-  only when the records prove it: they are the first ones returned after a seek to
-  `next_fetch` (compaction or transaction markers left those offsets empty). Any other gap
-  means records were returned and not claimed; the claim is refused with a `Refetch` at
-  `next_fetch`, and the caller seeks there, so the missing records are read again (or the
-  gap is proven by the read after the seek).
-- A claim may commit only while the partition is consuming in the claim's generation and the
-  claim starts at `stored`: a batch behind an abandoned or fenced one can never commit past
-  the records that were not stored. Committing moves `stored` to the claim's end, forward.
+- Every seek of the consumer starts a new *epoch* (a positioning also starts a new
+  *generation*: claims of an older one can never commit). Every time getmany returns records
+  of the partition, they are stamped right then with the epoch and the next *sequence* number
+  of that epoch (`stamp()`), and the consumer's position right after the drain is recorded
+  with them (worker/fetch.py).
+- A claim is taken only on the next sequence of the current epoch, and runs from where the
+  previous claim ended (`next_fetch`) to that recorded position. The consumer reads in order
+  from its position, so when no chunk of the epoch is missing, every offset of [next_fetch,
+  position) it did not return holds no record (compaction, a transaction's markers, an aborted
+  transaction): a claim spans such holes without anything to prove. Records stamped before a
+  seek are stale and claim nothing (the seek reads them again).
+- A chunk stamped and never claimed (dropped with an error, returned by a poll while backing
+  off) is the one thing that can go wrong, and it has one rule: `unclaimed()` says the
+  partition must be sought back to `next_fetch` (a new epoch), and later chunks of the epoch
+  claim nothing meanwhile. Nothing the consumer returned is ever skipped.
+- Records below `next_fetch` in the next sequence mean the consumer reset its position to the
+  log's start by itself (the log was deleted and recreated): new records, claimed from there.
+- A claim may commit only while the partition is consuming in the claim's generation, not
+  paused, and the claim starts at `stored`: a batch behind an abandoned or fenced one can
+  never commit past the records that were not stored. Committing moves `stored` to the claim's
+  end, forward.
 - A revoked partition accepts nothing: a commit that finishes after the revocation returns
   without changing any state here.
 
 An operator's pause (`worker pause`, worker/pauses.py) is a flag beside the phase, since a
-partition is paused whatever its phase and stays paused through positionings (a fence, an
-offsets reset, a new assignment read from the table): `pause()` starts a new epoch, so
-records fetched before it are stale, and from then on no claim is taken and none may
-commit (a commit already in flight completes, and moves `stored` as usual). `resume()` clears
-the flag; the caller then positions the partition again from the database, so reading
-continues from what is stored whatever was fetched before the pause. Every resume of the
-consumer goes through `fetchable`, so no other path (a lane's back-off ending, a positioning,
-a stuck partition's retry) can resume a paused partition.
+partition is paused whatever its phase and stays paused through positionings: `pause()` starts
+a new epoch, and from then on no claim is taken and none may commit (a commit already in flight
+completes, and moves `stored` as usual). `resume()` clears the flag; the caller then positions
+the partition again from the database, so reading continues from what is stored. Every resume
+of the consumer names only `fetchable` partitions, so no other path (a lane's back-off ending,
+a positioning, a stuck partition's retry) can resume a paused one.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-_generations = itertools.count(1)
+# Generations and epochs come from one counter: unique across partition states, so records
+# stamped for an earlier assignment of a partition never match a later one.
+_numbers = itertools.count(1)
+
+Stamp = tuple[int, int]  # (epoch, sequence)
 
 
 class Phase(enum.Enum):
@@ -64,21 +69,13 @@ class Phase(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Refetch:
-    """Records came after a gap nothing proves: seek the partition to `offset` and read
-    from there (the fetch after that seek proves or fills the gap)."""
-
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
 class Claim:
     """The right to commit [start, end) of one partition, in one generation."""
 
     state: PartitionState
     generation: int
     start: int  # the offset this claim's batch continues from
-    end: int  # the next offset after its records (what is stored when it commits)
+    end: int  # where the consumer was after its records (what is stored when it commits)
     # The first claim of its generation starts where the partition was positioned (or, after
     # a log reset, at the new log's records), not necessarily at the stored offset.
     first: bool
@@ -87,9 +84,10 @@ class Claim:
 class PartitionState:
     __slots__ = (
         "_claimed",
+        "_fresh",
         "_idle",
         "_inflight",
-        "_sought",
+        "_issued",
         "epoch",
         "generation",
         "next_fetch",
@@ -103,16 +101,13 @@ class PartitionState:
         self.tp = tp
         self.phase = Phase.ASSIGNED
         self.generation = 0
-        # Changes at every seek; the stamp of the records fetched since (a generation's
-        # first epoch is the generation's own number, both from one counter).
         self.epoch = 0
+        self._issued = 0  # the last sequence stamped in this epoch
+        self._claimed = 0  # the last sequence claimed in this epoch
+        self._fresh = False  # positioned, and no claim taken in this generation yet
         self.stored: int | None = None
-        # The offset the next fetched record continues from (None: not positioned).
+        # Where the next claim starts: the end of the last one (None: not positioned).
         self.next_fetch: int | None = None
-        self._claimed = False  # whether this generation has handed out a claim
-        # The offset the consumer was last sought to, until records are claimed after it:
-        # the first records a fetch returns after a seek prove any gap below them.
-        self._sought: int | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -141,25 +136,32 @@ class PartitionState:
 
     # -- transitions ---------------------------------------------------------------------
 
+    def _new_epoch(self) -> None:
+        self.epoch = next(_numbers)
+        self._issued = self._claimed = 0
+
     def positioned(self, stored: int | None, start: int) -> int:
         """Read from `start` on, `stored` being the database's row (None: none; then
         `start` is the log's start). A new generation: what was fetched before is stale."""
         if self.phase is Phase.REVOKED:
             return self.generation
         self.phase = Phase.CONSUMING
-        # Unique across objects: records fetched for an earlier assignment of the same
-        # partition must not match a generation of the next one.
-        self.generation = self.epoch = next(_generations)
+        self._new_epoch()
+        self.generation = self.epoch
         self.stored = stored
         self.next_fetch = start
-        self._claimed = False
-        self._sought = start
+        self._fresh = True
         return self.generation
 
-    def rewound(self, start: int) -> int:
-        """The log was lost (its end is below `stored`): read the new log from `start`. The
-        compare-and-set still expects the stored row, which the first commit moves."""
-        return self.positioned(self.stored, start)
+    def rewind(self, generation: int, stored: int | None) -> bool:
+        """The log was lost (its end is below `stored`, read while the state was in
+        `generation` with `stored`): read the new log from its start, unless the state moved
+        or was revoked meanwhile. The compare-and-set still expects the stored row, which the
+        first commit moves."""
+        if not self.consuming or (self.generation, self.stored) != (generation, stored):
+            return False
+        self.positioned(self.stored, 0)
+        return True
 
     def revoke(self) -> None:
         self.phase = Phase.REVOKED
@@ -170,7 +172,7 @@ class PartitionState:
         if self.paused:
             return False
         self.paused = True
-        self.epoch = next(_generations)
+        self._new_epoch()
         return True
 
     def resume(self) -> bool:
@@ -181,49 +183,56 @@ class PartitionState:
         self.paused = False
         return True
 
-    def put_back(self, epoch: int, first: int) -> bool:
-        """Records stamped `epoch`, starting at `first`, were returned by a fetch and will
-        not be claimed: the caller seeks to `first` (True) unless the partition was sought
-        since (False: that seek already decides where it reads). A new epoch either way,
-        since whatever else was fetched before the seek is read again after it."""
-        if epoch != self.epoch or not self.consuming:
-            return False
-        self.epoch = next(_generations)
-        self._sought = first
-        return True
-
     # -- fetching ------------------------------------------------------------------------
 
-    def fetch_epoch(self) -> int | None:
-        """The stamp of records fetched now (None: not consuming): the epoch since the last
-        seek of this partition."""
-        return self.epoch if self.fetchable else None
+    def stamp(self) -> Stamp | None:
+        """The stamp of records getmany returns now (None: not fetchable): called once per
+        return, before anything else runs."""
+        if not self.fetchable:
+            return None
+        self._issued += 1
+        return self.epoch, self._issued
 
-    def claim(self, epoch: int, records: list[Any]) -> tuple[Claim | Refetch | None, bool]:
-        """A claim on `records` (one fetch, in offset order) fetched in `epoch`.
+    def claim(
+        self, stamp: Stamp | None, records: list[Any], position: int | None
+    ) -> tuple[Claim | None, bool]:
+        """A claim on `records` (one getmany return, in offset order) stamped `stamp`, after
+        which the consumer's position was `position` (None: not known; the records' end).
 
-        None when they are stale: fetched before the last seek, or not consuming. A
-        `Refetch` when they start above `next_fetch` and are not the first records after a
-        seek to `next_fetch` (a gap nothing proves). The flag says the log was reset under
-        us: the records start below where this generation had read to, which only the
-        consumer's own reset to the earliest offset does (the log was deleted and recreated);
-        they are new records and are taken, from there."""
-        if not records or epoch != self.epoch or not self.fetchable:
+        None when stale (stamped before a seek, or not fetchable) or when an earlier chunk of
+        the epoch was never claimed (`unclaimed()` then says where to read again). The flag
+        says the consumer reset its position below where this generation had read (the log
+        was deleted and recreated): new records, taken from there."""
+        if stamp is None or not records or not self.fetchable:
+            return None, False
+        epoch, sequence = stamp
+        if epoch != self.epoch or sequence != self._claimed + 1:
             return None, False
         assert self.next_fetch is not None
-        first = int(records[0].offset)
-        if first > self.next_fetch and self._sought != self.next_fetch:
-            self._sought = self.next_fetch
-            self.epoch = next(_generations)
-            return Refetch(self.next_fetch), False
+        self._claimed = sequence
+        first = records[0].offset
         reset = first < self.next_fetch
         start = first if reset else self.next_fetch
-        end = int(records[-1].offset) + 1
-        first_claim = reset or not self._claimed
+        end = records[-1].offset + 1
+        if position is not None and position > end:
+            end = position
+        first_claim = reset or self._fresh
+        self._fresh = False
         self.next_fetch = end
-        self._claimed = True
-        self._sought = None
         return Claim(self, self.generation, start, end, first_claim), reset
+
+    @property
+    def dropped(self) -> bool:
+        """A return stamped in this epoch was not claimed (yet)."""
+        return self._issued != self._claimed
+
+    def unclaimed(self) -> int | None:
+        """Where to seek if a return stamped in this epoch was never claimed (a new epoch
+        starts: the consumer reads again from where the claims end); None if none was."""
+        if not self.dropped or not self.fetchable:
+            return None
+        self._new_epoch()
+        return self.next_fetch
 
     # -- committing ----------------------------------------------------------------------
 
@@ -290,9 +299,6 @@ class Partitions:
 
     def __iter__(self) -> Iterator[PartitionState]:
         return iter(list(self._states.values()))
-
-    def __len__(self) -> int:
-        return len(self._states)
 
     def pending(self) -> list[PartitionState]:
         """Assigned, not yet positioned, and not waiting for an earlier assignment's commit."""

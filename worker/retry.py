@@ -37,14 +37,20 @@ RECORD_ERRORS: tuple[type[BaseException], ...] = (
 
 # Failures a smaller batch avoids: a statement cut off by statement_timeout or by the client's
 # command timeout, memory the server ran out of for this much data. The batch is split and its
-# halves committed in turn; a single record that still fails is retried. A message over
-# PostgreSQL's 1 GB protocol limit is one too, but the server answers it by closing the
-# connection (`is_dropped_connection`), which only the database still answering tells from
-# an outage.
-SIZE_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.QueryCanceledError,
+# halves committed in turn. A message over PostgreSQL's 1 GB protocol limit is one too, but
+# the server answers it by closing the connection (`is_dropped_connection`), which only the
+# database still answering tells from an outage.
+#
+# Of these, only the data's own size (OVERSIZED, the message limit) condemns a single record:
+# alone and failing again, it is dead-lettered. A single record that runs out of time is
+# retried, since a lock held elsewhere looks the same as a slow record.
+OVERSIZED: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ProtocolViolationError,
     asyncpg.exceptions.OutOfMemoryError,
+)
+SIZE_ERRORS: tuple[type[BaseException], ...] = (
+    *OVERSIZED,
+    asyncpg.exceptions.QueryCanceledError,
     TimeoutError,
 )
 
@@ -71,6 +77,11 @@ def is_dropped_connection(exc: BaseException) -> bool:
 def is_record_error(exc: BaseException) -> bool:
     """The database refused this data; retrying the same data can never succeed."""
     return isinstance(exc, RECORD_ERRORS)
+
+
+def is_oversized(exc: BaseException) -> bool:
+    """The batch's data was too large for the server (not too slow)."""
+    return isinstance(exc, OVERSIZED)
 
 
 def is_size_error(exc: BaseException) -> bool:
