@@ -322,6 +322,9 @@ def judge_failover(samples: list[Sample], f: Failover, n: int) -> tuple[dict[str
         )
     if committed is None:
         problems.append(f"failover {n}: no commit seen on the promoted server")
+    if not any(s.retries is not None and s.retries > f.retries_at_kill for s in outage):
+        # Without it "ready while stuck" could not be judged at all.
+        problems.append(f"failover {n}: worker_retries_total did not rise during the outage")
     return figures, problems
 
 
