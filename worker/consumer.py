@@ -125,6 +125,7 @@ class Worker:
         self._consumer: Any = None
         self._committer: Committer | None = None
         self._retrying: set[int] = set()  # lanes retrying a transient failure
+        self._background: list[asyncio.Task[None]] = []  # maintenance, operator pauses
         # When the current run of transient failures began (None: healthy); drives /readyz.
         self._failing_since: float | None = None
         self._db_check: tuple[float, bool] = (0.0, False)
@@ -193,6 +194,7 @@ class Worker:
         # Operator pauses are followed by a task of their own: the loop may sit for a long
         # time waiting on a lane that backs off, which is when a pause is needed most.
         pauses = asyncio.create_task(self._ownership.follow_pauses(self._stop))
+        self._background = [maintenance, pauses]
         try:
             await self._retrying_call("kafka producer", producer.start)
             await self._retrying_call("kafka consumer", consumer.start)
@@ -202,7 +204,7 @@ class Worker:
             self.ready.set()
             await self._loop(consumer)
         finally:
-            for task in (maintenance, pauses):
+            for task in self._background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -297,6 +299,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 progress.maybe_log()
+                _reap_background(self._background)
                 self._ownership.reclaim.collect_if_due()
                 if time.monotonic() >= next_check:
                     await self._ownership.rewind_lost_logs()
@@ -665,6 +668,13 @@ def _reject_lone_record(
     )
     letters.reject(part, items[0], REJECTED_BY_DATABASE, message)
     return True
+
+
+def _reap_background(tasks: list[asyncio.Task[None]]) -> None:
+    """The tasks that run beside the loop until stop: one that ended raises its error here."""
+    for task in tasks:
+        if task.done():
+            task.result()
 
 
 def _reap(inflight: dict[int, asyncio.Task[None]]) -> None:

@@ -103,7 +103,9 @@ PLACEMENTS: dict[str, Placement] = {
         Kind.REFERENCE, why="one row: what retention has dropped, read by every worker"
     ),
     "partition_pauses": Placement(
-        Kind.REFERENCE, why="a few rows per group, written by `worker pause`, read every 2 s"
+        Kind.REFERENCE,
+        why="a few rows per group, written by `worker pause`, read every 2 s and by every "
+        "batch's offset compare-and-set",
     ),
 }
 

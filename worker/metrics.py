@@ -60,6 +60,14 @@ class Metrics:
             "Batches rolled back because another worker owns the offsets",
             registry=r,
         )
+        self.rereads = Counter(
+            "worker_rereads",
+            "Partitions read again from where their last batch ended because records the "
+            "consumer returned were not taken into a batch (an error later in the same fetch, "
+            "a poll while backing off), by topic",
+            ["topic"],
+            registry=r,
+        )
         self.last_offset = Gauge(
             "worker_last_stored_offset",
             "Last offset committed to PostgreSQL, by partition",
@@ -109,6 +117,7 @@ class Metrics:
             self.consumed.labels(topic)
             self.expired.labels(topic)
             self.erased.labels(topic)
+            self.rereads.labels(topic)
         for dependency in ("database", "kafka"):
             self.retries.labels(dependency)
 

@@ -138,6 +138,7 @@ class Ownership:
                 continue
             self._consumer.seek(state.tp, offset)
             self.reclaim.dropped()
+            self._metrics.rereads.labels(state.tp.topic).inc()
             log.info(
                 "records returned and not claimed; reading the partition again from there",
                 partition=tp_name(state.tp),

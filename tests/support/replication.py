@@ -42,7 +42,6 @@ import os
 import re
 import shutil
 import signal
-import time
 from pathlib import Path
 
 from support.e2e import fetchval, wait_for
@@ -151,23 +150,11 @@ class StreamingPair:
 
     async def kill_primary(self) -> None:
         """SIGKILL the primary's postmaster and every process it started, at once, as a host
-        crash would: no client hears a word, nothing more reaches the standby.
-
-        Not `EmbeddedPostgres.kill()` alone: PostgreSQL puts each child (backend, WAL sender)
-        in a process group of its own, so killing the postmaster's group leaves them to notice
-        its death and tell their clients "unexpected postmaster exit" first, and leaves a
-        stopped WAL sender stopped forever. The postmaster is frozen first so that it cannot
-        answer its children's deaths (by killing the rest and restarting) before its own."""
-        pid = self.primary.pid
-        assert pid is not None, "the primary is not running"
-        os.kill(pid, signal.SIGSTOP)
-        doomed = [*_children(pid), pid]
-        for victim in doomed:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(victim, signal.SIGKILL)
-        self._held_sender = None  # among them
-        await _wait_gone(doomed)
-        await asyncio.to_thread(self.primary.kill)  # clears its lock files
+        crash would (`EmbeddedPostgres.kill`): no client hears a word, nothing more reaches
+        the standby."""
+        assert self.primary.pid is not None, "the primary is not running"
+        self._held_sender = None  # killed with the rest
+        await asyncio.to_thread(self.primary.kill)
 
     async def promote(self, timeout: float = 60.0) -> None:
         """`pg_ctl promote -w` the standby; once it accepts writes it is the primary, and the
@@ -213,31 +200,3 @@ async def _wait_for_sql(
 ) -> None:
     """Poll `sql` on `url` until it answers true (a server down meanwhile counts as false)."""
     await wait_for(lambda: fetchval(url, sql, *args), timeout, what, interval)
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from Linux' /proc; elsewhere none)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
-
-
-async def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
-    """Until every pid has exited (a zombie that nobody reaps counts as exited)."""
-
-    def gone(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        return state in ("Z", "X")
-
-    deadline = time.monotonic() + timeout
-    while not all(gone(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"processes {pids} still alive {timeout}s after SIGKILL")
-        await asyncio.sleep(0.02)

@@ -13,6 +13,7 @@ module never requires them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -81,6 +82,17 @@ def _tail(path: Path | None, limit: int = _LOG_TAIL_BYTES) -> str:
             return fh.read().decode("utf-8", errors="replace")
     except OSError as exc:
         return f"(log {path} unreadable: {exc})"
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from Linux' /proc; elsewhere none)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def _pid_alive(pid: int, expected_comm: str | None = None) -> bool:
@@ -403,24 +415,25 @@ class EmbeddedPostgres:
                 self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the postmaster and its backends, as a host crash would.
+        """SIGKILL the postmaster and every process it started, at once, as a host crash
+        would: no client hears a word, and the next start() runs crash recovery from the WAL.
 
-        The whole process group goes (pg_ctl makes the postmaster a session leader), so no
-        orphaned backend keeps a client connection or the shared memory alive; the next
-        start() then runs crash recovery from the WAL.
-        """
+        Not the postmaster's process group alone: PostgreSQL puts each child (backend, WAL
+        sender) in a group of its own, and children that outlive the postmaster tell their
+        clients "unexpected postmaster exit" before they go, which no crash does. The
+        postmaster is frozen first so that it cannot answer its children's deaths (by killing
+        the rest and restarting) before its own."""
         pid = self.pid
         if pid is None:
             return
-        try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        doomed = [*_children(pid), pid]
+        for victim in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10.0
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while any(_pid_alive(p) for p in doomed) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._clear_stale_locks()
 
