@@ -108,6 +108,10 @@ class LossyConsumer:
         return drained
 
 
+def _no_stamp(tp: TopicPartition) -> None:
+    return None
+
+
 @pytest.fixture(params=["one-call", "per-partition"])
 def reader_for(request: pytest.FixtureRequest) -> Any:
     """A PartitionReader draining all healthy partitions in one getmany (positions readable,
@@ -115,8 +119,10 @@ def reader_for(request: pytest.FixtureRequest) -> Any:
 
     def make(consumer: LossyConsumer, **kwargs: Any) -> PartitionReader:
         if request.param == "one-call":
-            return PartitionReader(Metrics(), positions=LossyConsumer.positions_of, **kwargs)
-        return PartitionReader(Metrics(), positions=lambda c, tps: None, **kwargs)
+            return PartitionReader(
+                Metrics(), _no_stamp, positions=LossyConsumer.positions_of, **kwargs
+            )
+        return PartitionReader(Metrics(), _no_stamp, positions=lambda c, tps: None, **kwargs)
 
     make.mode = request.param  # type: ignore[attr-defined]
     return make
@@ -126,8 +132,7 @@ async def _read(reader: PartitionReader, consumer: LossyConsumer, rounds: int) -
     got: list[Rec] = []
     for _ in range(rounds):
         fetched = await reader.fetch(consumer, timeout_ms=1, max_records=1000)  # type: ignore[arg-type]
-        for records in fetched.by_partition().values():
-            got.extend(records)
+        got.extend(record for chunk in fetched for record in chunk.records)
     return got
 
 
@@ -217,7 +222,9 @@ async def test_the_calls_per_fetch_do_not_grow_with_the_partitions(reader_for: A
 
 async def test_a_failing_partition_is_drained_alone_and_the_others_in_one_call() -> None:
     consumer = LossyConsumer({P0: [0, BAD, 2], P1: list(range(4)), P2: list(range(4))})
-    reader = PartitionReader(Metrics(), retry_initial_s=60, positions=LossyConsumer.positions_of)
+    reader = PartitionReader(
+        Metrics(), _no_stamp, retry_initial_s=60, positions=LossyConsumer.positions_of
+    )
     got = await _read(reader, consumer, rounds=8)
     assert reader.stuck() == [P0]
     assert (_offsets(got, P0), _offsets(got, P1), _offsets(got, P2)) == (
@@ -229,9 +236,7 @@ async def test_a_failing_partition_is_drained_alone_and_the_others_in_one_call()
     consumer.logs[P2] += [4]
     before = consumer.calls
     fetched = await reader.fetch(consumer, timeout_ms=0, max_records=100)  # type: ignore[arg-type]
-    assert sorted(
-        (tp.partition, [r.offset for r in rs]) for tp, rs in fetched.by_partition().items()
-    ) == [
+    assert sorted((c.tp.partition, [r.offset for r in c.records]) for c in fetched) == [
         (1, [4, 5]),
         (2, [4]),
     ]

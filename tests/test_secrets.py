@@ -239,7 +239,9 @@ def test_redact_url_never_raises_on_junk() -> None:
 @pytest.mark.parametrize("url", ACCEPTED)
 def test_database_url_forms_are_accepted_and_described_without_the_password(url: str) -> None:
     s = Settings.from_env({"DATABASE_URL": url})
-    assert s.database_url == url
+    # Kept as written; one naming several hosts gains only target_session_attrs=read-write.
+    sep = "&" if "?" in url else "?"
+    assert s.database_url in (url, f"{url}{sep}target_session_attrs=read-write")
     described = s.describe()
     _assert_hidden(repr(described), SECRET)
     _assert_hidden(json.dumps(described), SECRET)
@@ -412,7 +414,9 @@ async def test_multi_host_url_worker_starts_and_consumes(
     where = f"{login.host}:{login.port}"
     pw = quote(login.password, safe="")
     url = f"postgresql://{login.role}:{pw}@{where},{where}/{login.database}"
-    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+    # Two hosts: the worker asks for a read-write server (docs/contract.md §2).
+    read_write = f"{url}?target_session_attrs=read-write"
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == read_write
     settings = settings_for(kafka_bootstrap, url, topics)
     async with running_worker(settings):
         await infra.produce(kafka_bootstrap, topics.proctoring, [(b"e:c", proctoring_samples()[0])])

@@ -20,10 +20,9 @@ partitions (membership stays: the lane keeps polling), backs off and retries the
 batch failing for its size is split, and a lone record the database cannot take for its size
 is dead-lettered (`rejected_by_database`). A partition an operator pauses stores nothing from
 then on, even a batch fetched before (its transaction refuses it: worker/offsets.py). Only a
-claim still current when its commit returns moves
-its partition's stored offset, so nothing a revoked partition's late commit returns is applied.
-Shutdown finishes or abandons the batch in hand (never half of it), leaves the group and
-closes connections.
+claim still current when its commit returns moves its partition's stored offset, so nothing a
+revoked partition's late commit returns is applied. Shutdown finishes or abandons the batch in
+hand (never half of it), leaves the group and closes connections.
 """
 
 from __future__ import annotations

@@ -112,17 +112,6 @@ class Fetched(list[Chunk]):
         """How many records."""
         return sum(len(c.records) for c in self)
 
-    def by_partition(self) -> dict[TopicPartition, list[Any]]:
-        """Records per partition, stamps dropped (for callers that do not stamp)."""
-        merged: dict[TopicPartition, list[Any]] = {}
-        for chunk in self:
-            merged.setdefault(chunk.tp, []).extend(chunk.records)
-        return merged
-
-
-def _no_stamp(tp: TopicPartition) -> None:
-    return None
-
 
 # How often a stuck partition is read again: it may become readable without a restart only if
 # its data changes, so a minute apart at most is plenty and costs one fetch each.
@@ -162,9 +151,9 @@ class PartitionReader:
     def __init__(
         self,
         metrics: Metrics,
+        stamp: Stamp,
         retry_initial_s: float = STUCK_RETRY_INITIAL_S,
         retry_max_s: float = STUCK_RETRY_MAX_S,
-        stamp: Stamp = _no_stamp,
         dropped: Callable[[], None] = lambda: None,
         paused: Callable[[], set[TopicPartition]] = set,
         positions: ReadPositions = aiokafka_positions,

@@ -93,8 +93,6 @@ class Ownership:
         self._cleared: dict[TopicPartition, tuple[tuple[Any, ...], float]] = {}
         # Every partition paused: a commit lane is backing off.
         self._held = False
-        # Partitions stamped since the last settle().
-        self._stamped: set[PartitionState] = set()
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
 
@@ -119,22 +117,15 @@ class Ownership:
     def stamp(self, tp: TopicPartition) -> Stamp | None:
         """The stamp of records of `tp` getmany returns now (None: not fetchable)."""
         state = self.partitions.get(tp)
-        if state is None:
-            return None
-        stamp = state.stamp()
-        if stamp is not None:
-            self._stamped.add(state)
-        return stamp
+        return None if state is None else state.stamp()
 
     def settle(self) -> None:
-        """After a fetch's chunks were claimed (or the fetch failed, or a poll returned records
-        nobody claims): read each partition with a chunk left unclaimed again from where its
-        claims end. Synchronous after the fetch: nothing was stamped in between."""
-        stamped, self._stamped = self._stamped, set()
-        owned = self._consumer.assignment()
-        for state in stamped:
+        """After a fetch's returns were claimed (or the fetch failed, or a poll returned
+        records nobody claims): read each partition with a return left unclaimed again from
+        where its claims end. Synchronous after the fetch: nothing was stamped in between."""
+        for state in self.partitions.consuming():
             offset = state.unclaimed()
-            if offset is None or state.tp not in owned:
+            if offset is None:
                 continue
             self._consumer.seek(state.tp, offset)
             self.reclaim.dropped()
