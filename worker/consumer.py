@@ -124,6 +124,9 @@ class Worker:
         self._consumer: Any = None
         self._committer: Committer | None = None
         self._retrying: set[int] = set()  # lanes retrying a transient failure
+        # Lanes whose last commit attempt failed (readiness): from the failure itself, not
+        # from the back-off that follows it.
+        self._commit_failing: set[int] = set()
         self._background: list[asyncio.Task[None]] = []  # maintenance, operator pauses
         # When the current run of transient failures began (None: healthy); drives /readyz.
         self._failing_since: float | None = None
@@ -443,7 +446,8 @@ class Worker:
             await self._handle_batch(consumer, batch, prepared, lane)
         finally:
             # However the batch ended (committed, fenced away, revoked, abandoned at stop),
-            # this lane no longer holds the partitions paused.
+            # this lane no longer holds the partitions paused, nor has a commit pending.
+            self._commit_failing.discard(lane)
             if lane in self._retrying:
                 self._retrying.discard(lane)
                 if not self._retrying:
@@ -476,6 +480,7 @@ class Worker:
                 self._ownership.paused_by_operator(paused.partitions)
                 continue
             except TRANSIENT as exc:
+                self._commit_failing.add(lane)
                 self.metrics.retries.labels(_dependency(exc)).inc()
                 size = await self._failed_for_size(exc)
                 parts = halves({tp: batch[tp] for tp in live}) if size else None
@@ -506,6 +511,7 @@ class Worker:
                     return
                 continue
             break
+        self._commit_failing.discard(lane)
         if backoff.attempt:
             log.info("batch committed after retries", attempts=backoff.attempt + 1)
         if not self._retrying - {lane}:
@@ -594,7 +600,7 @@ class Worker:
         detail = {
             "running": started,
             "database": database,
-            "commits_failing": len(self._retrying),
+            "commits_failing": len(self._commit_failing),
             "failing_for_s": None if failing_s is None else round(failing_s, 1),
             "partitions_owned": len(self._partitions.consuming()),
             "partitions_pending": len(self._partitions.pending()) + len(self._partitions.waiting()),
@@ -602,7 +608,7 @@ class Worker:
             # Paused on purpose (worker pause): reported, never a reason to be unready.
             "partitions_paused": tp_names(s.tp for s in self._partitions.paused()),
         }
-        healthy = database and not self._retrying and not stuck and not unreadable
+        healthy = database and not self._commit_failing and not stuck and not unreadable
         return started and healthy, detail
 
     async def _database_answers(self, fresh: bool = False) -> bool:
