@@ -16,9 +16,12 @@ What the contract and issue 24 ask, and how each is judged:
   (/metrics), /readyz, and the stored offsets of the database the data must end up in. After
   the crash, once the counter shows a failed attempt, and until the stored offsets show a
   commit on the promoted server, a 200 from /readyz is "ready while stuck": records are
-  pending (the producer never stops) and nothing can be, or has been, stored. Read in this
-  order, a 200 followed by unchanged offsets means no commit had succeeded when /readyz
-  answered. There must be none, /readyz must answer 503 during the outage, and 200 again
+  pending (the producer never stops) and nothing can be, or has been, stored. A fence
+  (`worker_offsets_fenced_total`, read with the retries) is an attempt that reached a writable
+  server and found the offsets behind (the standby missed commits): the worker then has
+  nothing pending until it has read again, so only a failure after the last fence counts.
+  Read in this order, a 200 followed by unchanged offsets means no commit had succeeded when
+  /readyz answered. There must be none, /readyz must answer 503 during the outage, and 200 again
   once the worker has drained.
 - Several hosts and no target_session_attrs: the worker must not keep a session on the
   read-only standby while the primary is down (the sampler lists the standby's client
@@ -120,6 +123,7 @@ class Failover:
 class Sample:
     at: float  # when the sample began
     retries: int | None  # worker_retries_total, all dependencies (read first)
+    fenced: int | None  # worker_offsets_fenced_total (read with the retries)
     status: int | None  # /readyz status (read second; None: no answer)
     stored: int | None  # stored offsets on the sampled server (read last)
     server: int  # port of that server
@@ -159,7 +163,7 @@ class Sampler:
         at = self.clock()
         outage = self.in_outage()
         server = self.serving()
-        retries = await worker_retries(self.port)
+        retries, fenced = await worker_counters(self.port)
         status = await readyz(self.port)
         stored = await stored_on(server, self.group_id)
         sessions: frozenset[int] = frozenset()
@@ -168,7 +172,7 @@ class Sampler:
                 rows = await sql_rows(outage.target, OTHER_SESSIONS, DATABASE, SAMPLER)
                 sessions = frozenset(rows)
         self.samples.append(
-            Sample(at, retries, status, stored, server.port, sessions, self.proc.poll())
+            Sample(at, retries, fenced, status, stored, server.port, sessions, self.proc.poll())
         )
 
 
@@ -183,23 +187,37 @@ async def readyz(port: int) -> int | None:
     return status
 
 
-async def worker_metric(port: int, name: str) -> int | None:
-    """The sum of every sample of counter `name` on /metrics (None: no answer)."""
+async def worker_metrics(port: int, *names: str) -> list[int | None]:
+    """The sum of every sample of each counter in `names` on one /metrics answer (None: no
+    answer)."""
     try:
         status, body = await asyncio.wait_for(http_get(port, "/metrics"), 5)
     except (OSError, TimeoutError, IndexError, ValueError):
-        return None
+        return [None] * len(names)
     if status != 200:
-        return None
-    total = 0.0
+        return [None] * len(names)
+    totals = dict.fromkeys(names, 0.0)
     for line in body.decode().splitlines():
-        if line.startswith((f"{name}{{", f"{name} ")):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+        for name in names:
+            if line.startswith((f"{name}{{", f"{name} ")):
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return [int(totals[name]) for name in names]
+
+
+async def worker_metric(port: int, name: str) -> int | None:
+    return (await worker_metrics(port, name))[0]
 
 
 async def worker_retries(port: int) -> int | None:
     return await worker_metric(port, "worker_retries_total")
+
+
+async def worker_counters(port: int) -> tuple[int | None, int | None]:
+    """worker_retries_total and worker_offsets_fenced_total, from one scrape."""
+    retries, fenced = await worker_metrics(
+        port, "worker_retries_total", "worker_offsets_fenced_total"
+    )
+    return retries, fenced
 
 
 async def sql_rows(server: EmbeddedPostgres, sql: str, *args: Any) -> list[Any]:
@@ -237,19 +255,27 @@ def logged_errors(path: Path, event: str) -> dict[str, int]:
 
 def stuck_while_ready(samples: list[Sample], f: Failover) -> list[Sample]:
     """Samples after `f`'s crash at which /readyz said 200 although a commit attempt had
-    failed since the crash and nothing had been stored on the promoted server since."""
+    failed since the crash (and since the last fence) and nothing had been stored on the
+    promoted server since."""
     assert f.standby_stored is not None
-    return [
-        s
-        for s in samples
-        if s.at >= f.kill_at
-        and s.server == f.target.port
-        and s.retries is not None
-        and s.retries > f.retries_at_kill
-        and s.status == 200
-        and s.stored is not None
-        and s.stored <= f.standby_stored
-    ]
+    stuck: list[Sample] = []
+    failed_before = f.retries_at_kill  # retries counted up to the last fence
+    fenced = None
+    for s in samples:
+        if s.at < f.kill_at or s.retries is None:
+            continue
+        if s.fenced is not None and fenced is not None and s.fenced > fenced:
+            failed_before = s.retries
+        fenced = s.fenced if s.fenced is not None else fenced
+        if (
+            s.server == f.target.port
+            and s.retries > failed_before
+            and s.status == 200
+            and s.stored is not None
+            and s.stored <= f.standby_stored
+        ):
+            stuck.append(s)
+    return stuck
 
 
 def longest_run(samples: list[Sample], chosen: list[Sample]) -> float:
