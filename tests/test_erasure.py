@@ -14,6 +14,7 @@ the erased candidate produced after the erasure must be stored.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -205,3 +206,23 @@ async def _true(value: bool) -> bool:
 
 async def _rows(conn: asyncpg.Connection, candidate: str, table: str, n: int) -> bool:
     return (await count_rows(conn, candidate))[table] == n
+
+
+async def test_forget_refuses_when_a_consumed_topic_is_missing(
+    kafka_bootstrap: str, database_url: str, topics: Topics
+) -> None:
+    """Another WORKER_INTERVIEW_TOPIC in the operator's shell: the erasure would record no end
+    for the real topic, and no replay of it would be screened. It must refuse, change nothing,
+    and say which topic in one line."""
+    await migrate_url(database_url)
+    s = dataclasses.replace(
+        settings_for(kafka_bootstrap, database_url, topics), interview_topic="no-such-topic-25"
+    )
+    code, out, err = await cli(s, "forget", "--candidate", ERASED, "--execute")
+    assert code == 1, (code, out, err)
+    assert len(err.strip().splitlines()) == 1 and "no-such-topic-25" in err, err
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert not await conn.fetchval("SELECT count(*) FROM erasures")
+    finally:
+        await conn.close()
