@@ -1072,7 +1072,7 @@ async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
         except AssertionError:
             problems.append("the erasure did not wait for the batch in flight")
         await ltx.rollback()
-        deleted, _ = await asyncio.wait_for(forgetting, 10)
+        deleted = (await asyncio.wait_for(forgetting, 10)).deleted
         await db.wait_offsets({I0: 1}, run)
         left = await rows_naming(db, ERASED)
         if left:
@@ -1086,34 +1086,36 @@ async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
 async def test_l_a_batch_that_meets_an_erasure_in_progress_stores_nothing_of_the_candidate(
     database_url: str,
 ) -> None:
-    """`worker forget` holds the ledger's lock row and is reading the log ends when a record
-    of the candidate arrives (so it is in the log the erasure records). The batch must wait
-    for the erasure at the ledger's check, then see the new entry: the record is kept out
-    and counted, its offset commits, and a record of the candidate produced after the
-    erasure is stored."""
+    """A record of the candidate is in the log (the worker's fetch of it is held) when
+    `worker forget` reads the log ends; the erasure then holds the ledger's lock (its first
+    delete waits on a table the test holds) when the batch with that record reaches the
+    ledger's check. The batch must wait for the erasure there, then see the new entry: the
+    record is kept out and counted, its offset commits, and a record of the candidate
+    produced after the erasure is stored."""
     await migrate_url(database_url)
     s = settings(database_url, db_lanes=1)
     clients = ScriptedClients(s, partitions=1)
     c = clients.scripted_consumer
-    reading = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow_ends() -> dict[str, dict[str, int]]:
-        reading.set()
-        await release.wait()
-        return await ends_now(clients.broker)()
-
     async with scenario(database_url, s, clients) as (run, db, watch):
         await c.assign({P0, I0})
-        forgetting = asyncio.create_task(erase(await db.connect(), ERASED, slow_ends))
-        await asyncio.wait_for(reading.wait(), 10)  # the erasure holds the lock row
+        c.hold_fetches(I0)
         c.append(I0, applicant_of(ERASED, "app-1"))
+        await c.wait_held()
+        locker = await db.connect()
+        ltx = locker.transaction()
+        await ltx.start()
+        await locker.execute("LOCK TABLE proctoring_violations IN ACCESS EXCLUSIVE MODE")
+        forgetting = asyncio.create_task(
+            erase(await db.connect(), ERASED, ends_now(clients.broker))
+        )
+        await db.wait_statement_waiting("proctoring_violations")  # holding the ledger's lock
+        c.release_fetches()
         problems: list[str] = []
         try:
-            await db.wait_statement_waiting("erasure_state", timeout=3.0)
+            await db.wait_statement_waiting("erasure_lock FOR SHARE", timeout=3.0)
         except AssertionError:
             problems.append("the batch did not wait for the erasure at the ledger's check")
-        release.set()
+        await ltx.rollback()
         await asyncio.wait_for(forgetting, 10)
         await db.wait_offsets({I0: 1}, run)
         left = await rows_naming(db, ERASED)
