@@ -54,7 +54,8 @@ _ENDS = "SELECT subject, log_ends::text FROM erasures WHERE subject = ANY($1::by
 # Identity keys are at most 512 characters (docs/contract.md §3): longer strings of a dead
 # letter's value name nobody.
 MAX_NAME = 512
-_STRING = re.compile(rb'"((?:[^"\\]|\\.){1,%d})"' % MAX_NAME)
+# Every JSON string, quote to quote (empty ones too, or the scan would pair the wrong quotes).
+_STRING = re.compile(rb'"((?:[^"\\]|\\.)*)"')
 # Subjects of emails are HMACs in a domain of their own: no id can collide with one.
 _EMAIL_DOMAIN = b"\x00email\x00"
 
@@ -111,11 +112,13 @@ def value_names(value: bytes | None) -> set[str]:
     found: set[str] = set()
     for match in _STRING.finditer(value or b""):
         raw = match.group(1)
+        if not raw or len(raw) > 6 * MAX_NAME:  # longer than any escaped identifier
+            continue
         try:
             text = json.loads(b'"' + raw + b'"')
         except ValueError:
             text = raw.decode("utf-8", "replace")
-        if text:
+        if text and len(text) <= MAX_NAME:
             found.add(text)
     return found
 
