@@ -48,7 +48,7 @@ from worker import offsets as offsets_module
 from worker import ownership as ownership_module
 from worker.config import Settings
 from worker.migrate import migrate_url
-from worker.tools.forget import count_rows, erase
+from worker.tools.forget import Bounds, count_rows, erase
 
 pytestmark = pytest.mark.integration
 
@@ -1202,7 +1202,7 @@ async def test_n_batches_arriving_while_an_erasure_waits_queue_behind_it(
         c.append(P1, event(P1, 0))  # lane 1, in the same fetch
         await db.wait_lock_waiters(2)  # both past the ledger's check
         forgetting = asyncio.create_task(
-            erase(await db.connect(), ERASED, ends_now(clients.broker))
+            erase(await db.connect(), ERASED, ends_now(clients.broker), Bounds(30.0))
         )
         await db.wait_lock_waiters(3)  # and the erasure, waiting for them
         problems: list[str] = []
@@ -1210,13 +1210,18 @@ async def test_n_batches_arriving_while_an_erasure_waits_queue_behind_it(
         await db.wait_offsets({I0: 1}, run)
         c.append(I0, applicant_of("someone", "app-2"))  # lane 0's next batch
         try:
-            await db.wait_lock_waiters(3, timeout=2.0)  # lane 1, the erasure, lane 0 behind
+            await db.wait_lock_waiters(3, timeout=5.0)  # lane 1, the erasure, lane 0 behind
         except AssertionError:
             if (await db.offsets()).get(I0) == 2 and not forgetting.done():
                 problems.append("a batch overtook the erasure waiting for the ledger's lock")
             else:
+                activity = await db._c().fetch(
+                    "SELECT left(query, 60) AS q, state, wait_event_type FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
                 problems.append(
-                    f"lane 0's next batch neither waited nor committed: {await db.offsets()}"
+                    f"lane 0's next batch neither waited nor committed: {await db.offsets()} "
+                    f"{[tuple(r.values()) for r in activity]}"
                 )
         await holds[1].rollback()
         await asyncio.wait_for(forgetting, 10)

@@ -23,11 +23,12 @@ IN EXCLUSIVE MODE`, which conflicts with that share lock. A batch that read the 
 commits before the erasure goes on, and the erasure then deletes what it wrote; a batch that
 comes later waits for the erasure to commit (queued behind it, so a stream of batches cannot
 starve it), and its next statement, with a fresh snapshot, sees the new ledger rows. Dead
-letters are screened and published inside a transaction of their own holding the same share
-lock, so an erasure cannot commit between the screen and the broker's acknowledgement. The row
-also counts the erasures: with none, which is every deployment until its first `forget`, the
-check costs that one read. The key is read once, at start, from `erasure_state`, a table the
-worker only reads.
+letters are screened and published while the worker holds the ledger's advisory lock in share
+mode (a session lock: no transaction stays open while the broker is slow), and an erasure
+takes it exclusively inside its transaction, so it cannot commit between a screen and the
+broker's acknowledgement of what passed it. The row also counts the erasures: with none,
+which is every deployment until its first `forget`, the check costs that one read. The key is
+read once, at start, from `erasure_state`, a table the worker only reads.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ from worker.handlers.base import Item
 
 # Read first in every batch transaction (see the module docstring for why FOR SHARE).
 LOCK_SHARED = "SELECT erasures FROM erasure_lock FOR SHARE"
+_COUNT = "SELECT erasures FROM erasure_lock"
+# The advisory lock between dead letters in flight (shared) and an erasure (exclusive, taken in
+# its transaction): "event-worker" and 2, as worker/migrate.py's is 1.
+LETTERS_LOCK_ID = 0x6576_656E_7477_6B02
 _KEY = "SELECT key FROM erasure_state"
 _ENDS = "SELECT subject, log_ends::text FROM erasures WHERE subject = ANY($1::bytea[])"
 
@@ -195,9 +200,9 @@ class Ledger:
         self, conn: asyncpg.Connection, letters: Sequence[DeadLetter]
     ) -> tuple[list[DeadLetter], list[DeadLetter]]:
         """The dead letters to publish, and those of erased people that were in the log when
-        they were erased (the names read from each raw value). Run holding the lock in
-        share mode, as `publish_screened` does."""
-        if not letters or not await conn.fetchval(LOCK_SHARED):
+        they were erased (the names read from each raw value). Run holding the advisory lock
+        in share mode, as `publish_screened` does."""
+        if not letters or not await conn.fetchval(_COUNT):
             return list(letters), []
         cache: dict[str, set[bytes]] = {}
         subjects = [self._subjects(value_names(d.record.value), cache) for d in letters]
@@ -217,14 +222,18 @@ class Ledger:
         publish: Callable[[Sequence[DeadLetter]], Awaitable[None]],
     ) -> list[DeadLetter]:
         """Screen `letters` and `publish` the rest (awaiting the broker's acknowledgement)
-        while this transaction holds the ledger's lock in share mode: an erasure commits
-        either before the screen or after the acknowledgement. It writes nothing, so no row
-        lock is held while the broker is slow. Returns the letters kept out."""
+        while holding the advisory lock in share mode: an erasure commits either before the
+        screen or after the acknowledgement. No transaction is open meanwhile, so a slow
+        broker holds no row lock. Returns the letters kept out."""
         if not letters:
             return []
-        async with pool.acquire() as conn, conn.transaction(isolation="read_committed"):
-            kept, erased = await self.screen_letters(conn, letters)
-            await publish(kept)
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock_shared($1)", LETTERS_LOCK_ID)
+            try:
+                kept, erased = await self.screen_letters(conn, letters)
+                await publish(kept)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock_shared($1)", LETTERS_LOCK_ID)
         return erased
 
 

@@ -9,7 +9,8 @@ them; it changes nothing but the audit trail. `--execute`:
    real one, and no replay of it would be screened);
 2. in ONE transaction at READ COMMITTED, with `lock_timeout` and `statement_timeout` set:
    takes `LOCK TABLE erasure_lock, erasure_state IN EXCLUSIVE MODE` (batches arriving later
-   queue behind it; it waits for those in flight), links the ids, raises each end to the
+   queue behind it; it waits for those in flight) and the dead letters' advisory lock (it
+   waits for letters being published), links the ids, raises each end to the
    highest `consumer_offsets.next_offset` stored for its partition (so every record whose row
    it deletes is below its end), deletes the rows (collecting the media URLs they held), adds
    one ledger row per subject, counts the erasure in both tables (`erasure_state` for
@@ -37,6 +38,7 @@ import asyncpg
 from worker.broker import log_bounds, partitions
 from worker.clients import KafkaPostgresClients
 from worker.config import Settings
+from worker.erasure import LETTERS_LOCK_ID
 from worker.retry import describe
 from worker.tools import audit
 from worker.tools.database import CONNECT_TIMEOUT_S, connect
@@ -58,12 +60,16 @@ class ForgetError(Exception):
     """A refusal the command reports in one line; nothing was erased."""
 
 
+LOCK_TIMEOUT_S = 5.0
+STATEMENT_TIMEOUT_S = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class Bounds:
     """How long an erasure may hold ingest back."""
 
-    lock_timeout_s: float = 5.0  # waiting for the batches in flight
-    statement_timeout_s: float = 30.0  # each statement while the lock is held
+    lock_timeout_s: float = LOCK_TIMEOUT_S  # waiting for the batches and letters in flight
+    statement_timeout_s: float = STATEMENT_TIMEOUT_S  # each statement while the lock is held
 
 
 @dataclass(slots=True)
@@ -100,14 +106,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--lock-timeout",
         type=_seconds,
-        default=Bounds.lock_timeout_s,
+        default=LOCK_TIMEOUT_S,
         metavar="S",
         help="give up unless the ledger's lock is granted within S seconds (default %(default)s)",
     )
     parser.add_argument(
         "--statement-timeout",
         type=_seconds,
-        default=Bounds.statement_timeout_s,
+        default=STATEMENT_TIMEOUT_S,
         metavar="S",
         help="give up if a statement runs longer than S seconds while ingest waits "
         "(default %(default)s)",
@@ -128,8 +134,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _refusal(exc: Exception, args: argparse.Namespace) -> str:
     if isinstance(exc, asyncpg.LockNotAvailableError):
         return (
-            f"the ledger's lock was not granted within {args.lock_timeout} s (batches in "
-            "flight hold it); try again, or raise --lock-timeout"
+            f"the ledger's lock was not granted within {args.lock_timeout} s (batches or "
+            "dead letters in flight hold it); try again, or raise --lock-timeout"
         )
     if isinstance(exc, asyncpg.QueryCanceledError):
         return (
@@ -213,6 +219,7 @@ async def erase(
             f"SET LOCAL statement_timeout = {int(bounds.statement_timeout_s * 1000)}"
         )
         await conn.execute("LOCK TABLE erasure_lock, erasure_state IN EXCLUSIVE MODE")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LETTERS_LOCK_ID)
         key = await conn.fetchval(KEY)
         ids = await person.ids(conn)
         ends = await _stored_ends(conn, ends)
