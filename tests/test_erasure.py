@@ -29,6 +29,7 @@ from support.e2e import (
     expected_offsets,
     running_worker,
     settings_for,
+    stored_text,
     wait_for,
     wait_for_offsets,
     worker_env,
@@ -405,9 +406,7 @@ async def test_an_erasure_by_email_holds_against_replays_of_the_log_and_the_dead
                 assert len(audit) == 3
                 secrets = (PROCTORED_AS, MICRO1_AS, "jane.doe")
                 for row in audit:
-                    text = " ".join(
-                        v.hex() if isinstance(v, bytes) else repr(v) for v in row.values()
-                    ).lower()
+                    text = " ".join(stored_text(v) for v in row.values()).lower()
                     for secret in secrets:
                         assert secret not in text and secret.encode().hex() not in text, row
             finally:

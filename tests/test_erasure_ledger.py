@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from support import infra
-from support.e2e import REPO_ROOT
+from support.e2e import REPO_ROOT, stored_text
 from support.scripted_kafka import ScriptedBroker, ScriptedClients, start_worker
 from support.storage import apply, db, interview_item, proctoring_item  # noqa: F401  (fixture)
 from test_interleavings import (
@@ -335,3 +335,117 @@ async def test_f_the_worker_needs_no_update_on_the_ledgers_key(database_url: str
                 )
             check_common(problems, run, None)
             assert not problems, "\n".join(problems)
+
+
+# -- the rest of the rules ---------------------------------------------------------------------
+
+
+async def test_g_every_url_column_is_declared_for_the_storage_job(
+    db: asyncpg.Connection,  # noqa: F811
+) -> None:
+    """`forget --execute --json` lists the URLs of the rows it deletes, from the columns
+    NAMING declares: every column of the schema that holds a URL must be one of them."""
+    from worker.tools.person import NAMING
+
+    rows = await db.fetch(
+        "SELECT c.table_name, c.column_name FROM information_schema.columns c "
+        "JOIN pg_class k ON k.relname = c.table_name AND NOT k.relispartition "
+        "WHERE c.table_schema = current_schema() AND c.column_name LIKE '%url%' "
+        "AND c.is_generated = 'NEVER'"
+    )
+    columns = {(r["table_name"], r["column_name"]) for r in rows}
+    declared = {(n.table, c) for n in NAMING for c in n.urls}
+    assert columns, "no URL column found: the query is wrong"
+    assert columns == declared
+
+
+async def test_h_the_audit_trail_is_append_only(
+    db: asyncpg.Connection,  # noqa: F811
+) -> None:
+    await db.fetchval(
+        "SELECT erasure_audit_append('show', 'me', NULL, ARRAY['\\x00'::bytea], '{}'::jsonb)"
+    )
+    for statement in (
+        "UPDATE erasure_audit SET operator = 'someone else'",
+        "DELETE FROM erasure_audit",
+        "TRUNCATE erasure_audit",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await db.execute(statement)
+    assert await db.fetchval("SELECT operator FROM erasure_audit") == "me"
+
+
+async def test_i_an_erasure_gives_up_within_its_lock_timeout_and_changes_nothing(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+) -> None:
+    """A batch transaction that never ends holds the ledger's lock in share mode: the erasure
+    gives up after its lock timeout, deletes nothing and records nothing."""
+    from worker.tools.forget import Bounds
+
+    await apply(db, [interview_item(applicant_of(ERASED, "app-1"))])
+    batch = await asyncpg.connect(database_url)
+    try:
+        tx = batch.transaction()
+        await tx.start()
+        await batch.fetchval("SELECT erasures FROM erasure_lock FOR SHARE")
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await asyncio.wait_for(erase(db, ERASED, _no_topics, Bounds(0.3, 5.0)), 10)
+        await tx.rollback()
+    finally:
+        await batch.close()
+    assert await rows_naming_conn(db, ERASED) == {"applicants": 1, "candidates": 1}
+    assert not await db.fetchval("SELECT count(*) FROM erasures")
+    assert not await db.fetchval("SELECT erasures FROM erasure_lock")
+
+
+async def rows_naming_conn(conn: asyncpg.Connection, candidate: str) -> dict[str, int]:
+    return {t: n for t, n in (await count_rows(conn, candidate)).items() if n}
+
+
+async def test_j_show_by_email_links_every_id_and_audits_without_identifiers(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+) -> None:
+    """An address links the micro1 ids whose stored email it is (any case) and a Proctorme id
+    that is the address; another address links nothing. `show` and `worker audit` agree, and
+    the audit rows name nobody in clear."""
+    applicant = json.loads(applicant_of("m1-a", "app-1"))
+    applicant["data"]["email_id"] = "Jo@Example.org"
+    started = {
+        "event": "interview.started",
+        "data": {
+            "interview_id": "i-1",
+            "candidate_id": "m1-b",
+            "candidate_email_id": "JO@example.ORG",
+        },
+    }
+    await apply(
+        db,
+        [
+            interview_item(json.dumps(applicant).encode(), 0),
+            interview_item(json.dumps(started).encode(), 1),
+            interview_item(applicant_of("m1-c", "app-2"), 2),  # no email
+            proctoring_item(
+                _proctoring("STARTED", "2025-01-10T10:00:00Z").replace(
+                    ERASED.encode(), b"jo@example.org"
+                ),
+                3,
+            ),
+        ],
+    )
+    code, out, err = await cli(database_url, "show", "--email", " jo@EXAMPLE.org ", "--by", "dpo")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["linked_ids"] == ["jo@example.org", "m1-a", "m1-b"]
+    assert len(doc["tables"]["proctoring_sessions"]) == 1
+    code, out, err = await cli(database_url, "show", "--email", "nobody@example.org")
+    assert code == 0 and json.loads(out)["linked_ids"] == [], (out, err)
+    code, out, err = await cli(database_url, "audit", "--candidate", "m1-b", "--json")
+    assert code == 0, err
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert row["command"] == "show" and row["operator"] == "dpo"
+    assert row["counts"]["linked_ids"] == 3
+    for stored in await db.fetch("SELECT * FROM erasure_audit"):
+        text = " ".join(stored_text(v) for v in stored.values())
+        assert "jo@" not in text.lower() and "m1-" not in text, text

@@ -401,3 +401,13 @@ def snapshot_diff(left: Snapshot, right: Snapshot, limit: int = 5) -> str:
         lines.extend(f"  only left:  {r!r}" for r in only_a)
         lines.extend(f"  only right: {r!r}" for r in only_b)
     return "\n".join(lines) or "identical"
+
+
+def stored_text(value: Any) -> str:
+    """A stored value as text, bytes as hex (a repr would show their printable bytes): what a
+    search for an identifier in clear looks through."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list):
+        return " ".join(stored_text(v) for v in value)
+    return repr(value)
