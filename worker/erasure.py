@@ -66,12 +66,13 @@ _EMAIL_DOMAIN = b"\x00email\x00"
 
 Ends = dict[tuple[str, int], int]  # (topic, partition) -> end offset at the erasure
 RecordOf = Callable[[Item], Any]  # the ConsumerRecord an item was decoded from
-Names = tuple[str, str | None]  # a record's candidate id, and the email it carries
+# What a record names: its candidate id, or (id, email) when it carries an email too.
+Names = str | tuple[str, str]
 
 
 def subject(key: bytes, candidate_id: str) -> bytes:
     """How the ledger names a candidate id: HMAC-SHA256 under the database's key."""
-    return hmac.new(key, candidate_id.encode(), hashlib.sha256).digest()
+    return hmac.digest(key, candidate_id.encode(), hashlib.sha256)
 
 
 def normal_email(address: str) -> str:
@@ -81,17 +82,13 @@ def normal_email(address: str) -> str:
 
 def email_subject(key: bytes, address: str) -> bytes:
     """How the ledger names an email (any case)."""
-    return hmac.new(key, _EMAIL_DOMAIN + normal_email(address).encode(), hashlib.sha256).digest()
+    return hmac.digest(key, _EMAIL_DOMAIN + normal_email(address).encode(), hashlib.sha256)
 
 
-def subjects_of(key: bytes, names: Iterable[str]) -> set[bytes]:
-    """Every subject a set of names can match: each as an id, and those with an `@` as emails."""
-    out: set[bytes] = set()
-    for name in names:
-        out.add(subject(key, name))
-        if "@" in name:
-            out.add(email_subject(key, name))
-    return out
+def subjects_of(key: bytes, name: str) -> tuple[bytes, ...]:
+    """Every subject a name can match: as an id, and as an email if it has an `@`."""
+    found = subject(key, name)
+    return (found, email_subject(key, name)) if "@" in name else (found,)
 
 
 def candidate_of(event: Any) -> str:
@@ -102,14 +99,13 @@ def candidate_of(event: Any) -> str:
 
 
 def names_of(event: Any) -> Names:
-    """The candidate id an event names and the email it carries (`candidate_email_id` of
-    interview.started and interview_report.created, `email_id` of applicant.*), if any."""
+    """The candidate id an event names, with the email it carries (`candidate_email_id` of
+    interview.started and interview_report.created, `email_id` of applicant.*) if any."""
     if isinstance(event, pr.ProctoringEvent):
-        return event.candidateId, None
+        return event.candidateId
     data = event.data
-    return data.candidate_id, getattr(data, "candidate_email_id", None) or getattr(
-        data, "email_id", None
-    )
+    email = getattr(data, "candidate_email_id", None) or getattr(data, "email_id", None)
+    return data.candidate_id if email is None else (data.candidate_id, email)
 
 
 def value_names(value: bytes | None) -> set[str]:
@@ -155,20 +151,25 @@ class Ledger:
     async def load(cls, db: asyncpg.Connection | asyncpg.Pool) -> Ledger:
         return cls(await db.fetchval(_KEY))
 
-    def _subjects(self, names: Iterable[str | None], cache: dict[str, set[bytes]]) -> set[bytes]:
-        out: set[bytes] = set()
+    def _subjects(
+        self, names: Iterable[str], cache: dict[str, tuple[bytes, ...]]
+    ) -> tuple[bytes, ...]:
+        """The subjects of `names`, each computed once per screen (`cache`)."""
+        out: tuple[bytes, ...] = ()
         for name in names:
-            if name:
-                found = cache.get(name)
-                if found is None:
-                    found = cache[name] = subjects_of(self.key, (name,))
-                out |= found
+            found = cache.get(name)
+            if found is None:
+                found = cache[name] = subjects_of(self.key, name)
+            out += found
         return out
 
-    async def _ends(self, conn: asyncpg.Connection, subjects: set[bytes]) -> dict[bytes, Ends]:
+    async def _ends(
+        self, conn: asyncpg.Connection, cache: dict[str, tuple[bytes, ...]]
+    ) -> dict[bytes, Ends]:
         """{subject: the highest end per partition over its erasures}, for those erased."""
+        subjects = list({s for found in cache.values() for s in found})
         ends_of: dict[bytes, Ends] = {}
-        for row in await conn.fetch(_ENDS, list(subjects)):
+        for row in await conn.fetch(_ENDS, subjects):
             _merge(ends_of.setdefault(row["subject"], {}), parse_ends(row["log_ends"]))
         return ends_of
 
@@ -179,9 +180,12 @@ class Ledger:
         batch's transaction before anything is written."""
         if not await conn.fetchval(LOCK_SHARED) or not items:
             return items, []
-        cache: dict[str, set[bytes]] = {}
-        by_names = {n: self._subjects(n, cache) for n in {names_of(i.event) for i in items}}
-        ends_of = await self._ends(conn, set().union(*by_names.values()))
+        cache: dict[str, tuple[bytes, ...]] = {}
+        by_names = {
+            n: self._subjects((n,) if type(n) is str else n, cache)
+            for n in {names_of(i.event) for i in items}
+        }
+        ends_of = await self._ends(conn, cache)
         if not ends_of:
             return items, []
         erased_ends = {n: _erased(s, ends_of) for n, s in by_names.items()}
@@ -204,9 +208,9 @@ class Ledger:
         in share mode, as `publish_screened` does."""
         if not letters or not await conn.fetchval(_COUNT):
             return list(letters), []
-        cache: dict[str, set[bytes]] = {}
+        cache: dict[str, tuple[bytes, ...]] = {}
         subjects = [self._subjects(value_names(d.record.value), cache) for d in letters]
-        ends_of = await self._ends(conn, set().union(*subjects))
+        ends_of = await self._ends(conn, cache)
         kept: list[DeadLetter] = []
         erased: list[DeadLetter] = []
         for letter, named in zip(letters, subjects, strict=True):
@@ -237,7 +241,7 @@ class Ledger:
         return erased
 
 
-def _erased(subjects: set[bytes], ends_of: dict[bytes, Ends]) -> Ends | None:
+def _erased(subjects: tuple[bytes, ...], ends_of: dict[bytes, Ends]) -> Ends | None:
     """The ends a record with these subjects is old below, or None if none is erased."""
     found = [ends_of[s] for s in subjects if s in ends_of]
     if not found:
