@@ -5,9 +5,11 @@ An embedded broker and PostgreSQL (bench/stack.py), a worker with `--lanes` comm
 consuming a steady stream of proctoring events on 12 partitions, and `--erasures` erasures
 one after the other, each through `worker.tools.forget.erase` with the log ends read from the
 broker, timed from the call to its commit. The figures are the erasure's time (median and
-max) and the batches the worker committed meanwhile: with the ledger's lock row read FOR SHARE
-by every batch and an erasure that waits for an UPDATE of it, new readers overtake the waiting
-UPDATE; with `LOCK TABLE ... IN EXCLUSIVE MODE` they queue behind it.
+max), the batches the worker committed meanwhile, how long the erasure waited for a lock and
+how long batches waited behind it (pg_stat_activity sampled every 5 ms): with the ledger's
+lock row read FOR SHARE by every batch and an erasure that waits for an UPDATE of it, new
+readers overtake the waiting UPDATE; with `LOCK TABLE ... IN EXCLUSIVE MODE` they queue
+behind it.
 
 Only interfaces every release since the ledger has (Worker, Settings, erase, log_ends) are
 used, so the same file measures an older tree: run it from that tree's root with this file
@@ -55,6 +57,31 @@ async def _produce(bootstrap: str, topic: str, stop: asyncio.Event, rate: int) -
     return sent
 
 
+async def _sample(
+    url: str, pid: int, done: asyncio.Event, every: float = 0.005
+) -> dict[str, float]:
+    """While `done` is unset: how long the erasure's backend (`pid`) waited for a lock, and
+    how long at least one other backend (a batch) waited for a lock on a ledger table."""
+    conn = await asyncpg.connect(url)
+    erasure = batches = 0.0
+    try:
+        while not done.is_set():
+            started = time.monotonic()
+            rows = await conn.fetch(
+                "SELECT pid, wait_event_type = 'Lock' AS waiting, query FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            await asyncio.sleep(every)
+            spent = time.monotonic() - started
+            if any(r["pid"] == pid and r["waiting"] for r in rows):
+                erasure += spent
+            if any(r["pid"] != pid and r["waiting"] and "erasure" in r["query"] for r in rows):
+                batches += spent
+    finally:
+        await conn.close()
+    return {"erasure_lock_wait_s": erasure, "batches_blocked_s": batches}
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from bench.stack import Stack
     from worker.config import Settings
@@ -80,6 +107,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             dlq_topic=names[2],
             db_lanes=args.lanes,
             db_pool_size=args.lanes + 1,
+            max_batch_records=args.max_batch,
             metrics_port=0,
             log_level="WARNING",
         )
@@ -93,12 +121,17 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         conn = await asyncpg.connect(url)
         times: list[float] = []
         overtaken: list[int] = []
+        waits: list[dict[str, float]] = []
         try:
             for n in range(args.erasures):
                 before = worker.stats["batches"]
+                done = asyncio.Event()
+                sampler = asyncio.create_task(_sample(url, conn.get_server_pid(), done))
                 started = time.monotonic()
                 await erase(conn, f"cand-{n}", lambda: log_ends(settings))
                 times.append(time.monotonic() - started)
+                done.set()
+                waits.append(await sampler)
                 overtaken.append(worker.stats["batches"] - before)
                 await asyncio.sleep(1.0)
         finally:
@@ -110,12 +143,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "lanes": args.lanes,
             "rate": args.rate,
+            "max_batch": args.max_batch,
             "produced": sent,
             "consumed": worker.stats["consumed"],
             "erasure_s": [round(t, 3) for t in times],
             "erasure_s_median": round(statistics.median(times), 3),
             "erasure_s_max": round(max(times), 3),
             "batches_during": overtaken,
+            "erasure_lock_wait_s": [round(w["erasure_lock_wait_s"], 3) for w in waits],
+            "batches_blocked_s": [round(w["batches_blocked_s"], 3) for w in waits],
         }
     finally:
         stack.close()
@@ -126,6 +162,7 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, default=4)
     parser.add_argument("--rate", type=int, default=4000, help="events per second produced")
     parser.add_argument("--erasures", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=500, help="WORKER_MAX_BATCH_RECORDS")
     parser.add_argument("--warmup", type=float, default=8.0)
     print(json.dumps(asyncio.run(measure(parser.parse_args()))))
 

@@ -184,20 +184,47 @@ async def _stored_ends(conn: asyncpg.Connection, ends: LogEnds) -> LogEnds:
     return raised
 
 
+def _delete_statement() -> str:
+    """ONE statement deleting the rows naming the ids $1 from every table of NAMING (one
+    snapshot, one round trip while ingest waits): rows (table index, NULL, rows deleted) and
+    (table index, URL, NULL) for the URLs the deleted rows held."""
+    ctes: list[str] = []
+    selects: list[str] = []
+    for i, n in enumerate(NAMING):
+        returning = ", ".join(n.urls) if n.urls else "1"
+        ctes.append(f"d{i} AS (DELETE FROM {n.table} WHERE {n.where} RETURNING {returning})")
+        selects.append(f"SELECT {i} AS t, NULL::text AS url, count(*) AS n FROM d{i}")
+        if n.urls:
+            selects.append(
+                f"SELECT {i}, u, NULL FROM d{i} CROSS JOIN LATERAL "
+                f"unnest(ARRAY[{', '.join(n.urls)}]) u WHERE u IS NOT NULL"
+            )
+    return f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)} ORDER BY 1, 2 NULLS FIRST"
+
+
+_DELETE = _delete_statement()
+
+# The ledger's rows of one request and its counts, in one statement: the count of erasures
+# numbers the request (the lock serialises requests), and `erasure_state` keeps counting for
+# replicas of the previous release.
+_RECORD = """
+WITH counted AS (UPDATE erasure_lock SET erasures = erasures + 1 RETURNING erasures),
+     previous AS (UPDATE erasure_state SET erasures = erasures + 1)
+INSERT INTO erasures (subject, erased_at, log_ends, rows_deleted, request_id)
+SELECT s, $2, $3::jsonb, $4::jsonb, counted.erasures FROM unnest($1::bytea[]) s, counted
+RETURNING request_id
+"""
+
+
 async def _delete(conn: asyncpg.Connection, ids: list[str]) -> tuple[dict[str, int], list[str]]:
     """Delete the rows naming `ids`; the rows per table and the URLs they held."""
     deleted: dict[str, int] = {}
     urls: list[str] = []
-    for n in NAMING:
-        if n.urls:
-            rows = await conn.fetch(
-                f"DELETE FROM {n.table} WHERE {n.where} RETURNING {', '.join(n.urls)}", ids
-            )
-            deleted[n.table] = len(rows)
-            urls.extend(u for r in rows for u in r.values() if u is not None)
+    for r in await conn.fetch(_DELETE, ids):
+        if r["url"] is None:
+            deleted[NAMING[r["t"]].table] = r["n"]
         else:
-            status = await conn.execute(f"DELETE FROM {n.table} WHERE {n.where}", ids)
-            deleted[n.table] = int(status.rsplit(" ", 1)[1])
+            urls.append(r["url"])
     return deleted, list(dict.fromkeys(urls))
 
 
@@ -213,30 +240,25 @@ async def erase(
     is appended in the same transaction."""
     person = Person.of(who)
     ends = await read_log_ends()
+    key = await conn.fetchval(KEY)
     async with conn.transaction(isolation="read_committed"):
-        await conn.execute(f"SET LOCAL lock_timeout = {int(bounds.lock_timeout_s * 1000)}")
+        # One round trip: the bounds, then the two locks (batches in flight, letters in flight).
         await conn.execute(
-            f"SET LOCAL statement_timeout = {int(bounds.statement_timeout_s * 1000)}"
+            f"SET LOCAL lock_timeout = {int(bounds.lock_timeout_s * 1000)}; "
+            f"SET LOCAL statement_timeout = {int(bounds.statement_timeout_s * 1000)}; "
+            "LOCK TABLE erasure_lock, erasure_state IN EXCLUSIVE MODE; "
+            f"SELECT pg_advisory_xact_lock({LETTERS_LOCK_ID})"
         )
-        await conn.execute("LOCK TABLE erasure_lock, erasure_state IN EXCLUSIVE MODE")
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", LETTERS_LOCK_ID)
-        key = await conn.fetchval(KEY)
         ids = await person.ids(conn)
         ends = await _stored_ends(conn, ends)
         deleted, urls = await _delete(conn, ids)
-        request_id = await conn.fetchval(
-            "UPDATE erasure_lock SET erasures = erasures + 1 RETURNING erasures"
-        )
-        await conn.execute("UPDATE erasure_state SET erasures = erasures + 1")
         subjects = person.subjects(key, ids)
-        await conn.execute(
-            "INSERT INTO erasures (subject, erased_at, log_ends, rows_deleted, request_id) "
-            "SELECT s, $2, $3::jsonb, $4::jsonb, $5 FROM unnest($1::bytea[]) s",
+        request_id = await conn.fetchval(
+            _RECORD,
             subjects,
             dt.datetime.now(dt.UTC),
             json.dumps(ends),
             json.dumps(deleted),
-            request_id,
         )
         done = Erasure(ids, deleted, urls, ends, request_id)
         done.counts = {"linked_ids": len(ids), "deleted": deleted, "urls": len(urls)}
