@@ -19,8 +19,8 @@ Each test is one of issue 25's defects, written to fail on a754101:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -28,9 +28,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from support import infra
-from support.e2e import REPO_ROOT, stored_text
+from support.e2e import stored_text
 from support.scripted_kafka import ScriptedBroker, ScriptedClients, start_worker
 from support.storage import apply, db, interview_item, proctoring_item  # noqa: F401  (fixture)
+from test_erasure import cli as worker_cli
 from test_interleavings import (
     ERASED,
     I0,
@@ -45,6 +46,7 @@ from test_interleavings import (
 )
 
 from worker import retention
+from worker.config import Settings
 from worker.migrate import migrate_url
 from worker.tools.dlq.publish import replay_headers
 from worker.tools.dlq.read import parse_dead_letter
@@ -231,24 +233,12 @@ async def _no_topics() -> dict[str, dict[str, int]]:
 
 
 async def cli(database_url: str, *args: str, user: str | None = None) -> tuple[int, str, str]:
-    """`python -m worker ARGS` against `database_url` (as `user` when given)."""
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("WORKER_")}
-    env["DATABASE_URL"] = database_url if user is None else as_role(database_url, user)
-    env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"  # none of these commands may need it
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    """`python -m worker ARGS` against `database_url` (as `user` when given) and no broker:
+    none of these commands may need one."""
+    url = database_url if user is None else as_role(database_url, user)
+    return await worker_cli(
+        dataclasses.replace(Settings(), database_url=url, bootstrap_servers="127.0.0.1:1"), *args
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def as_role(url: str, role: str) -> str:

@@ -1051,6 +1051,11 @@ async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
     (the test holds `jobs`, which only the batch writes) when `worker forget` starts. The
     erasure must wait for that batch and then delete what it stored: no row names the
     candidate afterwards, and the batch's offset is committed."""
+    await erasure_meets_a_batch_in_flight(database_url)
+
+
+async def erasure_meets_a_batch_in_flight(database_url: str) -> None:
+    """test_k's scenario, on whatever default isolation the database has."""
     await migrate_url(database_url)
     s = settings(database_url, db_lanes=1)
     clients = ScriptedClients(s, partitions=1)
@@ -1058,7 +1063,7 @@ async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
     async with scenario(database_url, s, clients) as (run, db, watch):
         await c.assign({P0, I0})
         locker = await db.connect()
-        ltx = locker.transaction()
+        ltx = locker.transaction(isolation="read_committed")
         await ltx.start()
         await locker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
         c.append(I0, applicant_of(ERASED, "app-1"))
@@ -1068,7 +1073,7 @@ async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
         )
         problems: list[str] = []
         try:
-            await db.wait_statement_waiting("erasure_state", timeout=3.0)
+            await db.wait_statement_waiting("erasure", timeout=3.0)
         except AssertionError:
             problems.append("the erasure did not wait for the batch in flight")
         await ltx.rollback()
@@ -1138,7 +1143,6 @@ async def test_m_an_erasure_under_repeatable_read_still_deletes_the_batch_it_wai
     """test_k with the database's `default_transaction_isolation` set to REPEATABLE READ: the
     erasure must still delete what the batch it waited for stored, so it cannot rely on the
     default isolation level (its snapshot would predate that batch)."""
-    await migrate_url(database_url)
     admin = await asyncpg.connect(database_url)
     try:
         name = await admin.fetchval("SELECT current_database()")
@@ -1147,34 +1151,7 @@ async def test_m_an_erasure_under_repeatable_read_still_deletes_the_batch_it_wai
         )
     finally:
         await admin.close()
-    s = settings(database_url, db_lanes=1)
-    clients = ScriptedClients(s, partitions=1)
-    c = clients.scripted_consumer
-    async with scenario(database_url, s, clients) as (run, db, watch):
-        assert await db._c().fetchval("SHOW default_transaction_isolation") == "repeatable read"
-        await c.assign({P0, I0})
-        locker = await db.connect()
-        ltx = locker.transaction(isolation="read_committed")
-        await ltx.start()
-        await locker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
-        c.append(I0, applicant_of(ERASED, "app-1"))
-        await db.wait_statement_waiting("jobs")  # the batch, past the ledger's check
-        forgetting = asyncio.create_task(
-            erase(await db.connect(), ERASED, ends_now(clients.broker))
-        )
-        problems: list[str] = []
-        try:
-            await db.wait_statement_waiting("erasure", timeout=3.0)
-        except AssertionError:
-            problems.append("the erasure did not wait for the batch in flight")
-        await ltx.rollback()
-        await asyncio.wait_for(forgetting, 10)
-        await db.wait_offsets({I0: 1}, run)
-        left = await rows_naming(db, ERASED)
-        if left:
-            problems.append(f"rows naming the erased candidate remain: {left}")
-        check_common(problems, run, watch)
-        assert not problems, "\n".join(problems)
+    await erasure_meets_a_batch_in_flight(database_url)
 
 
 async def test_n_batches_arriving_while_an_erasure_waits_queue_behind_it(

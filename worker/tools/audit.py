@@ -9,7 +9,8 @@ identifier in clear). The row is written before anything is printed (or, for
 answered. The table refuses UPDATE, DELETE and TRUNCATE.
 
 `worker audit [--candidate ID | --email ADDRESS] [--limit N] [--json]` lists the rows, newest
-first; the person options select the rows whose subjects include theirs. Exit codes: 0 done,
+first; the person options select the rows whose subjects include the id, or the email or an
+id it links now. Exit codes: 0 done,
 1 failure, 2 usage.
 """
 
@@ -25,11 +26,10 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from worker import erasure
 from worker.config import Settings
 from worker.retry import describe
 from worker.tools.database import connect
-from worker.tools.person import KEY, identifier
+from worker.tools.person import KEY, Person, add_person_arguments, identifier
 
 _APPEND = "SELECT erasure_audit_append($1, $2, $3, $4::bytea[], $5::jsonb)"
 _LIST = (
@@ -88,9 +88,7 @@ def add_parser(subparsers: Any) -> None:
         description="One row per request, newest first; identifiers appear only as the "
         "ledger's keyed hashes (their first 8 bytes, in hex).",
     )
-    who = parser.add_mutually_exclusive_group()
-    who.add_argument("--candidate", type=identifier, metavar="ID", help="rows about this id")
-    who.add_argument("--email", type=identifier, metavar="ADDRESS", help="rows about this email")
+    add_person_arguments(parser, required=False)  # the rows about this person only
     parser.add_argument("--limit", type=int, default=100, help="at most N rows (default 100)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -108,12 +106,8 @@ async def _list(args: argparse.Namespace, settings: Settings, out: TextIO) -> in
     try:
         subjects: list[bytes] | None = None
         if args.candidate or args.email:
-            key = await conn.fetchval(KEY)
-            subjects = (
-                [erasure.subject(key, args.candidate)]
-                if args.candidate
-                else [erasure.email_subject(key, args.email)]
-            )
+            person = Person.of(args)
+            subjects = person.subjects(await conn.fetchval(KEY), await person.ids(conn))
         rows = await conn.fetch(_LIST, subjects, args.limit)
     finally:
         await conn.close()

@@ -93,9 +93,9 @@ def identifier(text: str) -> str:
     return value
 
 
-def add_person_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--candidate ID | --email ADDRESS` (one of them, required)."""
-    who = parser.add_mutually_exclusive_group(required=True)
+def add_person_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """`--candidate ID | --email ADDRESS` (one of them; or neither unless `required`)."""
+    who = parser.add_mutually_exclusive_group(required=required)
     who.add_argument("--candidate", type=identifier, metavar="ID", help="the candidate's id")
     who.add_argument(
         "--email",
