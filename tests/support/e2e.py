@@ -54,6 +54,8 @@ DLQ_HEADERS: tuple[str, ...] = (
     "dlq.consumer_group",
     "dlq.worker_version",
 )
+# What a dead letter of `worker run` carries: that context, then the signed origin (§6, §7).
+RUN_DLQ_HEADERS: tuple[str, ...] = (*DLQ_HEADERS, "dlq.origin")
 
 # Tasks of the workers started by running_worker(), so that wait_for() fails at once when one
 # of them dies instead of polling a dead worker until its deadline.
