@@ -1,12 +1,13 @@
 """`python -m bench.ledger`: what the erasure ledger's check costs a batch (worker/erasure.py).
 
-The check runs in every batch transaction: one read of `erasure_state` FOR SHARE, and, once
-the ledger has entries, the HMAC of each distinct candidate of the batch and one indexed
-lookup of those subjects. Measured on its own against a real PostgreSQL, in batches of the
-worker's size (20 000 decoded proctoring events of the `make bench` workload), best of
-`--rounds`, for ledgers of 0 and `--entries` erasures (other candidates', the usual case),
-beside the cost of storing the same batch (the worker's COPY path) for scale. Prints one
-table; `bench.run --only ledger` puts the same figures in the full run.
+The check runs in every batch transaction: one read of `erasure_lock` FOR SHARE, and, once
+the ledger has entries, the HMAC of each distinct name of the batch (its candidate ids, and
+the emails when a record carries one) and one indexed lookup of those subjects. Measured on
+its own against a real PostgreSQL, in batches of the worker's size (20 000 decoded proctoring
+events of the `make bench` workload), best of `--rounds`, for ledgers of 0 and `--entries`
+erasures (other candidates', the usual case), beside the cost of storing the same batch (the
+worker's COPY path) for scale. Prints one table; `bench.run --only ledger` puts the same
+figures in the full run.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ async def seed_ledger(conn: asyncpg.Connection, entries: int, partitions: int = 
         ends,
         entries,
     )
-    await conn.execute("UPDATE erasure_state SET erasures = $1", entries)
+    await conn.execute("UPDATE erasure_lock SET erasures = $1", entries)
     await conn.execute("ANALYZE erasures")
 
 
 async def measure(database_url: str, entries: int, rounds: int, scale: float) -> dict[str, Any]:
     from bench.baselines import decoded_proctoring
     from bench.data import proctoring_spec
-    from worker import erasure
+    from worker.erasure import Ledger
     from worker.handlers.base import Item
     from worker.migrate import migrate
     from worker.router import prepare_batch, write_batch
@@ -58,13 +59,14 @@ async def measure(database_url: str, entries: int, rounds: int, scale: float) ->
     try:
         await migrate(conn)
         out: dict[str, Any] = {"batch": len(items), "entries": entries, "rounds": rounds}
+        ledger = await Ledger.load(conn)
         for label, size in (("empty", 0), ("full", entries)):
             await seed_ledger(conn, size)
             best = float("inf")
             for _ in range(rounds):
-                async with conn.transaction():
+                async with conn.transaction(isolation="read_committed"):
                     started = time.perf_counter()
-                    kept, erased = await erasure.screen(conn, items, lambda _i: _NoHeaders)
+                    kept, erased = await ledger.screen(conn, items, lambda _i: _NoHeaders)
                     best = min(best, time.perf_counter() - started)
                     assert len(kept) == len(items) and not erased
             out[f"screen_{label}_us_per_record"] = round(best / len(items) * 1e6, 4)

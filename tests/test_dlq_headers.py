@@ -10,6 +10,7 @@ aiokafka's record builder writes a None value as a null header rather than an em
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -114,3 +115,67 @@ def test_the_worker_adds_exactly_the_contract_headers() -> None:
     from worker.dlq import CONTEXT_HEADERS
 
     assert CONTEXT_HEADERS == DLQ_HEADERS
+
+
+# -- the signed origin (docs/contract.md §6, §7; worker/origin.py) -----------------------------
+
+KEY = bytes(range(32))
+
+
+def _sent_origin(producer: _Producer) -> list[bytes]:
+    return [v for s in producer.sent for k, v in s["headers"] if k == "dlq.origin"]
+
+
+async def test_every_dead_letter_carries_its_coordinates_signed_for_its_value() -> None:
+    from worker import origin
+
+    producer = _Producer()
+    await DeadLetterPublisher(producer, "dlq", "g", KEY).publish([_letter()])  # type: ignore[arg-type]
+    (signed,) = _sent_origin(producer)
+    assert producer.sent[0]["headers"][-1] == ("dlq.origin", signed)  # after the context
+    assert origin.verify(KEY, signed, b"not json") == (("t", 3, 17),)
+    assert origin.verify(KEY, signed, b"not json!") == ()  # bound to the value
+    assert origin.verify(bytes(32), signed, b"not json") == ()  # and to the key
+
+
+async def test_a_replay_keeps_a_signed_chain_and_drops_a_forged_one() -> None:
+    """A replayed record that fails again: its dead letter names it AND where it first was,
+    if (and only if) the origin it carries verifies for its value."""
+    from worker import origin
+
+    first = origin.sign(KEY, [("t", 0, 5)], b"not json")
+    forged = b"t:0:999999;" + b"0" * 64
+    producer = _Producer()
+    letters = [
+        DeadLetter(
+            _record(b"k", [("dlq.replay.origin", header)]), DecodeFailure("invalid_json", "bad")
+        )
+        for header in (first, forged)
+    ]
+    await DeadLetterPublisher(producer, "dlq", "g", KEY).publish(letters)  # type: ignore[arg-type]
+    genuine, fake = _sent_origin(producer)
+    assert origin.verify(KEY, genuine, b"not json") == (("t", 3, 17), ("t", 0, 5))
+    assert origin.verify(KEY, fake, b"not json") == (("t", 3, 17),)
+
+
+async def test_a_truncated_dead_letter_is_signed_for_the_value_sent() -> None:
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from worker import origin
+    from worker.dlq import TRUNCATED_VALUE_BYTES
+
+    class Refusing(_Producer):
+        async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+            if len(kwargs["value"]) > TRUNCATED_VALUE_BYTES:
+                raise MessageSizeTooLargeError()
+            return await super().send(topic, **kwargs)
+
+    big = b"x" * (TRUNCATED_VALUE_BYTES + 10)
+    record = dataclasses.replace(_record(b"k", []), value=big, serialized_value_size=len(big))
+    producer = Refusing()
+    await DeadLetterPublisher(producer, "dlq", "g", KEY).publish(  # type: ignore[arg-type]
+        [DeadLetter(record, DecodeFailure("invalid_json", "bad"))]
+    )
+    (sent,) = producer.sent
+    (signed,) = _sent_origin(producer)
+    assert origin.verify(KEY, signed, sent["value"]) == (("t", 3, 17),)

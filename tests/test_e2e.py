@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from aiokafka import ConsumerRecord
 from support.e2e import (
-    DLQ_HEADERS,
+    RUN_DLQ_HEADERS,
     count_rows,
     expected_offsets,
     fetch,
@@ -131,7 +131,7 @@ def _headers(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, bytes]]:
 def _dlq_fields(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
     found = [(k, v) for k, v in _headers(record) if k.startswith("dlq.")]
     keys = [k for k, _ in found]
-    assert sorted(keys) == sorted(DLQ_HEADERS), f"dlq headers {keys}"
+    assert sorted(keys) == sorted(RUN_DLQ_HEADERS), f"dlq headers {keys}"
     return {k: v.decode("utf-8") for k, v in found}
 
 

@@ -49,7 +49,7 @@ from worker import ownership as ownership_module
 from worker import pauses as pauses_module
 from worker.config import Settings
 from worker.migrate import migrate_url
-from worker.tools.forget import count_rows, erase
+from worker.tools.forget import Bounds, count_rows, erase
 
 pytestmark = pytest.mark.integration
 
@@ -1054,6 +1054,11 @@ async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
     (the test holds `jobs`, which only the batch writes) when `worker forget` starts. The
     erasure must wait for that batch and then delete what it stored: no row names the
     candidate afterwards, and the batch's offset is committed."""
+    await erasure_meets_a_batch_in_flight(database_url)
+
+
+async def erasure_meets_a_batch_in_flight(database_url: str) -> None:
+    """test_k's scenario, on whatever default isolation the database has."""
     await migrate_url(database_url)
     s = settings(database_url, db_lanes=1)
     clients = ScriptedClients(s, partitions=1)
@@ -1061,7 +1066,7 @@ async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
     async with scenario(database_url, s, clients) as (run, db, watch):
         await c.assign({P0, I0})
         locker = await db.connect()
-        ltx = locker.transaction()
+        ltx = locker.transaction(isolation="read_committed")
         await ltx.start()
         await locker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
         c.append(I0, applicant_of(ERASED, "app-1"))
@@ -1071,11 +1076,11 @@ async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
         )
         problems: list[str] = []
         try:
-            await db.wait_statement_waiting("erasure_state", timeout=3.0)
+            await db.wait_statement_waiting("erasure", timeout=3.0)
         except AssertionError:
             problems.append("the erasure did not wait for the batch in flight")
         await ltx.rollback()
-        deleted, _ = await asyncio.wait_for(forgetting, 10)
+        deleted = (await asyncio.wait_for(forgetting, 10)).deleted
         await db.wait_offsets({I0: 1}, run)
         left = await rows_naming(db, ERASED)
         if left:
@@ -1089,34 +1094,36 @@ async def test_k_an_erasure_waits_for_the_batch_in_flight_and_deletes_its_rows(
 async def test_l_a_batch_that_meets_an_erasure_in_progress_stores_nothing_of_the_candidate(
     database_url: str,
 ) -> None:
-    """`worker forget` holds the ledger's lock row and is reading the log ends when a record
-    of the candidate arrives (so it is in the log the erasure records). The batch must wait
-    for the erasure at the ledger's check, then see the new entry: the record is kept out
-    and counted, its offset commits, and a record of the candidate produced after the
-    erasure is stored."""
+    """A record of the candidate is in the log (the worker's fetch of it is held) when
+    `worker forget` reads the log ends; the erasure then holds the ledger's lock (its first
+    delete waits on a table the test holds) when the batch with that record reaches the
+    ledger's check. The batch must wait for the erasure there, then see the new entry: the
+    record is kept out and counted, its offset commits, and a record of the candidate
+    produced after the erasure is stored."""
     await migrate_url(database_url)
     s = settings(database_url, db_lanes=1)
     clients = ScriptedClients(s, partitions=1)
     c = clients.scripted_consumer
-    reading = asyncio.Event()
-    release = asyncio.Event()
-
-    async def slow_ends() -> dict[str, dict[str, int]]:
-        reading.set()
-        await release.wait()
-        return await ends_now(clients.broker)()
-
     async with scenario(database_url, s, clients) as (run, db, watch):
         await c.assign({P0, I0})
-        forgetting = asyncio.create_task(erase(await db.connect(), ERASED, slow_ends))
-        await asyncio.wait_for(reading.wait(), 10)  # the erasure holds the lock row
+        c.hold_fetches(I0)
         c.append(I0, applicant_of(ERASED, "app-1"))
+        await c.wait_held()
+        locker = await db.connect()
+        ltx = locker.transaction()
+        await ltx.start()
+        await locker.execute("LOCK TABLE proctoring_violations IN ACCESS EXCLUSIVE MODE")
+        forgetting = asyncio.create_task(
+            erase(await db.connect(), ERASED, ends_now(clients.broker))
+        )
+        await db.wait_statement_waiting("proctoring_violations")  # holding the ledger's lock
+        c.release_fetches()
         problems: list[str] = []
         try:
-            await db.wait_statement_waiting("erasure_state", timeout=3.0)
+            await db.wait_statement_waiting("erasure_lock FOR SHARE", timeout=3.0)
         except AssertionError:
             problems.append("the batch did not wait for the erasure at the ledger's check")
-        release.set()
+        await ltx.rollback()
         await asyncio.wait_for(forgetting, 10)
         await db.wait_offsets({I0: 1}, run)
         left = await rows_naming(db, ERASED)
@@ -1437,5 +1444,120 @@ async def test_s_readiness_turns_unready_when_commits_fail_although_select_1_ans
             problems.append(str(exc))
         if not (await run.worker.readiness())[0]:
             problems.append(f"not ready again after a commit: {(await run.worker.readiness())[1]}")
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+# -- t, u, v. an erasure against the isolation level, new batches, a dead letter in flight ----
+
+
+async def test_t_an_erasure_under_repeatable_read_still_deletes_the_batch_it_waited_for(
+    database_url: str,
+) -> None:
+    """test_k with the database's `default_transaction_isolation` set to REPEATABLE READ: the
+    erasure must still delete what the batch it waited for stored, so it cannot rely on the
+    default isolation level (its snapshot would predate that batch)."""
+    admin = await asyncpg.connect(database_url)
+    try:
+        name = await admin.fetchval("SELECT current_database()")
+        await admin.execute(
+            f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
+        )
+    finally:
+        await admin.close()
+    await erasure_meets_a_batch_in_flight(database_url)
+
+
+async def test_u_batches_arriving_while_an_erasure_waits_queue_behind_it(
+    database_url: str,
+) -> None:
+    """Two lanes' batches have passed the ledger's check and wait (the test holds `jobs` and
+    `proctoring_sessions`); `worker forget` then waits for them. Lane 0's batch commits and
+    lane 0 takes its next batch: that one must queue behind the erasure, not overtake it,
+    or a steady stream of batches, each holding the ledger's lock in share mode while
+    another starts, starves the erasure for as long as the stream lasts."""
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=2)
+    clients = ScriptedClients(s, partitions=2)
+    c = clients.scripted_consumer
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0, P1, I0})
+        holds = []
+        for table in ("jobs", "proctoring_sessions"):
+            locker = await db.connect()
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            holds.append(tx)
+        c.append(I0, applicant_of(ERASED, "app-1"))  # lane 0
+        c.append(P1, event(P1, 0))  # lane 1, in the same fetch
+        await db.wait_lock_waiters(2)  # both past the ledger's check
+        forgetting = asyncio.create_task(
+            erase(await db.connect(), ERASED, ends_now(clients.broker), Bounds(30.0))
+        )
+        await db.wait_lock_waiters(3)  # and the erasure, waiting for them
+        problems: list[str] = []
+        await holds[0].rollback()
+        await db.wait_offsets({I0: 1}, run)
+        c.append(I0, applicant_of("someone", "app-2"))  # lane 0's next batch
+        try:
+            await db.wait_lock_waiters(3, timeout=5.0)  # lane 1, the erasure, lane 0 behind
+        except AssertionError:
+            if (await db.offsets()).get(I0) == 2 and not forgetting.done():
+                problems.append("a batch overtook the erasure waiting for the ledger's lock")
+            else:
+                activity = await db._c().fetch(
+                    "SELECT left(query, 60) AS q, state, wait_event_type FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                problems.append(
+                    f"lane 0's next batch neither waited nor committed: {await db.offsets()} "
+                    f"{[tuple(r.values()) for r in activity]}"
+                )
+        await holds[1].rollback()
+        await asyncio.wait_for(forgetting, 10)
+        await db.wait_offsets({I0: 2, P1: 1}, run)
+        check_rows(problems, await db.rows(P1), P1, present=[0])
+        if await rows_naming(db, "someone") != {"applicants": 1, "candidates": 1}:
+            problems.append(
+                f"lane 0's next batch was not stored: {await rows_naming(db, 'someone')}"
+            )
+        check_common(problems, run, watch)
+        assert not problems, "\n".join(problems)
+
+
+async def test_v_a_dead_letter_in_flight_holds_an_erasure_of_its_candidate_back(
+    database_url: str,
+) -> None:
+    """A malformed record of the candidate is being dead-lettered: the worker screened it by
+    the ledger (no erasure yet) and the broker has not acknowledged it (the test holds the
+    send). `worker forget` of the candidate starts now. It must not commit before the letter
+    is acknowledged: otherwise a copy of an erased candidate's record lands in the
+    dead-letter topic after the erasure, unscreened and unnoticed."""
+    await migrate_url(database_url)
+    s = settings(database_url, db_lanes=1)
+    clients = ScriptedClients(s, partitions=1)
+    c = clients.scripted_consumer
+    malformed = b'{"event": "applicant.created", "data": {"candidate_id": "' + ERASED.encode()
+    async with scenario(database_url, s, clients) as (run, db, watch):
+        await c.assign({P0, I0})
+        run.producer.hold_sends()
+        c.append(I0, malformed)
+        await run.producer.wait_held(1)
+        forgetting = asyncio.create_task(
+            erase(await db.connect(), ERASED, ends_now(clients.broker))
+        )
+        problems: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(forgetting), 1.0)
+        if forgetting.done():
+            problems.append(
+                "the erasure committed while a dead letter of its candidate was in flight"
+            )
+        run.producer.release_sends()
+        await asyncio.wait_for(forgetting, 10)
+        await db.wait_offsets({I0: 1}, run)
+        if len(run.producer.acked) != 1:
+            problems.append(f"dead letters acknowledged: {len(run.producer.acked)}, expected 1")
         check_common(problems, run, watch)
         assert not problems, "\n".join(problems)

@@ -71,7 +71,8 @@ INTERVIEWS = ("i-1", "i-2")
 REPORTS = ("r-1", "r-2", "r-3")
 APPLICATIONS = ("a-1", "a-2", "a-3")
 EXAMS = ("exam-A", "exam-B")
-PROCTORED = ("p-1", "p-2")
+# Proctorme ids: one is an address, as a widget may use the email (the erasure by email links it).
+PROCTORED = ("p-1", "p-2", "ANN@example.com")
 
 NAMES = ("Ann", "ann", "Ann ", "Ånn", "Zoë Ng", "John Doe", "", "李雷")
 EMAILS = ("ann@example.com", "Ann@example.com", "zoe@example.org", "")

@@ -63,6 +63,36 @@ async def test_concurrent_owners_cannot_both_commit(database_url: str) -> None:
             await c.close()
 
 
+async def test_a_reset_waiting_for_a_batch_overwrites_it_under_repeatable_read(
+    database_url: str,
+) -> None:
+    """`worker offsets reset` while a batch holds the row, on a database whose default
+    isolation is REPEATABLE READ: the reset waits, then writes its target over what the
+    batch committed (as at READ COMMITTED), instead of failing on a serialization error."""
+    setup = await asyncpg.connect(database_url)
+    await migrate(setup)
+    name = await setup.fetchval("SELECT current_database()")
+    await setup.execute(
+        f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
+    )
+    await offsets.advance(setup, "g", {TP: (None, 100)})
+    batch = await asyncpg.connect(database_url)
+    tool = await asyncpg.connect(database_url)
+    try:
+        tx = batch.transaction()
+        await tx.start()
+        assert await offsets.advance(batch, "g", {TP: (100, 150)}) == {TP}
+        resetting = asyncio.create_task(offsets.reset(tool, "g", {TP: 0}))
+        await asyncio.sleep(0.3)
+        assert not resetting.done()
+        await tx.commit()
+        assert await asyncio.wait_for(resetting, 10) == {TP: (150, 0)}
+        assert await offsets.load(setup, "g", [TP]) == {TP: 0}
+    finally:
+        for c in (batch, tool, setup):
+            await c.close()
+
+
 async def test_worker_fenced_by_a_new_owner_skips_what_the_owner_applied(
     kafka_bootstrap: str, database_url: str, topic_factory: infra.TopicFactory
 ) -> None:

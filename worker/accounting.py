@@ -8,13 +8,14 @@ record and item: per batch, not per record.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import structlog
 from aiokafka import TopicPartition
 
 from schemas.common import tag_of
 from worker.batch import Batch, Part
+from worker.commit import Letters
 from worker.dlq import DeadLetter
 from worker.freshness import last_event_time, record_time
 from worker.metrics import Metrics
@@ -27,15 +28,23 @@ def account(
     stats: dict[str, int],
     batch: Batch,
     committed: Iterable[TopicPartition],
-    rejected: Sequence[DeadLetter],
+    letters: Letters,
     duration: float,
 ) -> None:
-    """Counters and the batch log line for the `committed` partitions of `batch`."""
+    """Counters and the batch log line for the `committed` partitions of `batch`; `letters`
+    says which of its records the database rejected and which dead letters the erasure
+    ledger kept out (each record is counted in exactly one place)."""
     m = metrics
-    rejected_at = {(d.record.topic, d.record.partition, d.record.offset) for d in rejected}
+    committed = set(committed)
+    rejected_at = {_at(d) for d in letters.rejected}
+    erased_at = {_at(d) for d in letters.erased}
     consumed = nbytes = partitions = expired = erased = 0
     stored_by_class: dict[tuple[str, type], int] = {}
-    dead: list[DeadLetter] = list(rejected)
+    dead: list[DeadLetter] = [d for d in letters.rejected if _at(d) not in erased_at]
+    for d in letters.erased:
+        if TopicPartition(d.record.topic, d.record.partition) in committed:
+            erased += 1
+            m.erased.labels(d.record.topic).inc()
     for tp in committed:
         part = batch[tp]
         partitions += 1
@@ -49,7 +58,7 @@ def account(
                 continue
             key = (item.topic, type(item.event))
             stored_by_class[key] = stored_by_class.get(key, 0) + 1
-        dead.extend(part.letters)
+        dead.extend(d for d in part.letters if _at(d) not in erased_at)
         if part.expired:
             expired += len(part.expired)
             m.expired.labels(part.tp.topic).inc(len(part.expired))
@@ -80,6 +89,11 @@ def account(
         partitions=partitions,
         duration_ms=round(duration * 1000, 2),
     )
+
+
+def _at(letter: DeadLetter) -> tuple[str, int, int]:
+    r = letter.record
+    return (r.topic, r.partition, r.offset)
 
 
 def _fresh(m: Metrics, part: Part) -> None:

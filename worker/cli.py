@@ -23,7 +23,7 @@ from worker.config import ConfigError, Settings, redact_url
 from worker.dev import command as dev
 from worker.logs import configure_logging
 from worker.runner import event_loop_runner, run_worker, tune_gc
-from worker.tools import forget, offsets, pause, produce, retention, schema, show
+from worker.tools import audit, forget, offsets, pause, produce, retention, schema, show
 from worker.tools.dlq import command as dlq
 
 log = structlog.get_logger("worker")
@@ -76,6 +76,7 @@ COMMANDS: dict[str, Command] = {
     "retention": Command(retention.add_retention_commands, retention.run_retention_command),
     "forget": Command(forget.add_parser, forget.run),
     "show": Command(show.add_parser, show.run),
+    "audit": Command(audit.add_parser, audit.run),
     "pause": Command(pause.add_pause_parser, pause.run_pause_command),
     "resume": Command(pause.add_resume_parser, pause.run_pause_command),
 }

@@ -1,15 +1,18 @@
 """The commit path of one batch: dead letters, then one PostgreSQL transaction, then Kafka.
 
-1. The dead letters are published and acknowledged by the broker before a transaction opens,
-   so a slow or refusing broker never holds row locks, and the offset that passes a dead
-   letter commits only after its acknowledgement (a crash in between re-sends it: a dead
-   letter may repeat, never be lost).
-2. In ONE transaction: the offsets of the batch's partitions are compare-and-set from what
-   this worker believes is stored (`Fenced` when another writer moved them, `Paused` when an
-   operator holds one paused: worker/offsets.py), and the handlers write the events. A record
-   the database rejects is isolated by bisection under savepoints; the transaction is then
-   rolled back, the rejected records dead-lettered (step 1 again) and the batch stored
-   without them.
+1. The dead letters are screened by the erasure ledger and published, and acknowledged by the
+   broker, before the batch's transaction opens (in one of their own that holds only the
+   ledger's lock in share mode, worker/erasure.py), so a slow or refusing broker never holds
+   row locks, and the offset that passes a dead letter commits only after its
+   acknowledgement (a crash in between re-sends it: a dead letter may repeat, never be lost).
+   A letter of an erased person is not sent: it is counted as erased.
+2. In ONE transaction, at READ COMMITTED whatever the database's default (the ledger's check
+   must see an erasure it waited for): the offsets of the batch's partitions are
+   compare-and-set from what this worker believes is stored (`Fenced` when another writer
+   moved them, `Paused` when an operator holds one paused: worker/offsets.py), and the
+   handlers write the events. A record the database rejects is isolated by bisection under
+   savepoints; the transaction is then rolled back, the rejected records dead-lettered (step
+   1 again) and the batch stored without them.
 3. After the commit, the offsets are also committed to Kafka, for lag tools only.
 
 Before step 2, records past the retention horizon (worker/retention.py) are moved out of each
@@ -39,7 +42,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from schemas.common import tag_of
-from worker import erasure, offsets, pauses
+from worker import offsets, pauses
 from worker.batch import Batch, Part, record_of, set_aside_erased
 from worker.clock import transaction_time
 from worker.dlq import (
@@ -50,6 +53,7 @@ from worker.dlq import (
     StorageRefusal,
     truncate,
 )
+from worker.erasure import Ledger
 from worker.handlers.base import Item
 from worker.retention import Horizon
 from worker.retry import describe, is_record_error
@@ -86,12 +90,13 @@ class Letters:
     """A batch's dead letters across its attempts: which the broker has acknowledged, and
     which records the database rejected (they stay out of every later attempt)."""
 
-    __slots__ = ("_rejected_at", "_sent", "rejected")
+    __slots__ = ("_rejected_at", "_sent", "erased", "rejected")
 
     def __init__(self) -> None:
         self._sent: set[Coordinates] = set()
         self._rejected_at: set[Coordinates] = set()
         self.rejected: list[DeadLetter] = []
+        self.erased: list[DeadLetter] = []  # kept out by the erasure ledger, never sent
 
     def unsent(self, decoded_out: Sequence[DeadLetter]) -> list[DeadLetter]:
         """The letters the broker has not acknowledged yet, in partition and offset order."""
@@ -143,11 +148,13 @@ class Committer:
         pool: asyncpg.Pool,
         dlq: DeadLetterPublisher,
         group_id: str,
+        ledger: Ledger,
         horizon: Horizon | None = None,
     ) -> None:
         self._pool = pool
         self._dlq = dlq
         self._group_id = group_id
+        self._ledger = ledger
         self._horizon = horizon
 
     def _sift(self, batch: Batch, live: set[TopicPartition]) -> None:
@@ -173,7 +180,9 @@ class Committer:
         decoded_out = [letter for tp in sorted(live) for letter in batch[tp].letters]
         while True:
             pending = letters.unsent(decoded_out)
-            await self._publish(pending)
+            letters.erased += await self._ledger.publish_screened(
+                self._pool, pending, self._publish
+            )
             letters.sent(pending)
             # Recomputed each attempt: an attempt may have set erased items aside.
             items = [item for tp in sorted(live) for item in batch[tp].items]
@@ -185,7 +194,10 @@ class Committer:
             prepared = batch_prepared if whole else None
             try:
                 began = time.time_ns()
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with (
+                    self._pool.acquire() as conn,
+                    conn.transaction(isolation="read_committed"),
+                ):
                     # One time for every row this transaction writes (updated_at).
                     at = transaction_time()
                     moves = {
@@ -196,7 +208,7 @@ class Committer:
                         refused = live - done
                         held = await pauses.among(conn, self._group_id, refused)
                         raise Paused(held) if held else Fenced(refused)
-                    kept, erased = await erasure.screen(
+                    kept, erased = await self._ledger.screen(
                         conn, storable, functools.partial(record_of, batch)
                     )
                     if erased:

@@ -54,6 +54,7 @@ from worker.dlq import (
     DecodeFailure,
     truncate,
 )
+from worker.erasure import Ledger
 from worker.fetch import Fetched, PartitionReader
 from worker.handlers.base import Item
 from worker.logs import tp_names
@@ -184,14 +185,16 @@ class Worker:
         self._pool = await self._retrying_call("database", self.clients.database)
         if s.auto_migrate:
             await self._retrying_call("migrations", self._migrate)
+        # The erasure ledger's key, read once: it signs dead letters and screens records.
+        ledger = await self._retrying_call("database", functools.partial(Ledger.load, self._pool))
         producer = self.clients.producer()
         consumer = self._consumer = self.clients.consumer()
-        dlq = DeadLetterPublisher(producer, s.dlq_topic, s.group_id)
+        dlq = DeadLetterPublisher(producer, s.dlq_topic, s.group_id, ledger.key)
         # Retention: what was dropped is known before the first batch; then maintained aside.
         retention = Maintenance(s.proctoring_retention_days, self._pool)
         await self._retrying_call("database", retention.load)
         maintenance = asyncio.create_task(retention.run(self._stop))
-        self._committer = Committer(self._pool, dlq, s.group_id, retention.horizon)
+        self._committer = Committer(self._pool, dlq, s.group_id, ledger, retention.horizon)
         self._ownership.attach(self._pool, consumer)
         # Operator pauses are followed by a task of their own: the loop may sit for a long
         # time waiting on a lane that backs off, which is when a pause is needed most.
@@ -516,9 +519,7 @@ class Worker:
             log.info("batch committed after retries", attempts=backoff.attempt + 1)
         if not self._retrying - {lane}:
             self._failing_since = None
-        account(
-            self.metrics, self.stats, batch, live, letters.rejected, time.perf_counter() - started
-        )
+        account(self.metrics, self.stats, batch, live, letters, time.perf_counter() - started)
         await commit_kafka(consumer, {tp: batch[tp].next_offset for tp in applied})
         self._tracer.committed(
             [(tp.topic, tp.partition, batch[tp].records) for tp in sorted(live)],

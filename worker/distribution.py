@@ -93,11 +93,19 @@ PLACEMENTS: dict[str, Placement] = {
     ),
     "erasures": Placement(
         Kind.REFERENCE,
-        why="the erasure ledger: one row per `worker forget`, read by every batch's check",
+        why="the erasure ledger: one row per subject an erasure covers, read by the checks",
     ),
     "erasure_state": Placement(
         Kind.REFERENCE,
-        why="one row: the ledger's key and lock row, read FOR SHARE by every batch",
+        why="one row: the ledger's key, read once by each worker",
+    ),
+    "erasure_lock": Placement(
+        Kind.REFERENCE,
+        why="one row: the ledger's lock and count, read FOR SHARE by every batch",
+    ),
+    "erasure_audit": Placement(
+        Kind.REFERENCE,
+        why="append-only: one row per `show`, `forget`, `dlq inspect --candidate`",
     ),
     "retention_state": Placement(
         Kind.REFERENCE, why="one row: what retention has dropped, read by every worker"

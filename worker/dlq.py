@@ -23,7 +23,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 
-from worker import __version__
+from worker import __version__, origin
 
 log = structlog.get_logger("worker.dlq")
 
@@ -66,12 +66,15 @@ class Header:
     # Only on a value cut to fit the topic.
     VALUE_TRUNCATED = "dlq.value.truncated"
     ORIGINAL_SIZE = "dlq.original.size"
-    # Only on a record `worker dlq replay` sent back to its topic.
+    # On every dead letter the worker writes (it knows the ledger's key): the record's
+    # coordinates and those of the records it replays, signed (worker/origin.py).
+    ORIGIN = origin.ORIGIN_HEADER
+    # Only on a record `worker dlq replay` sent back to its topic; the last is a verbatim copy
+    # of the dead letter's `dlq.origin`, by which the erasure ledger tells old records from
+    # new (worker/erasure.py).
     REPLAY_COUNT = "dlq.replay.count"
     REPLAY_OF = "dlq.replay.of"
-    # `<topic>:<partition>:<offset>` where the replayed record first was (kept along a chain
-    # of replays): the erasure ledger tells old records from new by it (worker/erasure.py).
-    REPLAY_ORIGIN = "dlq.replay.origin"
+    REPLAY_ORIGIN = origin.REPLAY_ORIGIN_HEADER
 
 
 # Every dead letter carries these, in this order, after the original headers.
@@ -142,10 +145,15 @@ def dead_letter_headers(
 
 
 class DeadLetterPublisher:
-    def __init__(self, producer: AIOKafkaProducer, topic: str, group_id: str) -> None:
+    """Sends dead letters; with the erasure ledger's `key`, each one signed `dlq.origin`."""
+
+    def __init__(
+        self, producer: AIOKafkaProducer, topic: str, group_id: str, key: bytes | None = None
+    ) -> None:
         self._producer = producer
         self.topic = topic
         self._group_id = group_id
+        self._key = key
 
     async def publish(self, letters: Sequence[DeadLetter]) -> None:
         """Send every letter, then wait until the broker has acknowledged all of them.
@@ -189,6 +197,10 @@ class DeadLetterPublisher:
                 (Header.ORIGINAL_SIZE, str(len(value)).encode()),
             ]
             value = value[:TRUNCATED_VALUE_BYTES]
+        if self._key is not None:
+            # Signed over the value as sent: the replayed record carries exactly it.
+            chain = origin.chain(self._key, letter.record)
+            headers.append((Header.ORIGIN, origin.sign(self._key, chain, value)))
         try:
             return await self._producer.send(
                 self.topic, value=value, key=letter.record.key, headers=headers

@@ -149,9 +149,13 @@ async def reset(
 ) -> dict[TopicPartition, tuple[int | None, int]]:
     """Set the rows of `targets` in one transaction, creating missing ones; rows already at
     their target are not written (their updated_at keeps saying when a worker last moved
-    them). Returns `{tp: (replaced, new)}` for every target, `replaced=None` for no row."""
+    them). Returns `{tp: (replaced, new)}` for every target, `replaced=None` for no row.
+
+    READ COMMITTED whatever the database's default: a row a worker commits while the reset
+    waits for its lock is then overwritten (and the worker fenced), not a serialization
+    failure."""
     tps = sorted(targets)
-    async with conn.transaction():
+    async with conn.transaction(isolation="read_committed"):
         rows = await conn.fetch(
             _LOCK, group_id, [tp.topic for tp in tps], [tp.partition for tp in tps]
         )

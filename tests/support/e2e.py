@@ -54,6 +54,8 @@ DLQ_HEADERS: tuple[str, ...] = (
     "dlq.consumer_group",
     "dlq.worker_version",
 )
+# What a dead letter of `worker run` carries: that context, then the signed origin (§6, §7).
+RUN_DLQ_HEADERS: tuple[str, ...] = (*DLQ_HEADERS, "dlq.origin")
 
 # Tasks of the workers started by running_worker(), so that wait_for() fails at once when one
 # of them dies instead of polling a dead worker until its deadline.
@@ -401,3 +403,13 @@ def snapshot_diff(left: Snapshot, right: Snapshot, limit: int = 5) -> str:
         lines.extend(f"  only left:  {r!r}" for r in only_a)
         lines.extend(f"  only right: {r!r}" for r in only_b)
     return "\n".join(lines) or "identical"
+
+
+def stored_text(value: Any) -> str:
+    """A stored value as text, bytes as hex (a repr would show their printable bytes): what a
+    search for an identifier in clear looks through."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list):
+        return " ".join(stored_text(v) for v in value)
+    return repr(value)

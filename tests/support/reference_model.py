@@ -27,9 +27,17 @@ The rules, as applied below:
 - Erasure (docs/contract.md §7): `forget(candidate, ends)` removes every row naming the candidate
   (`candidates`; `applicants`, `interviews`, `interview_reports` whose candidate_id is theirs,
   with the reports' violations; the candidate's proctoring events, sessions and system
-  checks). From then on an event naming the candidate whose offset (or, for a replayed dead
-  letter, its origin's offset) lies below the erasure's end for that partition is skipped
-  whole, contributing to no table, and counted in `erased`; later events apply as usual.
+  checks). `forget_email(email, ends)` does so for every id the email links: ids equal to it
+  lower-cased (any namespace, any table), and ids whose stored `candidates.email` or
+  `applicants.email` equals it lower-cased; the erasure then covers those ids AND the email.
+  From then on an event that names a covered id (its candidate id) or the email (lower-cased,
+  in `candidate_email_id`, `email_id`, or as its candidate id) is *old* when ANY of its
+  coordinates lies below the erasure's end for the coordinate's partition: its own, and those
+  of its `dlq.replay.origin` when (and only when) that origin is signed. An old event is
+  skipped whole, contributing to no table, and counted in `erased`; later events apply as
+  usual. A dead letter (`dead_letter(names, coordinates)`: the JSON strings of its raw value,
+  its own and its signed origin's coordinates) is published unless old by the same rule, in
+  which case it is counted in `erased` instead.
 - `proctoring_events`, `system_checks`: the first event with a key is kept.
   `proctoring_sessions`: earliest STARTED, latest END_PROCTORING, latest event, and the number
   of distinct flag events ever stored in `proctoring_events` (a session's aggregates change
@@ -54,7 +62,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -161,6 +169,7 @@ STATUS_RANK: dict[str, int] = {"created": 0, "invited": 1, "updated": 2, "comple
 
 Row = dict[str, Any]
 Tables = dict[str, dict[tuple[Any, ...], Row]]
+Coordinate = tuple[str, int, int]  # (topic, partition, offset)
 
 
 # Orders ---------------------------------------------------------------------------------------
@@ -297,15 +306,46 @@ class Model:
         self.reports: dict[str, Report] = {}
         self.proctoring_events: dict[tuple[Any, ...], Row] = {}
         self.system_checks: dict[tuple[Any, ...], Row] = {}
-        # Erasures made so far: (candidate, {(topic, partition): end offset}).
-        self.erasures: list[tuple[str, dict[tuple[str, int], int]]] = []
+        # Erasures made so far: (covered ids, covered email or None, {(topic, partition): end}).
+        self.erasures: list[tuple[frozenset[str], str | None, dict[tuple[str, int], int]]] = []
         self.erased: dict[str, int] = {}  # skipped events, by topic
 
     # -- erasing -------------------------------------------------------------------------------
 
     def forget(self, candidate: str, ends: Mapping[tuple[str, int], int]) -> None:
         """Erase `candidate` with the log ending at `ends` (per topic and partition)."""
-        self.erasures.append((candidate, dict(ends)))
+        self.erasures.append((frozenset({candidate}), None, dict(ends)))
+        self._delete(candidate)
+
+    def forget_email(self, email: str, ends: Mapping[tuple[str, int], int]) -> list[str]:
+        """Erase the person `email` names; the ids it linked, sorted."""
+        address = email.strip().lower()
+        ids = sorted(self.linked(address))
+        self.erasures.append((frozenset(ids), address, dict(ends)))
+        for candidate in ids:
+            self._delete(candidate)
+        return ids
+
+    def linked(self, address: str) -> set[str]:
+        """The ids the lower-cased `address` links in the tables as they are now."""
+        ids: set[str] = set()
+        ids |= {k for k, row in self.candidates.items() if _lower(row["email"].value) == address}
+        for a in self.applicants.values():
+            if _lower(a.columns["email"]) == address:
+                ids.add(a.columns["candidate_id"])
+        every = {
+            *self.candidates,
+            *(a.columns["candidate_id"] for a in self.applicants.values()),
+            *(row["candidate_id"].value for row in self.interviews.values()),
+            *(self._report_columns(r)["candidate_id"] for r in self.reports.values()),
+            *(k[1] for k in self.proctoring_events),
+            *(k[1] for k in self.system_checks),
+            *(k[1] for k in self.sessions),
+        }
+        ids |= {c for c in every if c is not None and "@" in c and c.lower() == address}
+        return ids
+
+    def _delete(self, candidate: str) -> None:
         self.candidates.pop(candidate, None)
         for key in [
             k for k, a in self.applicants.items() if a.columns["candidate_id"] == candidate
@@ -325,18 +365,26 @@ class Model:
             for key in [k for k in table if k[1] == candidate]:
                 del table[key]
 
-    def _is_erased(self, event: Any, topic: str, partition: int, offset: int, origin: Any) -> bool:
-        named = (
-            event.candidateId if isinstance(event, pr.ProctoringEvent) else event.data.candidate_id
-        )
-        for candidate, ends in self.erasures:
-            if candidate != named:
+    def _is_old(self, ids: set[str], emails: set[str], coordinates: Iterable[Coordinate]) -> bool:
+        """Whether a record naming `ids` and `emails` (lower-cased), at `coordinates`, is old."""
+        coordinates = list(coordinates)
+        for covered, address, ends in self.erasures:
+            if not (covered & ids or (address is not None and address in emails)):
                 continue
-            if offset < ends.get((topic, partition), 0):
-                return True
-            if origin is not None and origin[2] < ends.get((origin[0], origin[1]), 0):
+            if any(o < ends.get((t, p), 0) for t, p, o in coordinates):
                 return True
         return False
+
+    def dead_letter(self, names: Iterable[str], coordinates: Sequence[Coordinate]) -> bool:
+        """Whether a dead letter whose raw value holds the strings `names`, at `coordinates`
+        (its own first, then its signed origin's), is published; if not it counts as erased."""
+        names = set(names)
+        emails = {n.lower() for n in names if "@" in n}
+        if self.erasures and self._is_old(names, emails, coordinates):
+            topic = coordinates[0][0]
+            self.erased[topic] = self.erased.get(topic, 0) + 1
+            return False
+        return True
 
     # -- applying ----------------------------------------------------------------------------
 
@@ -351,17 +399,21 @@ class Model:
         topic: str = "",
         partition: int = 0,
         offset: int = 0,
-        origin: tuple[str, int, int] | None = None,
+        origin: Sequence[Coordinate] = (),
+        signed: bool = True,
     ) -> None:
-        """Apply one event read at (topic, partition, offset); `origin` is where a replayed
-        dead letter first was."""
+        """Apply one event read at (topic, partition, offset); `origin` is the coordinates of
+        its `dlq.replay.origin`, believed only when `signed`."""
         # Past the horizon first: a record both expired and erased counts as expired.
         if isinstance(event, pr.ProctoringEvent) and self._is_expired(event):
             self.expired[topic] = self.expired.get(topic, 0) + 1
             return
-        if self.erasures and self._is_erased(event, topic, partition, offset, origin):
-            self.erased[topic] = self.erased.get(topic, 0) + 1
-            return
+        if self.erasures:
+            ids, emails = _names(event)
+            coordinates = [(topic, partition, offset), *(origin if signed else ())]
+            if self._is_old(ids, emails, coordinates):
+                self.erased[topic] = self.erased.get(topic, 0) + 1
+                return
         if isinstance(event, pr.ProctoringEvent):
             self._proctoring(event, topic, partition, offset)
         elif isinstance(event, iv.InterviewStarted):
@@ -594,6 +646,45 @@ class Model:
 
     def _sessions(self) -> dict[tuple[Any, ...], Row]:
         return {key: dict(row) for key, row in self.sessions.items()}
+
+
+def json_strings(raw: bytes | None) -> set[str]:
+    """The JSON strings a raw value holds, whole, whether or not it parses: what a dead
+    letter's value can name (docs/contract.md §7). A plain scan, quote to quote."""
+    text = (raw or b"").decode("utf-8", "replace")
+    found: set[str] = set()
+    i = 0
+    while (start := text.find('"', i)) >= 0:
+        j = start + 1
+        while j < len(text) and text[j] != '"':
+            j += 2 if text[j] == "\\" else 1
+        if j >= len(text):
+            break
+        try:
+            value = json.loads(text[start : j + 1])
+        except ValueError:
+            value = text[start + 1 : j]
+        if value and len(value) <= 512:
+            found.add(value)
+        i = j + 1
+    return found
+
+
+def _lower(value: Any) -> str | None:
+    return value.lower() if isinstance(value, str) else None
+
+
+def _names(event: Any) -> tuple[set[str], set[str]]:
+    """The candidate id an event names, and the emails it names, lower-cased: its email field
+    (`candidate_email_id`, `email_id`) and its candidate id when that is an address."""
+    if isinstance(event, pr.ProctoringEvent):
+        candidate, email = event.candidateId, None
+    else:
+        data = event.data
+        candidate = data.candidate_id
+        email = getattr(data, "candidate_email_id", None) or getattr(data, "email_id", None)
+    emails = {v.lower() for v in (candidate, email) if v and "@" in v}
+    return {candidate}, emails
 
 
 def _least(a: Any, b: Any) -> Any:

@@ -1,6 +1,10 @@
-"""`worker show --candidate ID`: every stored row that names the candidate, as one JSON document
-grouped by table (a data subject's access request, GDPR Art. 15), and whether and when the
-candidate was erased. Reads only; exit codes: 0 done, 1 failure, 2 usage.
+"""`worker show --candidate ID | --email ADDRESS`: every stored row that names the person, as one
+JSON document grouped by table (a data subject's access request, GDPR Art. 15), the ids an
+email links, and the erasures that covered them.
+
+Reads only, with plain SELECTs (no lock: a role with SELECT on the tables can run it), and
+appends its audit row through the SECURITY DEFINER function before printing anything (a
+request that leaves no trace is not answered). Exit codes: 0 done, 1 failure, 2 usage.
 """
 
 from __future__ import annotations
@@ -9,55 +13,49 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 import asyncpg
 
-from worker import erasure
 from worker.config import Settings
 from worker.retry import describe
+from worker.tools import audit
 from worker.tools.database import connect
+from worker.tools.person import KEY, Person, add_person_arguments, stored_rows
 
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "show", help="print every stored row naming a candidate, as JSON, grouped by table"
+        "show", help="print every stored row naming a person, as JSON, grouped by table"
     )
-    parser.add_argument("--candidate", required=True, metavar="ID", help="the candidate's id")
+    add_person_arguments(parser)
+    audit.add_audit_arguments(parser)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    if not args.candidate.strip():
-        print("worker show: --candidate must not be empty", file=sys.stderr)
-        return 2
     try:
-        return asyncio.run(_show(args.candidate, settings, sys.stdout))
+        return asyncio.run(_show(args, settings, sys.stdout))
     except Exception as exc:
         print(f"worker show: {describe(exc)}", file=sys.stderr)
         return 1
 
 
-async def stored_rows(conn: asyncpg.Connection, candidate: str) -> dict[str, list[Any]]:
-    """{table: [row as a JSON document]} for every table with rows naming `candidate`."""
-    found: dict[str, list[Any]] = {}
-    for table, where in erasure.NAMING:
-        rows = await conn.fetch(
-            f"SELECT to_jsonb(t)::text FROM {table} t WHERE {where} ORDER BY 1", candidate
-        )
-        found[table] = [json.loads(r[0]) for r in rows]
-    return found
-
-
-async def erasures_of(conn: asyncpg.Connection, candidate: str) -> list[dict[str, Any]]:
-    _, key = await erasure.erasure_count(conn)
+async def erasures_of(
+    conn: asyncpg.Connection, subjects: Sequence[bytes], labels: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The ledger rows of `subjects`, each saying which of `labels` (same order) it covers."""
+    label_of = dict(zip(subjects, labels, strict=True))
     rows = await conn.fetch(
-        "SELECT erased_at, log_ends::text, rows_deleted::text FROM erasures "
-        "WHERE subject = $1 ORDER BY erasure_id",
-        erasure.subject(key, candidate),
+        "SELECT subject, request_id, erased_at, log_ends::text, rows_deleted::text "
+        "FROM erasures WHERE subject = ANY($1::bytea[]) ORDER BY erasure_id",
+        list(subjects),
     )
     return [
         {
             "erased_at": r["erased_at"].isoformat(),
+            "request_id": r["request_id"],
+            "covers": label_of[r["subject"]],
             "log_ends": json.loads(r["log_ends"]),
             "rows_deleted": json.loads(r["rows_deleted"]),
         }
@@ -65,14 +63,23 @@ async def erasures_of(conn: asyncpg.Connection, candidate: str) -> list[dict[str
     ]
 
 
-async def _show(candidate: str, settings: Settings, out: TextIO) -> int:
+async def _show(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    person = Person.of(args)
     conn = await connect(settings)
     try:
+        key = await conn.fetchval(KEY)
+        ids = await person.ids(conn)
+        subjects = person.subjects(key, ids)
+        labels = [*ids, *(["email"] if person.email is not None else [])]
+        tables = await stored_rows(conn, ids)
         doc = {
-            "candidate_id": candidate,
-            "tables": await stored_rows(conn, candidate),
-            "erasures": await erasures_of(conn, candidate),
+            **person.describe(),
+            **({"linked_ids": ids} if person.email is not None else {}),
+            "tables": tables,
+            "erasures": await erasures_of(conn, subjects, labels),
         }
+        counts = {"linked_ids": len(ids), "rows": {t: len(rows) for t, rows in tables.items()}}
+        await audit.record(conn, "show", args, subjects, counts)
     finally:
         await conn.close()
     json.dump(doc, out, indent=2, ensure_ascii=False)

@@ -15,9 +15,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from worker import erasure
 from worker.config import Settings
 from worker.dlq import REASONS
 from worker.retry import describe
+from worker.tools import audit
+from worker.tools.database import connect
 from worker.tools.dlq.read import (
     DEFAULT_IDLE_S,
     DEFAULT_TIMEOUT_S,
@@ -27,6 +30,7 @@ from worker.tools.dlq.read import (
     scan_dead_letters,
 )
 from worker.tools.dlq.replay import ReplayResult, replay_dead_letters
+from worker.tools.person import KEY, identifier
 
 _ERROR_WIDTH = 60
 _VALUE_BYTES = 40
@@ -104,6 +108,13 @@ def print_replay(result: ReplayResult, dlq_topic: str, out: TextIO) -> None:
             "is its failed replay; --include-replayed sends them anyway)",
             file=out,
         )
+    if plan.skipped_unsigned:
+        print(
+            f"held back {len(plan.skipped_unsigned)} (no signed dlq.origin: written by an "
+            "earlier release, the erasure ledger could not judge their replay; "
+            "--allow-unsigned sends them, judged by their new offsets only)",
+            file=out,
+        )
     if plan.skipped_not_dead_letter:
         print(
             f"skipped {len(plan.skipped_not_dead_letter)} (no usable dlq.original.topic)",
@@ -166,6 +177,7 @@ def add_dlq_commands(subparsers: Any) -> None:
     )
     group.add_argument(
         "--candidate",
+        type=identifier,
         metavar="ID",
         help="dead letters whose value names this candidate (its raw copies, e.g. before or "
         "after `worker forget`)",
@@ -197,6 +209,7 @@ def add_dlq_commands(subparsers: Any) -> None:
         "inspect", parents=[filters], help="list dead letters as a table or JSON lines"
     )
     inspect.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.add_audit_arguments(inspect)  # recorded when --candidate is given
     replay = commands.add_parser(
         "replay",
         parents=[filters],
@@ -213,6 +226,12 @@ def add_dlq_commands(subparsers: Any) -> None:
         "--include-replayed",
         action="store_true",
         help="also replay dead letters whose earlier replay already came back to the DLQ",
+    )
+    replay.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="also replay dead letters without a signed dlq.origin (from an earlier release); "
+        "the erasure ledger judges their replays by their new offsets only",
     )
 
 
@@ -245,6 +264,8 @@ async def _inspect(args: argparse.Namespace, settings: Settings, out: TextIO) ->
         timeout_s=args.timeout,
         idle_s=args.idle,
     )
+    if args.candidate is not None:
+        await _audit(args, settings, len(scan.views), scan.read)
     if args.json:
         for view in scan.views:
             print(json.dumps(view.to_json(), ensure_ascii=False), file=out)
@@ -268,6 +289,7 @@ async def _replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         limit=args.limit,
         max_replays=args.max_replays,
         include_replayed=args.include_replayed,
+        allow_unsigned=args.allow_unsigned,
         execute=args.execute,
         progress=args.execute,
         timeout_s=args.timeout,
@@ -275,6 +297,19 @@ async def _replay(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
     )
     print_replay(result, settings.dlq_topic, out)
     return 1 if result.failed else 0
+
+
+async def _audit(args: argparse.Namespace, settings: Settings, shown: int, read: int) -> None:
+    """The audit row of `inspect --candidate` (docs/contract.md §7), before anything is shown."""
+    conn = await connect(settings)
+    try:
+        key = await conn.fetchval(KEY)
+        counts = {"dead_letters": shown, "read": read}
+        await audit.record(
+            conn, "dlq inspect --candidate", args, [erasure.subject(key, args.candidate)], counts
+        )
+    finally:
+        await conn.close()
 
 
 def run_dlq_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,8 +3,9 @@
 A dead letter goes to its original topic (`dlq.original.topic`), to its original partition when
 that still exists (beside its key's other events even when the original producer's partitioner
 differs from ours), with its original key, value and headers (every header but the `dlq.*`
-ones), plus `dlq.replay.count` (previous count + 1) and `dlq.replay.of`
-(`<dlq topic>:<partition>:<offset>`). Every send is awaited: a failure is reported per record.
+ones), plus `dlq.replay.count` (previous count + 1), `dlq.replay.of`
+(`<dlq topic>:<partition>:<offset>`) and `dlq.replay.origin` (the dead letter's signed
+`dlq.origin`, verbatim). Every send is awaited: a failure is reported per record.
 """
 
 from __future__ import annotations
@@ -24,19 +25,16 @@ from worker.tools.dlq.read import REPLAY_COUNT_HEADER, REPLAY_OF_HEADER, DeadLet
 
 
 def replay_headers(view: DeadLetterView) -> list[tuple[str, bytes]]:
-    """The original headers, the replay count and reference, and where the record first was
-    (`dlq.replay.origin`, kept from an earlier replay): the erasure ledger tells a replay of
-    an old record from a new record by it (worker/erasure.py)."""
-    origin = view.headers.get(Header.REPLAY_ORIGIN) or (
-        f"{view.original_topic}:{view.original_partition}:{view.original_offset}".encode()
-        if view.original_offset is not None
-        else None
-    )
+    """The original headers (without any `dlq.*` header a producer set), the replay count and
+    reference, and the dead letter's signed `dlq.origin` copied verbatim as
+    `dlq.replay.origin`: the worker believes it only if the signature verifies, so the tool
+    neither builds nor signs one (worker/origin.py)."""
+    signed = view.headers.get(Header.ORIGIN)
     return [
         *view.original_headers(),
         (REPLAY_COUNT_HEADER, str(view.replay_count + 1).encode()),
         (REPLAY_OF_HEADER, view.ref.encode()),
-        *([(Header.REPLAY_ORIGIN, origin)] if origin else []),
+        *([(Header.REPLAY_ORIGIN, signed)] if signed else []),
     ]
 
 

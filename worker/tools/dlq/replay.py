@@ -12,7 +12,10 @@ dead-letters it), and two guards stop a loop:
   fresh count, so it is skipped (`include_replayed` turns this guard off).
 
 A dead letter without a usable `dlq.original.topic` (absent, or the dead-letter topic itself)
-is never replayed. Without `execute` nothing is sent.
+is never replayed. A dead letter without a signed `dlq.origin` (written by a release before the
+signed origins) is held back unless `allow_unsigned`: its replay would carry no origin the
+erasure ledger believes, so an erased person's old record would come back as new
+(docs/contract.md §7). Without `execute` nothing is sent.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from aiokafka.structs import RecordMetadata
 
 from worker.config import Settings
+from worker.dlq import Header
 from worker.tools.dlq.publish import publish_replay
 from worker.tools.dlq.read import (
     DEFAULT_IDLE_S,
@@ -43,6 +47,7 @@ class ReplayPlan:
     skipped_not_dead_letter: list[DeadLetterView]  # no dlq.original.topic, or points at the DLQ
     max_replays: int
     complete: bool
+    skipped_unsigned: list[DeadLetterView] = field(default_factory=list)  # no dlq.origin
 
     @property
     def skipped(self) -> int:
@@ -50,6 +55,7 @@ class ReplayPlan:
             len(self.skipped_loop_guard)
             + len(self.skipped_already_replayed)
             + len(self.skipped_not_dead_letter)
+            + len(self.skipped_unsigned)
         )
 
 
@@ -73,6 +79,7 @@ async def plan_replay(
     limit: int | None = None,
     max_replays: int = 1,
     include_replayed: bool = False,
+    allow_unsigned: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     idle_s: float = DEFAULT_IDLE_S,
 ) -> ReplayPlan:
@@ -99,6 +106,8 @@ async def plan_replay(
             plan.skipped_loop_guard.append(view)
         elif not include_replayed and view.ref in replayed_before:
             plan.skipped_already_replayed.append(view)
+        elif not allow_unsigned and Header.ORIGIN not in view.headers:
+            plan.skipped_unsigned.append(view)
         else:
             plan.to_replay.append(view)
     return plan
@@ -111,6 +120,7 @@ async def replay_dead_letters(
     limit: int | None = None,
     max_replays: int = 1,
     include_replayed: bool = False,
+    allow_unsigned: bool = False,
     execute: bool = False,
     progress: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -124,6 +134,7 @@ async def replay_dead_letters(
         limit=limit,
         max_replays=max_replays,
         include_replayed=include_replayed,
+        allow_unsigned=allow_unsigned,
         timeout_s=timeout_s,
         idle_s=idle_s,
     )
