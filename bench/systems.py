@@ -96,8 +96,10 @@ class System:
         return self.root == REPO
 
     def env(self) -> dict[str, str]:
-        """Added to the environment of its processes (the directory is their cwd too)."""
-        return {"PYTHONPATH": str(self.root)}
+        """Added to the environment of its processes (the directory is their cwd too); a
+        PYTHONPATH of the caller's (bench/gcprobe) stays, after the tree."""
+        outer = os.environ.get("PYTHONPATH")
+        return {"PYTHONPATH": os.pathsep.join([str(self.root), *([outer] if outer else [])])}
 
     def describe(self) -> dict[str, Any]:
         return {

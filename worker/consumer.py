@@ -59,7 +59,7 @@ from worker.partitions import Refetch
 from worker.pauses import PAUSES_INTERVAL_S
 from worker.retention import Maintenance
 from worker.retry import TRANSIENT, Backoff, describe, is_dropped_connection, is_size_error
-from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
+from worker.router import Prepared, PrepareError, prepare_parts, row_handler
 from worker.tracing import BatchTracer
 
 log = structlog.get_logger("worker")
@@ -81,6 +81,9 @@ class Worker:
             settings.proctoring_topic: proctoring_decoder,
             settings.interview_topic: interview_decoder,
         }
+        # Per topic, the handler that builds its rows while the records are decoded (None:
+        # the topic's events go to several handlers, prepared from the items).
+        self._row_handlers = {t: row_handler(d.structs) for t, d in self._decoders.items()}
         self._stop = asyncio.Event()
         self.metrics = Metrics()
         self._ownership = Ownership(
@@ -275,7 +278,8 @@ class Worker:
         try:
             while not self._stop.is_set():
                 progress.maybe_log()
-                self._ownership.reclaim.collect_if_due()
+                # A full collection only between batches (worker/reclaim.py).
+                self._ownership.reclaim.collect_if_due(idle=not inflight)
                 if time.monotonic() >= next_check:
                     await self._ownership.rewind_lost_logs()
                     await self._ownership.follow_moved_offsets()
@@ -304,9 +308,7 @@ class Worker:
                     # lane's previous batch's time in PostgreSQL.
                     prepared: Prepared | None
                     try:
-                        prepared = await prepare_batch_cooperatively(
-                            item for tp in sorted(share) for item in share[tp].items
-                        )
+                        prepared = await prepare_parts(share[tp] for tp in sorted(share))
                     except PrepareError:
                         prepared = None  # prepared again at commit, bisecting to the record
                     previous = inflight.pop(lane, None)
@@ -381,10 +383,14 @@ class Worker:
         return added, nbytes
 
     async def _decode(self, tp: TopicPartition, records: list[Any], part: Part) -> int:
-        """Decode `records` into `part`'s items and dead letters; return their bytes."""
+        """Decode `records` into `part`'s items and dead letters, and where the topic has a
+        row handler, each item's row beside it (one pass: the batch's preparation then starts
+        from the rows); return the records' bytes."""
         decode = self._decoders[tp.topic].decode
+        handler = part.row_handler = self._row_handlers[tp.topic]
+        row = None if handler is None else handler.row
         topic, partition = tp.topic, tp.partition
-        items, letters = part.items, part.letters
+        items, letters, rows = part.items, part.letters, part.rows
         size = 0
         for n, record in enumerate(records, 1):
             if not n % 500:
@@ -393,10 +399,18 @@ class Worker:
             k, v = record.serialized_key_size, record.serialized_value_size
             size += (k if k > 0 else 0) + (v if v > 0 else 0)
             result = decode(record.value)
-            if isinstance(result, DecodeFailure):
+            if type(result) is DecodeFailure:
                 letters.append(DeadLetter(record, result))
-            else:
-                items.append(_new_item((result, topic, partition, record.offset)))
+                continue
+            offset = record.offset
+            items.append(_new_item((result, topic, partition, offset)))
+            if row is not None:
+                try:
+                    rows.append(row(result, topic, partition, offset))
+                except Exception:
+                    # Rows one short: the part is prepared from its items, where the same
+                    # failure is a PrepareError that isolates and dead-letters the record.
+                    row = None
         part.records.extend(records)
         part.nbytes += size
         return size
