@@ -66,10 +66,11 @@ def test_records_are_aiokafkas_field_for_field() -> None:
     theirs = list(_records(kafka_records._ORIGINAL, data))
     ours = list(_records(kafka_records.PartitionRecords, data))
     assert len(ours) == len(theirs) == 60
-    fields = kafka_records.Record._fields
+    fields = kafka_records.Record.__struct_fields__
     assert fields == tuple(fetcher.ConsumerRecord.__dataclass_fields__)
     for mine, original in zip(ours, theirs, strict=True):
         assert type(mine) is kafka_records.Record
+        assert not gc.is_tracked(mine)
         assert [getattr(mine, f) for f in fields] == [getattr(original, f) for f in fields]
 
 

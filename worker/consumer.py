@@ -392,25 +392,26 @@ class Worker:
         topic, partition = tp.topic, tp.partition
         items, letters, rows = part.items, part.letters, part.rows
         size = 0
-        for n, record in enumerate(records, 1):
-            if not n % 500:
+        for start in range(0, len(records), 500):
+            if start:
                 await asyncio.sleep(0)  # let in-flight commits take their next step
-            # record_size(), inlined: this loop runs once per record. -1 means null.
-            k, v = record.serialized_key_size, record.serialized_value_size
-            size += (k if k > 0 else 0) + (v if v > 0 else 0)
-            result = decode(record.value)
-            if type(result) is DecodeFailure:
-                letters.append(DeadLetter(record, result))
-                continue
-            offset = record.offset
-            items.append(_new_item((result, topic, partition, offset)))
-            if row is not None:
-                try:
-                    rows.append(row(result, topic, partition, offset))
-                except Exception:
-                    # Rows one short: the part is prepared from its items, where the same
-                    # failure is a PrepareError that isolates and dead-letters the record.
-                    row = None
+            for record in records[start : start + 500]:
+                # record_size(), inlined: this loop runs once per record. -1 means null.
+                k, v = record.serialized_key_size, record.serialized_value_size
+                size += (k if k > 0 else 0) + (v if v > 0 else 0)
+                result = decode(record.value)
+                if type(result) is DecodeFailure:
+                    letters.append(DeadLetter(record, result))
+                    continue
+                offset = record.offset
+                items.append(_new_item((result, topic, partition, offset)))
+                if row is not None:
+                    try:
+                        rows.append(row(result, topic, partition, offset))
+                    except Exception:
+                        # Rows one short: the part is prepared from its items, where the same
+                        # failure is a PrepareError that isolates and dead-letters the record.
+                        row = None
         part.records.extend(records)
         part.nbytes += size
         return size

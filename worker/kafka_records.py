@@ -18,10 +18,12 @@ and aborted transactions stay aiokafka's own `_unpack_records`):
 - the same generator runs over a weak proxy of the object, so it holds no strong reference
   back: a dropped response is freed by reference counting the moment aiokafka lets go of it,
   with no collection (worker/reclaim.py relies on this);
-- records are `Record` tuples, built by one C call: the same eleven fields, by the same names
-  and in the same order as `ConsumerRecord`, so everything that reads a record's attributes
-  reads them alike (a record is also a tuple; nothing in the worker copies or compares them).
-  With a key or value deserializer configured, aiokafka's own `ConsumerRecord` is kept.
+- records are `Record`s, built by one C call: a msgspec Struct with the same eleven fields, by
+  the same names and in the same order as `ConsumerRecord`, so everything that reads a
+  record's attributes reads them alike. It is not tracked by the garbage collector
+  (`gc=False`: it holds only strings, numbers, bytes and the headers, never a reference back),
+  so the tens of thousands of records a batch holds are never walked by a collection. With a
+  key or value deserializer configured, aiokafka's own `ConsumerRecord` is kept.
 
 Where aiokafka is a version whose fetcher does not look as expected, `install()` changes
 nothing and returns False; the worker then falls back on collecting after drops.
@@ -29,19 +31,19 @@ nothing and returns False; the worker then falls back on collecting after drops.
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
+import msgspec
 from aiokafka.consumer import fetcher
 
 # The versions whose PartitionRecords this was written against (pyproject.toml pins < 0.15).
 _ORIGINAL = fetcher.PartitionRecords
 
 
-class Record(NamedTuple):
-    """A fetched record: aiokafka's `ConsumerRecord` fields, as a tuple."""
+class Record(msgspec.Struct, gc=False):
+    """A fetched record: aiokafka's `ConsumerRecord` fields, in its order."""
 
     topic: str
     partition: int
@@ -56,27 +58,21 @@ class Record(NamedTuple):
     headers: Sequence[tuple[str, bytes]]
 
 
-# Record(...) would run the NamedTuple's Python-level __new__; this builds the same tuple in C.
-_new_record = functools.partial(tuple.__new__, Record)
-
-
 def _record(tp: Any, record: Any) -> Record:
     """What `PartitionRecords._consumer_record` returns, without deserializers, as a Record."""
     key, value = record.key, record.value
-    return _new_record(
-        (
-            tp.topic,
-            tp.partition,
-            record.offset,
-            record.timestamp,
-            record.timestamp_type,
-            key,
-            value,
-            record.checksum,
-            -1 if key is None else len(key),
-            -1 if value is None else len(value),
-            tuple(record.headers),
-        )
+    return Record(
+        tp.topic,
+        tp.partition,
+        record.offset,
+        record.timestamp,
+        record.timestamp_type,
+        key,
+        value,
+        record.checksum,
+        -1 if key is None else len(key),
+        -1 if value is None else len(value),
+        tuple(record.headers),
     )
 
 

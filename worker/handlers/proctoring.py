@@ -164,22 +164,23 @@ _AT = itemgetter(3)
 _TAG = itemgetter(2)
 _KEY = itemgetter(0, 1, 2, 3)
 _IS_FLAG = frozenset(FLAG_TYPES).__contains__
-# Whether a struct class has the mediaUrl field (the media_url property, read per event, would
-# cost a Python call each time).
-_HAS_MEDIA = {cls: "mediaUrl" in cls.__struct_fields__ for cls in PROCTORING_STRUCTS}
+# Per struct class: its tag, and whether it has the mediaUrl field (the media_url property,
+# read per event, would cost a Python call each time).
+_SHAPES = {cls: (_TAGS[cls], "mediaUrl" in cls.__struct_fields__) for cls in PROCTORING_STRUCTS}
 _IS_CHECK = tag_of(SystemCheckCompleted).__eq__
 
 
 def copy_row(ev: Any, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
     """An event as a row of _COLUMNS."""
     cls = type(ev)
+    tag, media = _SHAPES[cls]
     return (
         ev.examId,
         ev.candidateId,
-        _TAGS[cls],
+        tag,
         ev.createdAt,
         ev.description,
-        ev.mediaUrl if _HAS_MEDIA[cls] else None,
+        ev.mediaUrl if media else None,
         to_json(ev.systemCheck) if cls is SystemCheckCompleted else None,
         topic,
         partition,
