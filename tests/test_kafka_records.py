@@ -138,9 +138,30 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return state
 
 
+def _settled() -> reclaim.Reclaimer:
+    """A Reclaimer past its first turn (start-up frozen)."""
+    r = reclaim.Reclaimer()
+    r._settled = True
+    return r
+
+
+def test_start_up_is_frozen_at_the_first_idle_turn(
+    collector: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen: list[int] = []
+    monkeypatch.setattr(reclaim.gc, "freeze", lambda: frozen.append(collector["collections"]))
+    r = reclaim.Reclaimer()
+    r.collect_if_due(idle=False)
+    assert (collector["collections"], frozen) == (0, [])
+    r.collect_if_due(idle=True)
+    assert (collector["collections"], frozen) == (1, [1]), "collected, then frozen"
+    r.collect_if_due(idle=True)
+    assert (collector["collections"], frozen) == (1, [1]), "once"
+
+
 def test_full_collections_only_when_idle_and_due(collector: dict[str, Any]) -> None:
     clock = collector["clock"]
-    r = reclaim.Reclaimer()
+    r = _settled()
     clock.now += reclaim.IDLE_INTERVAL_S + 1
     r.collect_if_due(idle=True)
     assert collector["collections"] == 0, "nothing reached the old generation yet"
@@ -160,7 +181,7 @@ def test_full_collections_only_when_idle_and_due(collector: dict[str, Any]) -> N
 
 def test_dropped_buffers_need_no_collection_once_installed(collector: dict[str, Any]) -> None:
     assert kafka_records.install()
-    r = reclaim.Reclaimer()
+    r = _settled()
     r.dropped()
     collector["clock"].now += reclaim.MIN_INTERVAL_S + 1
     r.collect_if_due(idle=False)
@@ -172,7 +193,7 @@ def test_without_the_subclass_dropped_buffers_are_collected(
 ) -> None:
     monkeypatch.setattr(fetcher, "PartitionRecords", kafka_records._ORIGINAL)
     assert not kafka_records.installed()
-    r = reclaim.Reclaimer()
+    r = _settled()
     r.dropped()
     collector["clock"].now += reclaim.MIN_INTERVAL_S + 1
     r.collect_if_due(idle=False)

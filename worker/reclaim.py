@@ -8,7 +8,10 @@ alive, the batches in flight included (~40 ms with 60 000 records in memory). So
 start, from worker/runner.py):
 
 - `gc.freeze()` moves everything loaded by then (modules, classes: ~100 000 objects) out of
-  every later collection;
+  every later collection; and again at the main loop's first turn (`collect_if_due`), after
+  one full collection, for what start-up made since (the modules imported on the way, the
+  pool, the clients, their metadata): left young, the first young collection on the hot path
+  walked all of it (one pause of 20-60 ms per start, bench/README.md);
 - the young generation is collected every YOUNG_THRESHOLD allocations, sized to a batch, so
   that a batch's objects are walked once or twice, not a thousand times (CPython's 700); the
   middle one every MIDDLE_THRESHOLD young collections, as by default;
@@ -56,11 +59,12 @@ def tune() -> None:
 class Reclaimer:
     """When to run a full collection (module docstring); `collections` counts them."""
 
-    __slots__ = ("_dropped", "_last", "collections")
+    __slots__ = ("_dropped", "_last", "_settled", "collections")
 
     def __init__(self) -> None:
         self._dropped = False
         self._last = time.monotonic()
+        self._settled = False  # start-up frozen (module docstring)
         self.collections = 0
 
     def dropped(self) -> None:
@@ -71,6 +75,11 @@ class Reclaimer:
 
     def collect_if_due(self, idle: bool = True) -> None:
         """A full collection if one is due; `idle`: no batch is in flight (the caller knows)."""
+        if not self._settled and idle:
+            self._settled = True
+            gc.collect()
+            gc.freeze()
+            return
         now = time.monotonic()
         since = now - self._last
         if self._dropped:
