@@ -39,7 +39,7 @@ from worker.accounting import Progress, account
 from worker.batch import Batch, BatchBudget, Part, halves
 from worker.broker import require_topics
 from worker.clients import Clients, KafkaPostgresClients
-from worker.commit import Committer, Fenced, Letters, commit_kafka
+from worker.commit import Committer, Fenced, KafkaOffsets, Letters
 from worker.config import Settings
 from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
 from worker.dlq import REASONS, DeadLetter, DeadLetterPublisher, DecodeFailure
@@ -109,6 +109,7 @@ class Worker:
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
         self._committer: Committer | None = None
+        self._kafka_offsets = KafkaOffsets()
         self._retrying: set[int] = set()  # lanes retrying a transient failure
         # When the current run of transient failures began (None: healthy); drives /readyz.
         self._failing_since: float | None = None
@@ -192,6 +193,8 @@ class Worker:
     async def _shutdown(self, consumer: Any, producer: Any) -> None:
         log.info("worker stopping", **self.stats)
         timeout = self.settings.shutdown_timeout_s
+        with contextlib.suppress(Exception):  # only logged when it fails (commit_kafka)
+            await asyncio.wait_for(self._kafka_offsets.flush(), timeout)
         for name, closer in (("consumer", consumer.stop), ("producer", producer.stop)):
             try:
                 await asyncio.wait_for(closer(), timeout)
@@ -490,7 +493,7 @@ class Worker:
         account(
             self.metrics, self.stats, batch, live, letters.rejected, time.perf_counter() - started
         )
-        await commit_kafka(consumer, {tp: batch[tp].next_offset for tp in applied})
+        self._kafka_offsets.note(consumer, {tp: batch[tp].next_offset for tp in applied})
         self._tracer.committed(
             [(tp.topic, tp.partition, batch[tp].records) for tp in sorted(live)],
             started_ns,

@@ -160,11 +160,15 @@ async def prepare_parts(parts: Iterable[Decoded], slice_size: int = 500) -> Prep
 
 
 async def write_batch(
-    conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime | None = None
+    conn: asyncpg.Connection,
+    prepared: Prepared,
+    at: dt.datetime | None = None,
+    guarded: bool = True,
 ) -> None:
     """Write a prepared batch through its handlers, in the caller's transaction; then the
-    registers they all contributed to, once. `at`: the transaction's time (now if None)."""
-    registers = Registers(at)
+    registers they all contributed to, once. `at`: the transaction's time (now if None);
+    `guarded`: the caller wrote a savepoint to roll a failure back to (Registers.guarded)."""
+    registers = Registers(at, guarded)
     for handler, payload in prepared:
         await handler.write(conn, payload, registers)
     await registers.write(conn)

@@ -11,7 +11,9 @@ The rows (`copy_row`, the COPY's column order) are built once per event: while t
 decodes its records (`row`, then `prepare_rows` over the batch: one pass, no second walk over
 the events), or from the items by `prepare` (a batch rebuilt after records were set aside).
 
-* direct: one binary COPY of the batch straight into proctoring_events, under a savepoint.
+* direct: one binary COPY of the batch straight into proctoring_events, under a savepoint
+  when the transaction has one to fall back to (`Registers.guarded`); without, a duplicate
+  loses the transaction, and the caller's next, guarded attempt goes staged.
   A batch is first reduced to the first event of each key, so when the COPY succeeds every
   row was new, and the summary is aggregated here, in Python, from exactly those rows. This is
   the steady state: the offsets in the same transaction mean a batch never repeats what an
@@ -342,7 +344,9 @@ class ProctoringHandler(BatchHandler):
             raise RuntimeError("ProctoringHandler.write must run inside a transaction")
         at = registers.at
         stored = (
-            self.direct and not prepared.extreme and await self._copy_direct(conn, prepared, at)
+            self.direct
+            and not prepared.extreme
+            and await self._copy_direct(conn, prepared, at, registers.guarded)
         )
         if not stored:
             await self._insert_staged(conn, prepared, at)
@@ -351,18 +355,22 @@ class ProctoringHandler(BatchHandler):
             await conn.execute(_INSERT_SYSTEM_CHECKS, *columns(checks, 6))
 
     async def _copy_direct(
-        self, conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime
+        self, conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime, guarded: bool
     ) -> bool:
         """COPY the rows into proctoring_events and add them to the sessions; False (nothing
-        written) if one of them was already stored."""
+        written) if one of them was already stored. Not `guarded`: without a savepoint of
+        its own, and a stored duplicate is raised (the transaction is lost)."""
         try:
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "proctoring_events", records=prepared.rows, columns=_COLUMNS
-                )
+            if guarded:
+                async with conn.transaction():
+                    await self._copy(conn, prepared)
+            else:
+                await self._copy(conn, prepared)
         except asyncpg.UniqueViolationError:
             self.direct = False
             log.debug("proctoring batch repeats stored events: staged inserts until it stops")
+            if not guarded:
+                raise
             return False
         # Sorted by key, so that concurrent writers lock shared session rows in one order.
         ordered = sorted(prepared.sessions.items())
@@ -380,6 +388,12 @@ class ProctoringHandler(BatchHandler):
             at,
         )
         return True
+
+    @staticmethod
+    async def _copy(conn: asyncpg.Connection, prepared: Prepared) -> None:
+        await conn.copy_records_to_table(
+            "proctoring_events", records=prepared.rows, columns=_COLUMNS
+        )
 
     async def _insert_staged(
         self, conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime
