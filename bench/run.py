@@ -124,6 +124,30 @@ def say(message: str) -> None:
     print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
+def worker_row(
+    system: System,
+    main: measure.Span | None,
+    spans: dict[str, measure.Span],
+    rss: float | None,
+    counts: dict[str, int],
+    sizes: dict[str, Any],
+    wal_per_event: float,
+    cpu: dict[str, Any],
+) -> dict[str, Any]:
+    """A worker row of the results (proctoring or mixed)."""
+    return {
+        "system": system.name,
+        "events_per_s": main.rate if main else None,
+        "method": main.method if main else None,
+        "peak_rss_mb": rss,
+        "spans": {k: v.as_dict() for k, v in spans.items()},
+        "rows": counts,
+        "table_bytes": sizes,
+        "wal_bytes_per_event": round(wal_per_event, 1),
+        "cpu": cpu,
+    }
+
+
 def labelled(name: str, k: int) -> str:
     """A row's label in round `k` (0-based): the name, then `name #2`, `name #3`, ..."""
     return name if k == 0 else f"{name} #{k + 1}"
@@ -415,18 +439,8 @@ class Bench:
             )
         finally:
             await conn.close()
-        result: dict[str, Any] = {
-            "system": system.name,
-            "events_per_s": main.rate if main else None,
-            "method": main.method if main else None,
-            "peak_rss_mb": rss,
-            "spans": {k: v.as_dict() for k, v in spans.items()},
-            "rows": counts,
-            "table_bytes": sizes,
-            "wal_bytes_per_event": round(wal / total, 1),
-            "cpu": cpu,
-            "profiled": profiler,
-        }
+        result = worker_row(system, main, spans, rss, counts, sizes, wal / total, cpu)
+        result["profiled"] = profiler
         if profiler and worker.profile_path is not None:
             result["profile"] = self.summarise_profile(worker.profile_path)
             result["stages_us_per_event"] = stage_costs(result)
@@ -713,17 +727,7 @@ class Bench:
                 f"{kinds.get('proctoring', 0)} records"
             )
         await self.stack.drop_database(db)
-        return {
-            "system": system.name,
-            "events_per_s": main.rate if main else None,
-            "method": main.method if main else None,
-            "peak_rss_mb": rss,
-            "spans": {k: v.as_dict() for k, v in spans.items()},
-            "rows": counts,
-            "table_bytes": sizes,
-            "wal_bytes_per_event": round(wal / delivered.count, 1),
-            "cpu": cpu,
-        }
+        return worker_row(system, main, spans, rss, counts, sizes, wal / delivered.count, cpu)
 
     async def latency(self, row: str) -> None:
         """The same paced stream, each side on fresh topics, one after the other, `rounds`
@@ -1251,31 +1255,28 @@ def render(doc: dict[str, Any]) -> str:
         row("tracing", r["mode"], r.get("events_per_s"), rss=r.get("peak_rss_mb"))
     for system, r in (res.get("mixed") or {}).items():
         row("mixed", system, r.get("events_per_s"), rss=r.get("peak_rss_mb"))
-    for k, rnd in enumerate((res.get("latency-1000") or {}).get("rounds", []), 1):
-        for system, r in rnd.items():
-            if system != "added":
-                row(
-                    f"latency@1000/{k}",
-                    system,
-                    None,
-                    r.get("p50_ms"),
-                    r.get("p99_ms"),
-                    r.get("max_ms"),
-                    r.get("peak_rss_mb"),
-                )
+    latency_rows = [
+        (f"latency@1000/{k}", system, r)
+        for k, rnd in enumerate((res.get("latency-1000") or {}).get("rounds", []), 1)
+        for system, r in rnd.items()
+        if system != "added"
+    ]
     lat = res.get("latency") or {}
-    for system in ("bare", "worker"):
-        if system in lat:
-            r = lat[system]
-            row(
-                f"latency@{LATENCY_RATE:.0f}",
-                system,
-                None,
-                r.get("p50_ms"),
-                r.get("p99_ms"),
-                r.get("max_ms"),
-                r.get("peak_rss_mb"),
-            )
+    latency_rows += [
+        (f"latency@{LATENCY_RATE:.0f}", system, lat[system])
+        for system in ("bare", "worker")
+        if system in lat
+    ]
+    for workload, system, r in latency_rows:
+        row(
+            workload,
+            system,
+            None,
+            r.get("p50_ms"),
+            r.get("p99_ms"),
+            r.get("max_ms"),
+            r.get("peak_rss_mb"),
+        )
     if "ledger" in res:
         lines.append(ledger.render(res["ledger"]))
     rt = doc["ratios"]
