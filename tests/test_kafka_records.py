@@ -179,13 +179,19 @@ def test_full_collections_only_when_idle_and_due(collector: dict[str, Any]) -> N
     assert collector["collections"] == 2, "bounded under load without an idle turn"
 
 
-def test_dropped_buffers_need_no_collection_once_installed(collector: dict[str, Any]) -> None:
+def test_after_a_drop_the_next_idle_turn_collects(collector: dict[str, Any]) -> None:
+    """Dropped buffers themselves need no collection once installed, but what dropped them (a
+    back-off, a rebalance) leaves cycles: collected at the next idle turn, never mid-batch."""
     assert kafka_records.install()
     r = _settled()
     r.dropped()
     collector["clock"].now += reclaim.MIN_INTERVAL_S + 1
     r.collect_if_due(idle=False)
     assert collector["collections"] == 0
+    r.collect_if_due(idle=True)
+    assert collector["collections"] == 1
+    r.collect_if_due(idle=True)
+    assert collector["collections"] == 1, "once per drop"
 
 
 def test_without_the_subclass_dropped_buffers_are_collected(

@@ -17,9 +17,12 @@ start, from worker/runner.py):
   middle one every MIDDLE_THRESHOLD young collections, as by default;
 - the old generation is never collected on CPython's schedule (threshold OLD_NEVER): that
   full collection would come at whatever moment the allocation count says, batches in flight
-  or not. `collect_if_due(idle=...)`, which the main loop calls once per turn, runs it when
-  the worker is idle (no batch in flight: only long-lived objects to walk), at most once per
-  IDLE_INTERVAL_S and only if a middle collection ran since the last one (only then can
+  or not. `collect_if_due(idle=...)`, which the main loop calls once per turn and the
+  back-off once per poll, runs it when the worker is idle (no batch in flight: only
+  long-lived objects to walk; or backing off, when nothing flows anyway): at most once per
+  MIN_INTERVAL_S after something was dropped (`dropped()`: a pause, seek, revocation or
+  back-off, whose failures leave exceptions and tracebacks in cycles), otherwise at most once
+  per IDLE_INTERVAL_S and only if a middle collection ran since the last one (only then can
   anything have reached the old generation). Under load without a single idle turn it runs
   anyway after FORCE_AFTER_MIDDLE middle collections (about 20 million events), so that the
   few cycles that do reach the old generation (a few hundred objects per 100 000 events,
@@ -28,10 +31,10 @@ start, from worker/runner.py):
 The large cycles used to be aiokafka's dropped fetch buffers: each partition's fetch response
 sat in a reference cycle until its records were all read, so every pause, seek and revocation
 left a buffer of up to `max_partition_fetch_bytes` for the collector, and the worker collected
-after each (`dropped()`). worker/kafka_records.py now breaks that cycle at its source, and a
-dropped response is freed when aiokafka lets go of it. Where it could not install itself (an
-aiokafka whose fetcher it does not know), `dropped()` still makes the next `collect_if_due()`
-collect, at most once per MIN_INTERVAL_S, idle or not.
+after each, batches in flight or not. worker/kafka_records.py now breaks that cycle at its
+source, and a dropped response is freed when aiokafka lets go of it. Where it could not
+install itself (an aiokafka whose fetcher it does not know), `dropped()` makes the next
+`collect_if_due()` collect as before, at most once per MIN_INTERVAL_S, idle or not.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ YOUNG_THRESHOLD = 100_000
 MIDDLE_THRESHOLD = 10
 # Never reached: CPython counts middle collections against it.
 OLD_NEVER = 2**31 - 1
-IDLE_INTERVAL_S = 60.0
+IDLE_INTERVAL_S = 10.0
 FORCE_AFTER_MIDDLE = 100
 MIN_INTERVAL_S = 1.0
 
@@ -68,10 +71,9 @@ class Reclaimer:
         self.collections = 0
 
     def dropped(self) -> None:
-        """Fetched data was dropped (a pause, seek or revocation). Freed by reference counting
-        where worker/kafka_records.py is installed; otherwise collect soon."""
-        if not kafka_records.installed():
-            self._dropped = True
+        """Fetched data was dropped (a pause, seek or revocation): collect at the next idle
+        turn (at any turn where worker/kafka_records.py is not installed)."""
+        self._dropped = True
 
     def collect_if_due(self, idle: bool = True) -> None:
         """A full collection if one is due; `idle`: no batch is in flight (the caller knows)."""
@@ -83,7 +85,7 @@ class Reclaimer:
         now = time.monotonic()
         since = now - self._last
         if self._dropped:
-            due = since >= MIN_INTERVAL_S
+            due = since >= MIN_INTERVAL_S and (idle or not kafka_records.installed())
         else:
             middles = gc.get_count()[2]
             due = (idle and middles and since >= IDLE_INTERVAL_S) or middles >= FORCE_AFTER_MIDDLE
