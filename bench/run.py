@@ -1408,7 +1408,8 @@ def render_compare(doc: dict[str, Any]) -> list[str]:
             probe = system.get("probe") or {}
             lines.append(
                 f"  {system['name']:<18} {system['rev']:<14} {system['root']}; ran its own "
-                f"worker package and its {probe.get('migrations', '?')} migrations (verified)"
+                f"worker package and its {probe.get('migrations', '?')} migrations (verified); "
+                f"records read by {probe.get('aiokafka_record_reader', '?')}"
             )
         lines.append(
             f"  {'round':<6} {'system':<18} {'events/s':>10} {'/bare-copy':>10} "

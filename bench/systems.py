@@ -49,8 +49,10 @@ _MIGRATION = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 _PROBE = """
 import json, sys
 import worker, worker.sql
+from aiokafka.record.memory_records import MemoryRecords
 from worker.migrate import load_migrations
 print(json.dumps({
+    "aiokafka_record_reader": MemoryRecords.__module__,
     "worker": worker.__file__,
     "worker.sql": list(worker.sql.__path__),
     "version": getattr(worker, "__version__", None),

@@ -5,6 +5,7 @@ worker/reclaim.py's schedule of full collections."""
 from __future__ import annotations
 
 import gc
+import os
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -55,6 +56,9 @@ def no_collector() -> Iterator[None]:
 
 
 def test_installs_into_this_aiokafka() -> None:
+    # aiokafka's wheels for this platform carry the C record reader, and it is what the worker
+    # (and the benchmark) reads with unless it is switched off.
+    assert kafka_records.C_READER is not bool(os.environ.get("AIOKAFKA_NO_EXTENSIONS"))
     assert kafka_records.install()
     assert fetcher.PartitionRecords is kafka_records.PartitionRecords
     assert kafka_records.install()  # idempotent

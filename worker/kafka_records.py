@@ -27,6 +27,11 @@ and aborted transactions stay aiokafka's own `_unpack_records`):
 
 Where aiokafka is a version whose fetcher does not look as expected, `install()` changes
 nothing and returns False; the worker then falls back on collecting after drops.
+
+The batches themselves are read by aiokafka's C extension (`aiokafka.record._crecords`: record
+batch headers, CRC checks, varints and each record's fields), unless AIOKAFKA_NO_EXTENSIONS is
+set or no wheel exists for the platform; then its pure-Python reader runs, several times
+slower per record, and `install()` says so once, as a warning.
 """
 
 from __future__ import annotations
@@ -36,10 +41,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import structlog
 from aiokafka.consumer import fetcher
+from aiokafka.record.memory_records import MemoryRecords
+
+log = structlog.get_logger("worker")
 
 # The versions whose PartitionRecords this was written against (pyproject.toml pins < 0.15).
 _ORIGINAL = fetcher.PartitionRecords
+# aiokafka's C record reader (its pure-Python one lives in aiokafka.record itself).
+C_READER = MemoryRecords.__module__.startswith("aiokafka.record._crecords")
 
 
 class Record(msgspec.Struct, gc=False):
@@ -105,6 +116,11 @@ def install() -> bool:
     does: False where this aiokafka's fetcher is not the one this module knows."""
     if fetcher.PartitionRecords is PartitionRecords:
         return True
+    if not C_READER:
+        log.warning(
+            "aiokafka reads record batches with its pure-Python reader (its C extension is "
+            "not installed, or AIOKAFKA_NO_EXTENSIONS is set): parsing is several times slower"
+        )
     if fetcher.PartitionRecords is not _ORIGINAL or not _compatible():
         return False
     fetcher.PartitionRecords = PartitionRecords
