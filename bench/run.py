@@ -198,6 +198,13 @@ class Bench:
             "WORKER_METRICS_PORT": "0",
         }
 
+    def round_order(self, k: int) -> list[tuple[int, System]]:
+        """The builds (with their index) in the order round `k` runs them: the other one first
+        in even rounds, this tree's first in odd ones, so that whatever the position in a
+        round costs (the previous run's database being dropped, a checkpoint) falls on both."""
+        order = list(enumerate(self.systems))
+        return order if k % 2 == 0 else order[::-1]
+
     async def worker_database(self, label: str, system: System) -> str:
         """A fresh database migrated by `system`'s own migrator, with the offset log."""
         db = await self.stack.fresh_database(label, migrate=False)
@@ -470,13 +477,13 @@ class Bench:
             # One round: the ratio's denominator, then each build, on the same records.
             if "proctoring" in self.only and "bare-copy" in self.only:
                 await self.copy(spec, "bare-copy", k)
-            for i, system in enumerate(self.systems if "proctoring" in self.only else ()):
+            for i, system in self.round_order(k) if "proctoring" in self.only else ():
                 label = labelled(system.name, k)
                 say(f"proctoring: {label} ...")
                 row = await self.proctoring_worker(f"p{i}r{k}", topics, delivered, system)
                 results[label] = row
                 say(f"  {label}: {_fmt_rate(results[label]['events_per_s'])} events/s")
-            for i, system in enumerate(self.systems if wide is not None else ()):
+            for i, system in self.round_order(k) if wide is not None else ():
                 assert wide is not None
                 label = labelled(system.name.replace("worker", "worker-96p", 1), k)
                 say(f"wide: {label} on {WIDE_PARTITIONS} partitions ...")
@@ -675,7 +682,7 @@ class Bench:
         del records
         self.results["mixed"] = {}
         for k in range(self.args.rounds):
-            for i, system in enumerate(self.systems):
+            for i, system in self.round_order(k):
                 label = labelled(system.name, k)
                 say(f"mixed: {label} ...")
                 result = await self.mixed_worker(f"m{i}r{k}", topics, delivered, kinds, system)
@@ -750,7 +757,7 @@ class Bench:
                 f"p50 {bare.get('p50_ms', 'n/a')} ms, p99 {bare.get('p99_ms', 'n/a')} ms"
             )
             entry: dict[str, Any] = {"bare": bare, "added": {}}
-            for i, system in enumerate(self.systems):
+            for i, system in self.round_order(k):
                 say(f"{row} round {k + 1}/{rounds}: {system.name} ...")
                 worker = await self.latency_worker(
                     rate, seconds, sessions, f"{tag}-r{k}-w{i}", system
