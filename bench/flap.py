@@ -6,8 +6,10 @@ then a flapping one: a TCP proxy between the worker and PostgreSQL cuts every co
 refuses new ones for `--down` seconds every `--period` seconds. Each run ends once the worker
 has committed every record produced; its peak RSS (the kernel's VmHWM) is printed beside the
 steady run's. Issue 16 asks the flapping run to stay within 50 MB of the steady one: every
-back-off pauses all partitions and drops their buffered fetch data inside an aiokafka
-reference cycle, which only a collection frees (worker/reclaim.py).
+back-off pauses all partitions and drops their buffered fetch data, which aiokafka kept in a
+reference cycle that only a collection freed (worker/kafka_records.py breaks it since issue
+26), and each failure leaves exceptions and tracebacks in cycles (worker/reclaim.py collects
+them at the next idle turn).
 """
 
 from __future__ import annotations

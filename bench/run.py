@@ -4,6 +4,10 @@ Rows (see bench/README.md): proctoring worker / naive / peer / copy / bare-copy 
 worker, the latency at a steady offered load of a bare consumer and of the worker, and the
 worker with tracing off and on (records carrying traceparent headers). Results
 go to stdout as a table and to `<out>/<UTC timestamp>-<git sha>.json`.
+
+`--baseline-rev REV` (or `--compare PATH`) runs another revision's worker beside this tree's,
+alternately, on the same records (bench/systems.py); `--rounds N` repeats the worker rows (and
+bare-copy, the denominator of the ratio) N times, alternated.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -31,6 +36,7 @@ import msgspec
 
 from bench import data, ledger, measure, produce, profile, sysinfo
 from bench.stack import Stack
+from bench.systems import System, WrongCode, exported, on_disk, this_tree
 from bench.workerproc import (
     PROFILERS,
     REPO,
@@ -50,6 +56,7 @@ ALL = (
     "fetch",
     "mixed",
     "latency",
+    "latency-1000",
     "ledger",
     "tracing",
 )
@@ -75,6 +82,14 @@ MIXED_TABLES = (
 LATENCY_RATE = 5_000.0
 LATENCY_SECONDS = 60.0  # per side at --scale 1
 LATENCY_WINDOW_S = 10.0
+# The latency rows: offered events/s, seconds per side at --scale 1, rounds (each round: the
+# bare consumer, then each worker, every side on fresh topics).
+LATENCY_ROWS: dict[str, tuple[float, float, int]] = {
+    "latency": (LATENCY_RATE, LATENCY_SECONDS, 1),
+    "latency-1000": (1_000.0, 30.0, 3),
+}
+# Issue 26: at 1 000 events/s the worker adds at most this over the bare consumer, every round.
+LATENCY_1000_TARGETS = {"p50_ms": 15.0, "p99_ms": 40.0}
 WARMUP_EXAM = "warmup"
 # The competent peer's loop: getmany(timeout_ms=..., max_records=...).
 PEER_TIMEOUT_MS = 500
@@ -90,6 +105,17 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "mixed_events_per_s": (">=", 30_000, "mixed worker, events/s"),
     "wide_over_narrow": (">=", 0.9, f"worker {WIDE_PARTITIONS} / {PARTITIONS} partitions"),
     "peak_rss_mb": ("<=", 250, "worker peak RSS, MB"),
+    "worker_over_bare_copy_median": (">=", 0.6, "worker / bare-copy, median of rounds"),
+    "latency_1000_p50_added_ms": (
+        "<=",
+        LATENCY_1000_TARGETS["p50_ms"],
+        "latency@1000 p50 added, worst round",
+    ),
+    "latency_1000_p99_added_ms": (
+        "<=",
+        LATENCY_1000_TARGETS["p99_ms"],
+        "latency@1000 p99 added, worst round",
+    ),
 }
 _T0 = time.monotonic()
 
@@ -98,14 +124,48 @@ def say(message: str) -> None:
     print(f"[{time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
+def worker_row(
+    system: System,
+    main: measure.Span | None,
+    spans: dict[str, measure.Span],
+    rss: float | None,
+    counts: dict[str, int],
+    sizes: dict[str, Any],
+    wal_per_event: float,
+    cpu: dict[str, Any],
+) -> dict[str, Any]:
+    """A worker row of the results (proctoring or mixed)."""
+    return {
+        "system": system.name,
+        "events_per_s": main.rate if main else None,
+        "method": main.method if main else None,
+        "peak_rss_mb": rss,
+        "spans": {k: v.as_dict() for k, v in spans.items()},
+        "rows": counts,
+        "table_bytes": sizes,
+        "wal_bytes_per_event": round(wal_per_event, 1),
+        "cpu": cpu,
+    }
+
+
+def labelled(name: str, k: int) -> str:
+    """A row's label in round `k` (0-based): the name, then `name #2`, `name #3`, ..."""
+    return name if k == 0 else f"{name} #{k + 1}"
+
+
 # -- one benchmark run ---------------------------------------------------------------------
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, stack: Stack, run_id: str) -> None:
+    def __init__(
+        self, args: argparse.Namespace, stack: Stack, run_id: str, systems: list[System]
+    ) -> None:
         self.args = args
         self.stack = stack
         self.run_id = run_id
+        # The worker builds measured, in the order each round runs them; this tree's last.
+        self.systems = systems
+        self.this = systems[-1]
         self.only = set(args.only)
         self.results: dict[str, dict[str, Any]] = {}
         self.notes: list[str] = []
@@ -138,6 +198,20 @@ class Bench:
             "WORKER_METRICS_PORT": "0",
         }
 
+    def round_order(self, k: int) -> list[tuple[int, System]]:
+        """The builds (with their index) in the order round `k` runs them: the other one first
+        in even rounds, this tree's first in odd ones, so that whatever the position in a
+        round costs (the previous run's database being dropped, a checkpoint) falls on both."""
+        order = list(enumerate(self.systems))
+        return order if k % 2 == 0 else order[::-1]
+
+    async def worker_database(self, label: str, system: System) -> str:
+        """A fresh database migrated by `system`'s own migrator, with the offset log."""
+        db = await self.stack.fresh_database(label, migrate=False)
+        await system.migrate(db, self.worker_env(db, "bench-migrate", self.topics(label)))
+        await self.stack.add_offset_log(db)
+        return db
+
     async def preload(self, records: list[tuple[str, bytes, bytes]]) -> produce.Delivered:
         delivered, seconds = await asyncio.to_thread(
             produce.preload, self.stack.kafka_config(), records
@@ -161,9 +235,12 @@ class Bench:
         profiler: str | None = None,
         during: Callable[[WorkerProcess, CpuMeter], Any] | None = None,
         extra_env: dict[str, str] | None = None,
+        system: System | None = None,
     ) -> tuple[WorkerProcess, list[tuple[float, int]], float | None, dict[str, Any]]:
-        """Start the worker, optionally run `during(worker, cpu)` (which produces), wait until
-        SUM(next_offset) reaches `expected()`, read its peak RSS, SIGTERM it."""
+        """Start `system`'s worker (this tree's by default), optionally run `during(worker,
+        cpu)` (which produces), wait until SUM(next_offset) reaches `expected()`, read its peak
+        RSS, SIGTERM it; then check that its database holds that tree's migrations."""
+        system = system or self.this
         group = f"bench-{self.run_id}-{label}"
         log_path = self.stack.workdir / f"worker-{label}.log"
         profile_path = None
@@ -171,10 +248,11 @@ class Bench:
             suffix = "txt"
             profile_path = Path(self.args.out) / f"{self.run_id}-{label}-{profiler}.{suffix}"
         worker = WorkerProcess(
-            {**self.worker_env(database_url, group, topics), **(extra_env or {})},
+            {**self.worker_env(database_url, group, topics), **system.env(), **(extra_env or {})},
             log_path,
             profiler,
             profile_path,
+            root=system.root,
         )
         worker.start()
         cpu = CpuMeter({"worker": lambda: [worker.pid], **self.stack.server_pids()})
@@ -189,6 +267,7 @@ class Bench:
             code = await asyncio.to_thread(worker.stop)
         if code not in (0, None):
             self.notes.append(f"{label}: worker exited with code {code} after SIGTERM")
+        await system.verify_database(database_url)
         return worker, samples, rss, cpu.result()
 
     async def span(
@@ -308,12 +387,14 @@ class Bench:
             await self.proctoring(pspec)
         if "copy" in self.only:
             await self.copy(pspec, "copy")
-        if "bare-copy" in self.only:
-            await self.copy(pspec, "bare-copy")
+        if "bare-copy" in self.only and "proctoring" not in self.only:
+            for k in range(self.args.rounds):
+                await self.copy(pspec, "bare-copy", k)
         if "mixed" in self.only:
             await self.mixed()
-        if "latency" in self.only:
-            await self.latency()
+        for row in LATENCY_ROWS:
+            if row in self.only:
+                await self.latency(row)
         if "ledger" in self.only:
             say("ledger: the erasure ledger's check per batch, empty and 10 000 entries ...")
             db = await self.stack.fresh_database("ledger")
@@ -327,11 +408,12 @@ class Bench:
         label: str,
         topics: tuple[str, str, str],
         delivered: produce.Delivered,
+        system: System,
         profile: bool = True,
     ) -> dict[str, Any]:
-        """The worker over the preloaded proctoring records of `topics`: its row."""
+        """`system`'s worker over the preloaded proctoring records of `topics`: its row."""
         total = delivered.count
-        db = await self.stack.fresh_database(f"{label}_worker")
+        db = await self.worker_database(f"{label}_worker", system)
         group = f"bench-{self.run_id}-{label}"
         profiler = self.args.profile if profile else None
         wal0 = await measure.wal_position(self.stack.admin_url)
@@ -342,6 +424,7 @@ class Bench:
             lambda: delivered.expected_offsets(topics),
             timeout=120 + total / 500,
             profiler=profiler,
+            system=system,
         )
         wal = await measure.wal_position(self.stack.admin_url) - wal0
         spans = await self.span(db, group, samples, rows=True)
@@ -363,19 +446,11 @@ class Bench:
             )
         finally:
             await conn.close()
-        result: dict[str, Any] = {
-            "events_per_s": main.rate if main else None,
-            "method": main.method if main else None,
-            "peak_rss_mb": rss,
-            "spans": {k: v.as_dict() for k, v in spans.items()},
-            "rows": counts,
-            "table_bytes": sizes,
-            "wal_bytes_per_event": round(wal / total, 1),
-            "cpu": cpu,
-            "profiled": profiler,
-        }
+        result = worker_row(system, main, spans, rss, counts, sizes, wal / total, cpu)
+        result["profiled"] = profiler
         if profiler and worker.profile_path is not None:
             result["profile"] = self.summarise_profile(worker.profile_path)
+            result["stages_us_per_event"] = stage_costs(result)
         await self.stack.drop_database(db)
         return result
 
@@ -398,16 +473,24 @@ class Bench:
         total = delivered.count
         results = self.results.setdefault("proctoring", {})
 
-        if "proctoring" in self.only:
-            say("proctoring: worker ...")
-            results["worker"] = await self.proctoring_worker("p", topics, delivered)
-            say(f"  worker: {_fmt_rate(results['worker']['events_per_s'])} events/s")
-        if wide is not None:
-            say(f"wide: worker on {WIDE_PARTITIONS} partitions ...")
-            result = await self.proctoring_worker("w", *wide, profile=False)
-            result["partitions"] = WIDE_PARTITIONS
-            results["worker-96p"] = result
-            say(f"  worker-96p: {_fmt_rate(result['events_per_s'])} events/s")
+        for k in range(self.args.rounds if self.only & {"proctoring", "wide"} else 0):
+            # One round: the ratio's denominator, then each build, on the same records.
+            if "proctoring" in self.only and "bare-copy" in self.only:
+                await self.copy(spec, "bare-copy", k)
+            for i, system in self.round_order(k) if "proctoring" in self.only else ():
+                label = labelled(system.name, k)
+                say(f"proctoring: {label} ...")
+                row = await self.proctoring_worker(f"p{i}r{k}", topics, delivered, system)
+                results[label] = row
+                say(f"  {label}: {_fmt_rate(results[label]['events_per_s'])} events/s")
+            for i, system in self.round_order(k) if wide is not None else ():
+                assert wide is not None
+                label = labelled(system.name.replace("worker", "worker-96p", 1), k)
+                say(f"wide: {label} on {WIDE_PARTITIONS} partitions ...")
+                result = await self.proctoring_worker(f"w{i}r{k}", *wide, system, profile=False)
+                result["partitions"] = WIDE_PARTITIONS
+                results[label] = result
+                say(f"  {label}: {_fmt_rate(result['events_per_s'])} events/s")
 
         if "naive" in self.only:
             say("naive: tutorial-style consumer ...")
@@ -547,12 +630,14 @@ class Bench:
                         f"{requests} OTLP requests ({nbytes} bytes) received"
                     )
 
-    async def copy(self, spec: data.ProctoringSpec, row: str) -> None:
+    async def copy(self, spec: data.ProctoringSpec, row: str, k: int = 0) -> None:
         if row == "copy":
             say("copy: COPY of the decoded rows into an empty proctoring_events ...")
         else:
             say("bare-copy: COPY of the rows' 5 columns into a table with only its key ...")
-        db = await self.stack.fresh_database("p_" + row.replace("-", "_"), migrate=row == "copy")
+        db = await self.stack.fresh_database(
+            f"p_{row.replace('-', '_')}_{k}", migrate=row == "copy"
+        )
         result = await self.baseline(
             row.replace("-", "_"),
             {
@@ -567,9 +652,9 @@ class Bench:
                 "topic": self.topics("p")[0],
             },
         )
-        self.results.setdefault("proctoring", {})[row] = result
+        self.results.setdefault("proctoring", {})[labelled(row, k)] = result
         await self.stack.drop_database(db)
-        say(f"  {row}: {_fmt_rate(result['events_per_s'])} events/s")
+        say(f"  {labelled(row, k)}: {_fmt_rate(result['events_per_s'])} events/s")
 
     async def mixed(self) -> None:
         spec = data.mixed_spec(self.args.scale)
@@ -595,21 +680,38 @@ class Bench:
         }
         delivered = await self.preload([(names[r.topic], r.key, r.value) for r in records])
         del records
-        say("mixed: worker ...")
-        db = await self.stack.fresh_database("m_worker")
-        group = f"bench-{self.run_id}-m"
+        self.results["mixed"] = {}
+        for k in range(self.args.rounds):
+            for i, system in self.round_order(k):
+                label = labelled(system.name, k)
+                say(f"mixed: {label} ...")
+                result = await self.mixed_worker(f"m{i}r{k}", topics, delivered, kinds, system)
+                self.results["mixed"][label] = result
+                say(f"  {label}: {_fmt_rate(result['events_per_s'])} events/s")
+
+    async def mixed_worker(
+        self,
+        label: str,
+        topics: tuple[str, str, str],
+        delivered: produce.Delivered,
+        kinds: dict[str, int],
+        system: System,
+    ) -> dict[str, Any]:
+        db = await self.worker_database(f"{label}_worker", system)
+        group = f"bench-{self.run_id}-{label}"
         wal0 = await measure.wal_position(self.stack.admin_url)
         _, samples, rss, cpu = await self.run_worker(
-            "m",
+            label,
             topics,
             db,
             lambda: delivered.expected_offsets(topics),
             timeout=120 + delivered.count / 200,
+            system=system,
         )
         wal = await measure.wal_position(self.stack.admin_url) - wal0
         spans = await self.span(db, group, samples, rows=False)
         main = spans.get("offsets") or spans.get("poll")
-        self.check_span("mixed", main)
+        self.check_span(f"mixed {system.name}", main)
         conn = await asyncpg.connect(db)
         try:
             counts = await measure.table_counts(
@@ -628,54 +730,59 @@ class Bench:
             await conn.close()
         if counts["proctoring_events"] != kinds.get("proctoring", 0):
             self.notes.append(
-                f"mixed: {counts['proctoring_events']} proctoring rows for "
+                f"mixed {system.name}: {counts['proctoring_events']} proctoring rows for "
                 f"{kinds.get('proctoring', 0)} records"
             )
-        self.results["mixed"] = {
-            "worker": {
-                "events_per_s": main.rate if main else None,
-                "method": main.method if main else None,
-                "peak_rss_mb": rss,
-                "spans": {k: v.as_dict() for k, v in spans.items()},
-                "rows": counts,
-                "table_bytes": sizes,
-                "wal_bytes_per_event": round(wal / delivered.count, 1),
-                "cpu": cpu,
-            }
-        }
         await self.stack.drop_database(db)
-        say(f"  worker: {_fmt_rate(self.results['mixed']['worker']['events_per_s'])} events/s")
+        return worker_row(system, main, spans, rss, counts, sizes, wal / delivered.count, cpu)
 
-    async def latency(self) -> None:
-        """The same paced stream, each side on fresh topics, one after the other: first a bare
-        consumer (produce -> fetch), then the worker (produce -> row committed)."""
-        seconds = max(LATENCY_WINDOW_S, LATENCY_SECONDS * self.args.scale)
+    async def latency(self, row: str) -> None:
+        """The same paced stream, each side on fresh topics, one after the other, `rounds`
+        times: first a bare consumer (produce -> fetch), then each worker build (produce ->
+        row committed)."""
+        rate, base_seconds, rounds = LATENCY_ROWS[row]
+        seconds = max(LATENCY_WINDOW_S, base_seconds * self.args.scale)
         rng = random.Random(7)
         # The proctoring workload's population (not scaled): 1 000 candidates in 50 exams.
         exams = [data.uuid4(rng) for _ in range(50)]
         sessions = [(exams[i % len(exams)], data.uuid4(rng)) for i in range(1000)]
-        say(f"latency: {LATENCY_RATE:.0f} events/s offered for {seconds:.0f} s, bare consumer ...")
-        bare = await self.latency_bare(seconds, sessions)
-        say(
-            f"  bare: offered {bare['offered_events_per_s']:.0f} events/s; "
-            f"p50 {bare.get('p50_ms', 'n/a')} ms, p99 {bare.get('p99_ms', 'n/a')} ms"
-        )
-        say(f"latency: {LATENCY_RATE:.0f} events/s offered for {seconds:.0f} s, worker ...")
-        worker = await self.latency_worker(seconds, sessions)
-        say(
-            f"  worker: offered {worker['offered_events_per_s']:.0f} events/s; "
-            f"p50 {worker.get('p50_ms', 'n/a')} ms, p99 {worker.get('p99_ms', 'n/a')} ms"
-        )
-        self.results["latency"] = {"bare": bare, "worker": worker}
-        if "p99_ms" in bare and "p99_ms" in worker:
-            self.results["latency"]["added"] = added_latency(bare, worker)
-        windows = [w for w in bare.get("windows", []) if w.get("rows")]
-        if len(windows) > 1 and windows[-1]["p99_ms"] > 2 * windows[0]["p99_ms"] + 50:
-            self.notes.append(
-                f"latency: the bare consumer's p99 grew from {windows[0]['p99_ms']:.0f} ms "
-                f"(first window) to {windows[-1]['p99_ms']:.0f} ms (last): the broker or the "
-                "machine, not the worker, fell behind; the latency figures are unreliable"
+        out: dict[str, Any] = {"rate": rate, "seconds": seconds, "rounds": []}
+        self.results[row] = out
+        tag = f"l{rate:.0f}"
+        for k in range(rounds):
+            say(f"{row} round {k + 1}/{rounds}: {rate:.0f} events/s for {seconds:.0f} s, bare ...")
+            bare = await self.latency_bare(rate, seconds, sessions, f"{tag}-r{k}-bare")
+            say(
+                f"  bare: offered {bare['offered_events_per_s']:.0f} events/s; "
+                f"p50 {bare.get('p50_ms', 'n/a')} ms, p99 {bare.get('p99_ms', 'n/a')} ms"
             )
+            entry: dict[str, Any] = {"bare": bare, "added": {}}
+            for i, system in self.round_order(k):
+                say(f"{row} round {k + 1}/{rounds}: {system.name} ...")
+                worker = await self.latency_worker(
+                    rate, seconds, sessions, f"{tag}-r{k}-w{i}", system
+                )
+                say(
+                    f"  {system.name}: offered {worker['offered_events_per_s']:.0f} events/s; "
+                    f"p50 {worker.get('p50_ms', 'n/a')} ms, p99 {worker.get('p99_ms', 'n/a')} ms"
+                )
+                entry[system.name] = worker
+                if "p99_ms" in bare and "p99_ms" in worker:
+                    entry["added"][system.name] = added_latency(bare, worker)
+            out["rounds"].append(entry)
+            windows = [w for w in bare.get("windows", []) if w.get("rows")]
+            if len(windows) > 1 and windows[-1]["p99_ms"] > 2 * windows[0]["p99_ms"] + 50:
+                self.notes.append(
+                    f"{row} round {k + 1}: the bare consumer's p99 grew from "
+                    f"{windows[0]['p99_ms']:.0f} ms (first window) to {windows[-1]['p99_ms']:.0f} "
+                    "ms (last): the broker or the machine, not the worker, fell behind; the "
+                    "latency figures are unreliable"
+                )
+        # The first round's bare consumer and this tree's worker, where they always were.
+        first = out["rounds"][0]
+        out["bare"], out["worker"] = first["bare"], first[self.this.name]
+        if self.this.name in first["added"]:
+            out["added"] = first["added"][self.this.name]
 
     def _warm(self, rng: random.Random) -> Callable[[int], bytes]:
         def warm(p: int) -> bytes:
@@ -687,6 +794,7 @@ class Bench:
     async def _offer(
         self,
         topic: str,
+        rate: float,
         seconds: float,
         sessions: list[tuple[str, str]],
         delivered: Any,
@@ -700,7 +808,7 @@ class Bench:
                 produce.paced_proctoring,
                 self.stack.kafka_config(),
                 topic,
-                LATENCY_RATE,
+                rate,
                 seconds,
                 sessions,
                 0.005,
@@ -719,11 +827,15 @@ class Bench:
 
     @staticmethod
     def _paced_result(
-        paced: produce.PacedResult, seconds: float, rss: float | None, cpu: dict[str, Any]
+        paced: produce.PacedResult,
+        rate: float,
+        seconds: float,
+        rss: float | None,
+        cpu: dict[str, Any],
     ) -> dict[str, Any]:
         return {
             "offered_events_per_s": round(paced.offered_rate, 1),
-            "target_events_per_s": LATENCY_RATE,
+            "target_events_per_s": rate,
             "seconds": seconds,
             "sent": paced.sent,
             "acknowledged": paced.delivered.count - PARTITIONS,  # minus the warm-up
@@ -732,13 +844,15 @@ class Bench:
             "cpu": cpu,
         }
 
-    async def latency_bare(self, seconds: float, sessions: list[tuple[str, str]]) -> dict[str, Any]:
-        topics = self.create_topics("lb")
+    async def latency_bare(
+        self, rate: float, seconds: float, sessions: list[tuple[str, str]], label: str
+    ) -> dict[str, Any]:
+        topics = self.create_topics(label)
         config = self.stack.kafka_config()
         delivered = produce.Delivered()
         warm = self._warm(random.Random(8))
         state: dict[str, Any] = {}
-        samples_path = self.stack.workdir / "bare-latency.json"
+        samples_path = self.stack.workdir / f"{label}-latency.json"
 
         async def on_line(line: str, cpu: CpuMeter) -> None:
             if line == "assigned":  # it fetches every partition: warm each one up
@@ -748,7 +862,7 @@ class Bench:
             elif line == "ready":
                 say("  bare consumer warmed up; offering load ...")
                 cpu.mark(0)
-                await self._offer(topics[0], seconds, sessions, delivered, cpu, state)
+                await self._offer(topics[0], rate, seconds, sessions, delivered, cpu, state)
 
         result = await self.baseline(
             "bare_consumer",
@@ -756,7 +870,7 @@ class Bench:
                 "bootstrap_servers": self.stack.bootstrap_servers,
                 "topic": topics[0],
                 "partitions": PARTITIONS,
-                "events": int(LATENCY_RATE * seconds),
+                "events": int(rate * seconds),
                 "max_records": 20_000,
                 "warmup_exam": WARMUP_EXAM,
                 "samples_path": str(samples_path),
@@ -768,7 +882,7 @@ class Bench:
         if "paced" not in state:
             raise RuntimeError("the bare consumer never reported the warm-up records")
         paced: produce.PacedResult = state["paced"]
-        out = self._paced_result(paced, seconds, result["peak_rss_mb"], result["cpu"])
+        out = self._paced_result(paced, rate, seconds, result["peak_rss_mb"], result["cpu"])
         out.update(
             method="getmany return time (time.time()) - createdAt, per record",
             received=result["events"],
@@ -783,15 +897,20 @@ class Bench:
             out.update(summary)
             self._add_window_cpu(out, state)
         if result["events"] != paced.sent:
-            self.notes.append(f"latency bare: received {result['events']} of {paced.sent} sent")
+            self.notes.append(f"{label}: received {result['events']} of {paced.sent} sent")
         return out
 
     async def latency_worker(
-        self, seconds: float, sessions: list[tuple[str, str]]
+        self,
+        rate: float,
+        seconds: float,
+        sessions: list[tuple[str, str]],
+        label: str,
+        system: System,
     ) -> dict[str, Any]:
-        topics = self.create_topics("l")
-        db = await self.stack.fresh_database("l_worker")
-        group = f"bench-{self.run_id}-l"
+        topics = self.create_topics(label)
+        db = await self.worker_database(label.replace("-", "_"), system)
+        group = f"bench-{self.run_id}-{label}"
         config = self.stack.kafka_config()
         warm = self._warm(random.Random(8))
         # One tally for the warm-up and the stream: SUM(next_offset) counts both.
@@ -807,16 +926,17 @@ class Bench:
             await wait_committed(worker, db, group, delivered.expected_offsets(topics), 120)
             say("  worker warmed up; offering load ...")
             cpu.mark(delivered.expected_offsets(topics))
-            await self._offer(topics[0], seconds, sessions, delivered, cpu, state)
+            await self._offer(topics[0], rate, seconds, sessions, delivered, cpu, state)
 
         def expected() -> int:
             return delivered.expected_offsets(topics)
 
         _, _samples, rss, cpu = await self.run_worker(
-            "l", topics, db, expected, timeout=120, during=during
+            label, topics, db, expected, timeout=120, during=during, system=system
         )
         paced: produce.PacedResult = state["paced"]
-        result = self._paced_result(paced, seconds, rss, cpu)
+        result = self._paced_result(paced, rate, seconds, rss, cpu)
+        result["system"] = system.name
         if self.commit_ts:
             conn = await asyncpg.connect(db)
             try:
@@ -954,9 +1074,116 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
+def stage_costs(row: dict[str, Any]) -> dict[str, float] | None:
+    """The worker's CPU microseconds per event by stage: the profile's share of each stage
+    (bench/profile.py) times the worker's CPU per event over the same run."""
+    per_1000 = ((row.get("cpu") or {}).get("worker") or {}).get("cpu_s_per_1000_events")
+    share = ((row.get("profile") or {}).get("stages") or {}).get("share")
+    if per_1000 is None or not share:
+        return None
+    us = per_1000 * 1000
+    return {stage: round(us * (f or 0.0), 3) for stage, f in share.items()} | {"total": us}
+
+
+def _cpu_per_1000(row: dict[str, Any], process: str) -> float | None:
+    value = ((row.get("cpu") or {}).get(process) or {}).get("cpu_s_per_1000_events")
+    return value if isinstance(value, float | int) else None
+
+
+def _round_of(label: str) -> int:
+    """1-based round of a row label (`labelled`)."""
+    name, _, k = label.rpartition(" #")
+    return int(k) if name and k.isdigit() else 1
+
+
+def _base_name(label: str) -> str:
+    name, _, k = label.rpartition(" #")
+    return name if name and k.isdigit() else label
+
+
+def comparison(results: dict[str, Any], systems: Sequence[str]) -> dict[str, Any]:
+    """Per build, each round's figures and their medians: the proctoring rate over the same
+    round's bare-copy, CPU per event, peak RSS; the mixed rate; the added latency per round."""
+    out: dict[str, Any] = {}
+    p = results.get("proctoring", {})
+    for name in systems:
+        entry: dict[str, Any] = {"proctoring": [], "mixed": [], "latency-1000": []}
+        for label, row in p.items():
+            if _base_name(label) != name:
+                continue
+            k = _round_of(label)
+            bare = (p.get(labelled("bare-copy", k - 1)) or {}).get("events_per_s")
+            rate = row.get("events_per_s")
+            entry["proctoring"].append(
+                {
+                    "round": k,
+                    "events_per_s": rate,
+                    "bare_copy_events_per_s": bare,
+                    "over_bare_copy": round(rate / bare, 3) if rate and bare else None,
+                    "worker_cpu_s_per_1000": _cpu_per_1000(row, "worker"),
+                    "postgres_cpu_s_per_1000": _cpu_per_1000(row, "postgres"),
+                    "peak_rss_mb": row.get("peak_rss_mb"),
+                    "stages_us_per_event": row.get("stages_us_per_event"),
+                }
+            )
+        for label, row in (results.get("mixed") or {}).items():
+            if _base_name(label) == name:
+                entry["mixed"].append(
+                    {
+                        "round": _round_of(label),
+                        "events_per_s": row.get("events_per_s"),
+                        "worker_cpu_s_per_1000": _cpu_per_1000(row, "worker"),
+                        "postgres_cpu_s_per_1000": _cpu_per_1000(row, "postgres"),
+                        "peak_rss_mb": row.get("peak_rss_mb"),
+                    }
+                )
+        for k, rnd in enumerate((results.get("latency-1000") or {}).get("rounds", []), 1):
+            added = rnd["added"].get(name)
+            if added is not None:
+                entry["latency-1000"].append(
+                    {
+                        "round": k,
+                        "added_p50_ms": added["p50_ms"],
+                        "added_p99_ms": added["p99_ms"],
+                        "bare_p50_ms": rnd["bare"].get("p50_ms"),
+                        "bare_p99_ms": rnd["bare"].get("p99_ms"),
+                        "worker_p50_ms": rnd[name].get("p50_ms"),
+                        "worker_p99_ms": rnd[name].get("p99_ms"),
+                        "peak_rss_mb": rnd[name].get("peak_rss_mb"),
+                    }
+                )
+        medians: dict[str, Any] = {}
+        for key, rows, field_name in (
+            ("over_bare_copy", entry["proctoring"], "over_bare_copy"),
+            ("proctoring_events_per_s", entry["proctoring"], "events_per_s"),
+            ("proctoring_worker_cpu_s_per_1000", entry["proctoring"], "worker_cpu_s_per_1000"),
+            ("mixed_events_per_s", entry["mixed"], "events_per_s"),
+            ("mixed_worker_cpu_s_per_1000", entry["mixed"], "worker_cpu_s_per_1000"),
+        ):
+            values = [r[field_name] for r in rows if r.get(field_name) is not None]
+            medians[key] = statistics.median(values) if values else None
+        rss = [r["peak_rss_mb"] for rows in entry.values() for r in rows if r.get("peak_rss_mb")]
+        medians["peak_rss_mb_max"] = max(rss) if rss else None
+        worst = entry["latency-1000"]
+        medians["latency_1000_added_p50_ms_worst"] = (
+            max(r["added_p50_ms"] for r in worst) if worst else None
+        )
+        medians["latency_1000_added_p99_ms_worst"] = (
+            max(r["added_p99_ms"] for r in worst) if worst else None
+        )
+        entry["medians"] = medians
+        out[name] = entry
+    return out
+
+
 def check_targets(
-    results: dict[str, dict[str, Any]], r: dict[str, float | None]
+    results: dict[str, dict[str, Any]],
+    r: dict[str, float | None],
+    compare: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    # This tree's build ("worker") over the rounds.
+    medians = ((compare or {}).get("worker") or {}).get("medians") or {}
+
     def get(*path: str) -> Any:
         node: Any = results
         for key in path:
@@ -969,6 +1196,7 @@ def check_targets(
             get("proctoring", "worker", "peak_rss_mb"),
             get("mixed", "worker", "peak_rss_mb"),
             get("latency", "worker", "peak_rss_mb"),
+            medians.get("peak_rss_mb_max"),
         )
         if v is not None
     ]
@@ -982,6 +1210,9 @@ def check_targets(
         "mixed_events_per_s": get("mixed", "worker", "events_per_s"),
         "wide_over_narrow": r.get("worker-96p/worker"),
         "peak_rss_mb": max(rss) if rss else None,
+        "worker_over_bare_copy_median": medians.get("over_bare_copy"),
+        "latency_1000_p50_added_ms": medians.get("latency_1000_added_p50_ms_worst"),
+        "latency_1000_p99_added_ms": medians.get("latency_1000_added_p99_ms_worst"),
     }
     out = {}
     for name, (op, target, label) in TARGETS.items():
@@ -1004,7 +1235,7 @@ def _signed(x: Any) -> str:
 def render(doc: dict[str, Any]) -> str:
     res = doc["results"]
     lines = [
-        f"{'workload':<13} {'system':<10} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'workload':<13} {'system':<18} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'max ms':>8} {'peak RSS MB':>12}"
     ]
 
@@ -1019,43 +1250,40 @@ def render(doc: dict[str, Any]) -> str:
     ) -> None:
         rate_s = "" if rate is None else f"{rate:,.0f}"
         lines.append(
-            f"{workload:<13} {system:<10} {rate_s:>10} {_fmt(p50):>8} {_fmt(p99):>8} "
+            f"{workload:<13} {system:<18} {rate_s:>10} {_fmt(p50):>8} {_fmt(p99):>8} "
             f"{_fmt(mx):>8} {_fmt(rss):>12}"
         )
 
     p = res.get("proctoring", {})
-    for system in (
-        "worker",
-        "worker-96p",
-        "naive",
-        "peer",
-        "copy",
-        "bare-copy",
-        "fetch",
-        "fetch-96p",
-    ):
-        if system in p:
-            r = p[system]
-            label = system + ("*" if system == "worker" and r.get("profiled") else "")
-            row("proctoring", label, r.get("events_per_s"), rss=r.get("peak_rss_mb"))
+    for system, r in p.items():  # in the order they ran: rounds alternate the builds
+        label = system + ("*" if r.get("profiled") else "")
+        row("proctoring", label, r.get("events_per_s"), rss=r.get("peak_rss_mb"))
     for r in (res.get("tracing") or {}).get("runs", []):
         row("tracing", r["mode"], r.get("events_per_s"), rss=r.get("peak_rss_mb"))
-    if "mixed" in res:
-        r = res["mixed"]["worker"]
-        row("mixed", "worker", r.get("events_per_s"), rss=r.get("peak_rss_mb"))
+    for system, r in (res.get("mixed") or {}).items():
+        row("mixed", system, r.get("events_per_s"), rss=r.get("peak_rss_mb"))
+    latency_rows = [
+        (f"latency@1000/{k}", system, r)
+        for k, rnd in enumerate((res.get("latency-1000") or {}).get("rounds", []), 1)
+        for system, r in rnd.items()
+        if system != "added"
+    ]
     lat = res.get("latency") or {}
-    for system in ("bare", "worker"):
-        if system in lat:
-            r = lat[system]
-            row(
-                f"latency@{LATENCY_RATE:.0f}",
-                system,
-                None,
-                r.get("p50_ms"),
-                r.get("p99_ms"),
-                r.get("max_ms"),
-                r.get("peak_rss_mb"),
-            )
+    latency_rows += [
+        (f"latency@{LATENCY_RATE:.0f}", system, lat[system])
+        for system in ("bare", "worker")
+        if system in lat
+    ]
+    for workload, system, r in latency_rows:
+        row(
+            workload,
+            system,
+            None,
+            r.get("p50_ms"),
+            r.get("p99_ms"),
+            r.get("max_ms"),
+            r.get("peak_rss_mb"),
+        )
     if "ledger" in res:
         lines.append(ledger.render(res["ledger"]))
     rt = doc["ratios"]
@@ -1117,20 +1345,21 @@ def render(doc: dict[str, Any]) -> str:
                 f"  tracing     {r['mode']:<7} worker {per:.4f} ({cpu['utilisation']:.2f}), "
                 f"{r['otlp_requests']} OTLP requests"
             )
-    for workload, system in (
-        ("proctoring", "worker"),
-        ("proctoring", "worker-96p"),
-        ("proctoring", "peer"),
-        ("mixed", "worker"),
-        ("latency", "bare"),
-        ("latency", "worker"),
-    ):
-        entry = (res.get(workload) or {}).get(system)
-        if entry is None:
-            continue
+    cpu_entries = [
+        ("proctoring", system, entry)
+        for system, entry in (res.get("proctoring") or {}).items()
+        if system.startswith(("worker", "peer"))
+    ]
+    cpu_entries += [("mixed", system, entry) for system, entry in (res.get("mixed") or {}).items()]
+    for system in ("bare", "worker"):
+        if system in (res.get("latency") or {}):
+            cpu_entries.append(("latency", system, res["latency"][system]))
+    for k, rnd in enumerate((res.get("latency-1000") or {}).get("rounds", []), 1):
+        cpu_entries += [(f"latency@1000/{k}", s, e) for s, e in rnd.items() if s != "added"]
+    for workload, system, entry in cpu_entries:
         cpu = entry.get("cpu") or {}
         if not cpu:
-            cpu_rows.append(f"  {workload:<11} {system:<7} n/a (first and last commit in one poll)")
+            cpu_rows.append(f"  {workload:<14} {system:<18} n/a (first and last commit in a poll)")
             continue
         parts = []
         for name, v in cpu.items():
@@ -1140,10 +1369,11 @@ def render(doc: dict[str, Any]) -> str:
             shown = "n/a" if per is None else f"{per:.4f}"
             parts.append(f"{name} {shown} ({v['utilisation']:.2f})")
         if parts:
-            cpu_rows.append(f"  {workload:<11} {system:<7} " + ", ".join(parts))
+            cpu_rows.append(f"  {workload:<14} {system:<18} " + ", ".join(parts))
     if cpu_rows:
         lines.append("cpu seconds per 1 000 events (cores busy), between first and last commit:")
         lines.extend(cpu_rows)
+    lines.extend(render_compare(doc))
     for workload, system in (("proctoring", "worker"), ("mixed", "worker")):
         sizes = ((res.get(workload) or {}).get(system) or {}).get("table_bytes")
         if sizes:
@@ -1157,7 +1387,7 @@ def render(doc: dict[str, Any]) -> str:
     for t in doc["targets"].values():
         flag = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         lines.append(f"  {t['label']:<32} {t['target']:>10} {_fmt_value(t['value']):>10}  {flag}")
-    if any(((p.get("worker") or {}).get("profiled"),)):
+    if any(r.get("profiled") for r in p.values()):
         lines.append("* profiled run: the profiler's overhead lowers the figure")
     for note in doc["notes"]:
         lines.append(f"note: {note}")
@@ -1169,6 +1399,99 @@ def render(doc: dict[str, Any]) -> str:
         f"wall {doc['wall_s']:.0f} s"
     )
     return "\n".join(lines)
+
+
+def render_compare(doc: dict[str, Any]) -> list[str]:
+    """The builds side by side, round by round (with one build and one round: only the CPU
+    per event by stage, when profiled)."""
+    compare: dict[str, Any] = doc.get("compare") or {}
+    lines: list[str] = []
+    several = len(compare) > 1 or any(
+        len(e["proctoring"]) > 1 or len(e["mixed"]) > 1 for e in compare.values()
+    )
+    if several:
+        lines.append("builds, alternated in this run (bench/systems.py):")
+        for system in doc.get("systems", []):
+            probe = system.get("probe") or {}
+            lines.append(
+                f"  {system['name']:<18} {system['rev']:<14} {system['root']}; ran its own "
+                f"worker package and its {probe.get('migrations', '?')} migrations (verified); "
+                f"records read by {probe.get('aiokafka_record_reader', '?')}"
+            )
+        lines.append(
+            f"  {'round':<6} {'system':<18} {'events/s':>10} {'/bare-copy':>10} "
+            f"{'worker cpu s/1000':>18} {'postgres':>9} {'peak RSS MB':>12}"
+        )
+        rows = sorted(
+            ((r["round"], name, r) for name, e in compare.items() for r in e["proctoring"]),
+            key=lambda x: (x[0], list(compare).index(x[1])),
+        )
+        for k, name, r in rows:
+            lines.append(
+                f"  {k:<6} {name:<18} {_fmt_rate(r['events_per_s']):>10} "
+                f"{_fmt(r['over_bare_copy'], '.3f'):>10} "
+                f"{_fmt(r['worker_cpu_s_per_1000'], '.4f'):>18} "
+                f"{_fmt(r['postgres_cpu_s_per_1000'], '.4f'):>9} {_fmt(r['peak_rss_mb']):>12}"
+            )
+        for name, e in compare.items():
+            for r in e["mixed"]:
+                lines.append(
+                    f"  mixed {r['round']:<2} {name:<16} {_fmt_rate(r['events_per_s']):>10} "
+                    f"{'':>10} {_fmt(r['worker_cpu_s_per_1000'], '.4f'):>18} "
+                    f"{_fmt(r['postgres_cpu_s_per_1000'], '.4f'):>9} {_fmt(r['peak_rss_mb']):>12}"
+                )
+        if any(e["proctoring"] or e["mixed"] for e in compare.values()):
+            lines.append("  medians:")
+        for name, e in compare.items():
+            m = e["medians"]
+            if not (e["proctoring"] or e["mixed"]):
+                continue
+            lines.append(
+                f"    {name:<18} proctoring {_fmt_rate(m['proctoring_events_per_s'])}/s, "
+                f"/bare-copy {_fmt(m['over_bare_copy'], '.3f')}, worker cpu "
+                f"{_fmt(m['proctoring_worker_cpu_s_per_1000'], '.4f')} s/1000; mixed "
+                f"{_fmt_rate(m['mixed_events_per_s'])}/s, worker cpu "
+                f"{_fmt(m['mixed_worker_cpu_s_per_1000'], '.4f')} s/1000; peak RSS "
+                f"{_fmt(m['peak_rss_mb_max'])} MB"
+            )
+    latency = [(name, e["latency-1000"]) for name, e in compare.items() if e["latency-1000"]]
+    if latency:
+        lines.append(
+            "latency@1000, worker - bare per round, ms (target: p50 <= "
+            f"+{LATENCY_1000_TARGETS['p50_ms']:.0f}, p99 <= +{LATENCY_1000_TARGETS['p99_ms']:.0f}"
+            " in every round):"
+        )
+        for name, rounds in latency:
+            shown = ", ".join(
+                f"round {r['round']} p50 {_signed(r['added_p50_ms'])} "
+                f"p99 {_signed(r['added_p99_ms'])}"
+                for r in rounds
+            )
+            lines.append(f"  {name:<18} {shown}")
+    staged = [
+        (name, r["round"], r["stages_us_per_event"])
+        for name, e in compare.items()
+        for r in e["proctoring"]
+        if r.get("stages_us_per_event")
+    ]
+    if staged:
+        lines.append(
+            "worker cpu us per event by stage (py-spy share x the worker's cpu per event), "
+            "proctoring; columns: "
+            + ", ".join(f"{short} = {s}" for s, short in profile.STAGES.items())
+        )
+        lines.append(
+            f"  {'system':<18} {'round':>5} "
+            + " ".join(f"{short:>7}" for _, short in profile.STAGES.items())
+            + f" {'total':>7}"
+        )
+        for name, k, us in sorted(staged, key=lambda x: (x[1], list(compare).index(x[0]))):
+            lines.append(
+                f"  {name:<18} {k:>5} "
+                + " ".join(f"{us.get(s, 0.0):7.2f}" for s, _ in profile.STAGES.items())
+                + f" {us['total']:7.2f}"
+            )
+    return lines
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -1191,6 +1514,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="profile the worker during the proctoring workload (its figure is then marked)",
     )
+    before = parser.add_mutually_exclusive_group()
+    before.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="also run this git revision's worker (exported to a temporary directory), "
+        "alternately with this tree's, on the same records (bench/systems.py)",
+    )
+    before.add_argument(
+        "--compare",
+        metavar="PATH",
+        help="also run the worker of the tree at PATH (copied), alternately with this tree's",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the proctoring (with bare-copy and wide) and mixed worker rows this many "
+        "times, each build once per round",
+    )
     args = parser.parse_args(argv)
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(args.only) - set(ALL)
@@ -1198,7 +1540,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ALL)})")
     if args.scale <= 0:
         parser.error("--scale must be positive")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
+
+
+def build_systems(args: argparse.Namespace) -> list[System]:
+    """The builds to run, the other one first in every round, each checked (bench/systems.py)."""
+    systems = [this_tree()]
+    if args.baseline_rev:
+        systems.insert(0, exported(args.baseline_rev))
+    elif args.compare:
+        systems.insert(0, on_disk(args.compare))
+    for system in systems:
+        say(f"build {system.name}: {system.rev} in {system.root} ...")
+        system.check()
+        say(f"  runs {system.probe['worker']} with {system.probe['migrations']} migrations")
+    return systems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1214,8 +1572,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM behaves like Ctrl-C: everything started is stopped in order.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     load_start = sysinfo.load_average()
+    say(f"load average {load_start}")
+    try:
+        systems = build_systems(args)
+    except WrongCode as exc:
+        say(f"benchmark refused: {exc}")
+        return 1
     stack = Stack(run_id)
-    bench = Bench(args, stack, run_id)
+    bench = Bench(args, stack, run_id, systems)
     wall0 = time.monotonic()
     try:
         say("starting servers ...")
@@ -1237,6 +1601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         produce.STOP.set()
         stack.close()
+        for system in systems:
+            system.close()
     wall = time.monotonic() - wall0
     r = ratios(bench.results)
     doc: dict[str, Any] = {
@@ -1250,7 +1616,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average": {"start": load_start, "end": sysinfo.load_average()},
         "postgres": postgres,
         "servers": stack.describe(),
-        "options": {"scale": args.scale, "only": args.only, "profile": args.profile},
+        "options": {
+            "scale": args.scale,
+            "only": args.only,
+            "profile": args.profile,
+            "rounds": args.rounds,
+            "baseline_rev": args.baseline_rev,
+            "compare": args.compare,
+        },
+        "systems": [system.describe() for system in systems],
         "worker_env": {
             k: v
             for k, v in os.environ.items()
@@ -1259,10 +1633,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sizes": bench.sizes,
         "results": bench.results,
         "ratios": r,
+        "compare": comparison(bench.results, [system.name for system in systems]),
         "targets": {},
         "notes": bench.notes,
     }
-    doc["targets"] = check_targets(bench.results, r)
+    doc["targets"] = check_targets(bench.results, r, doc["compare"])
     if load_start and load_start[0] > 1.0:
         bench.notes.append(
             f"load average {load_start[0]} at the start: other work shares the 2 cores, the "

@@ -131,7 +131,8 @@ class Stack:
     # -- databases ------------------------------------------------------------------------
 
     async def fresh_database(self, label: str, *, migrate: bool = True) -> str:
-        """Create an empty database, apply the worker's migrations, add the offset log."""
+        """Create an empty database; with `migrate`, apply this tree's migrations and add the
+        offset log (a worker of another tree migrates with its own: bench/systems.py)."""
         name = f"bench_{self.run_id}_{label}".lower().replace("-", "_")
         conn = await asyncpg.connect(self.admin_url)
         try:
@@ -145,12 +146,16 @@ class Stack:
             from worker.migrate import migrate_url
 
             await migrate_url(url)
-            conn = await asyncpg.connect(url)
-            try:
-                await conn.execute(OFFSET_LOG_DDL)
-            finally:
-                await conn.close()
+            await self.add_offset_log(url)
         return url
+
+    async def add_offset_log(self, url: str) -> None:
+        """The offset log (OFFSET_LOG_DDL) in a migrated database."""
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(OFFSET_LOG_DDL)
+        finally:
+            await conn.close()
 
     async def drop_database(self, url: str) -> None:
         name = urlsplit(url).path.lstrip("/")

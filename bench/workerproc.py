@@ -41,6 +41,8 @@ class WorkerProcess:
     log_path: Path
     profiler: str | None = None
     profile_path: Path | None = None
+    # The tree whose `python -m worker run` this is (bench/systems.py); this one by default.
+    root: Path = REPO
     proc: subprocess.Popen[bytes] | None = None
     spy: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -56,7 +58,7 @@ class WorkerProcess:
         self._log = log
         self.proc = subprocess.Popen(
             cmd,
-            cwd=REPO,
+            cwd=self.root,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -64,7 +64,10 @@ def utc(value: dt.datetime, field: str = "timestamp") -> dt.datetime:
 
     An instant whose UTC date falls outside years 1-9999 (say 9999-12-31T23:59:59-14:00) is
     refused: PostgreSQL would store it, but no Python client could read the row back."""
-    if value.tzinfo is None:
+    tz = value.tzinfo
+    if tz is dt.UTC:
+        return value  # as msgspec decodes `Z` and `+00:00`: already the instant in UTC
+    if tz is None:
         return value.replace(tzinfo=dt.UTC)
     try:
         return value.astimezone(dt.UTC)

@@ -6,6 +6,7 @@ single decode call yields the right class and routing is a dictionary lookup on 
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Literal
 
 import msgspec
@@ -44,7 +45,9 @@ class ProctoringEvent(msgspec.Struct, tag_field="type", kw_only=True, gc=False):
     description: Text = ""
 
     def __post_init__(self) -> None:
-        self.createdAt = utc(self.createdAt, "createdAt")
+        # Runs once per record: the call to utc() only when there is something to convert.
+        if self.createdAt.tzinfo is not UTC:
+            self.createdAt = utc(self.createdAt, "createdAt")
 
     @property
     def media_url(self) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
@@ -18,7 +19,14 @@ from support.storage import apply, db, proctoring_item  # noqa: F401
 from schemas import proctoring as pr
 from worker.handlers.base import Item
 from worker.handlers.proctoring import ProctoringHandler
-from worker.router import ROUTES, apply_batch, prepare_batch_cooperatively, write_batch
+from worker.router import (
+    ROUTES,
+    apply_batch,
+    prepare_batch,
+    prepare_batch_cooperatively,
+    prepare_parts,
+    write_batch,
+)
 
 PROCTORING_TABLES = ("proctoring_events", "proctoring_sessions", "system_checks")
 HANDLER = ROUTES[pr.PROCTORING_STRUCTS[0]]
@@ -175,3 +183,45 @@ async def test_another_writer_storing_the_same_event_meanwhile(
         await a.close()
     assert not HANDLER.direct
     await matches_model(db, [k, k, other])
+
+
+async def test_rows_built_while_decoding_prepare_as_the_items_do() -> None:
+    """`prepare_parts` from the rows the worker builds beside each item (worker/consumer.py
+    `_decode`) gives what `prepare_batch` gives from the items; a part whose rows are one short
+    (a row failed to build) is prepared from its items."""
+    items = session_stream(0, 12)
+    items += [Item(i.event, i.topic, i.partition, 90 + k) for k, i in enumerate(items[:3])]
+    whole = SimpleNamespace(items=items, rows=[HANDLER.row(*i) for i in items], row_handler=HANDLER)
+    short = SimpleNamespace(items=items, rows=whole.rows[:-1], row_handler=HANDLER)
+    expected = prepare_batch(items)
+    for part in (whole, short):
+        ((handler, got),) = await prepare_parts([part])
+        ((_, want),) = expected
+        assert handler is HANDLER
+        assert got.rows == want.rows
+        assert set(got.keys) == set(want.keys)
+        assert got.checks == want.checks
+        assert {k: vars_of(s) for k, s in got.sessions.items()} == {
+            k: vars_of(s) for k, s in want.sessions.items()
+        }
+
+
+def vars_of(session: object) -> tuple[object, ...]:
+    return tuple(getattr(session, name) for name in ("events", "flags", "last", "started", "ended"))
+
+
+async def test_unguarded_a_stored_duplicate_loses_the_transaction_then_goes_staged(
+    db: asyncpg.Connection,  # noqa: F811
+) -> None:
+    """Without a savepoint (the Committer's first attempt), the direct COPY meeting a stored
+    event raises and leaves the handler staged; the guarded retry stores the rest."""
+    stored, fresh = session_stream(0, 10), session_stream(300, 10)
+    await apply(db, stored)
+    batch = stored[3:6] + fresh
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with db.transaction():
+            await write_batch(db, prepare_batch(batch), guarded=False)
+    assert not HANDLER.direct
+    async with db.transaction():
+        await write_batch(db, prepare_batch(batch))
+    await matches_model(db, stored + fresh)

@@ -32,12 +32,20 @@ class Part:
         "letters",
         "nbytes",
         "records",
+        "row_handler",
+        "rows",
     )
 
     def __init__(self, claim: Claim) -> None:
         self.claim = claim
         self.records: list[Any] = []
         self.items: list[Item] = []
+        # The rows of `items` for their handler (worker/router.py row_handler), built while
+        # decoding: valid while there is one per item (the batch's preparation checks), and
+        # only read by it; a part changed later (split, items set aside) is prepared again
+        # from its items.
+        self.row_handler: Any = None
+        self.rows: list[Any] = []
         self.letters: list[DeadLetter] = []
         # Items the commit path moved out of `items`, counted, never stored: past the
         # retention horizon (worker/retention.py), or of an erased candidate and already in

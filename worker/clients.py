@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker import broker
+from worker import broker, kafka_records
 from worker.config import Settings
 
 
@@ -68,6 +68,8 @@ class KafkaPostgresClients:
 
     def consumer(self) -> AIOKafkaConsumer:
         s = self.settings
+        # Its fetcher reads records without aiokafka's reference cycle (worker/kafka_records.py).
+        kafka_records.install()
         return AIOKafkaConsumer(
             **s.kafka_options(),
             group_id=s.group_id,

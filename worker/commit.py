@@ -10,10 +10,14 @@
    must see an erasure it waited for): the offsets of the batch's partitions are
    compare-and-set from what this worker believes is stored (`Fenced` when another writer
    moved them, `Paused` when an operator holds one paused: worker/offsets.py), and the
-   handlers write the events. A record the database rejects is isolated by bisection under
-   savepoints; the transaction is then rolled back, the rejected records dead-lettered (step
-   1 again) and the batch stored without them.
-3. After the commit, the offsets are also committed to Kafka, for lag tools only.
+   handlers write the events. The first attempt writes without savepoints (each costs two
+   round trips, and a batch almost never needs one); if the database rejects a record, that
+   transaction is lost, and the next attempt writes under savepoints, where the record is
+   isolated by bisection; the transaction is then rolled back, the rejected records
+   dead-lettered (step 1 again) and the batch stored without them.
+3. After the commit, the offsets are also committed to Kafka, for lag tools only, beside the
+   lanes (`KafkaOffsets`): a lane notes what it stored and takes its next batch at once, so a
+   broker round trip never sits between a batch and the one behind it.
 
 Before step 2, records past the retention horizon (worker/retention.py) are moved out of each
 part's items into its `expired` list; in step 2, before anything is written, the records of
@@ -29,6 +33,7 @@ rejected) is kept in `Letters`, so a retry neither re-sends nor re-discovers the
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import time
@@ -84,6 +89,11 @@ class _Rejected(Exception):
     def __init__(self, found: list[tuple[Item, str, str]]) -> None:
         super().__init__(f"{len(found)} records rejected")
         self.found = found
+
+
+class _Unguarded(Exception):
+    """A record failed in an attempt without savepoints: its transaction is lost; the next
+    attempt is guarded (`Committer.store`)."""
 
 
 class Letters:
@@ -178,6 +188,7 @@ class Committer:
         trace span)."""
         self._sift(batch, live)
         decoded_out = [letter for tp in sorted(live) for letter in batch[tp].letters]
+        guarded = False
         while True:
             pending = letters.unsent(decoded_out)
             letters.erased += await self._ledger.publish_screened(
@@ -214,10 +225,12 @@ class Committer:
                     if erased:
                         set_aside_erased(batch, erased)
                         prepared = None
-                    found = await self.store(conn, kept, prepared, at)
+                    found = await self.store(conn, kept, prepared, at, guarded)
                     if found:
                         raise _Rejected(found)  # rolls the transaction back
                 return began, time.time_ns()
+            except _Unguarded:
+                guarded = True  # rolled back: again, under savepoints
             except _Rejected as rejected:
                 for item, reason, message in rejected.found:
                     part = batch[TopicPartition(item.topic, item.partition)]
@@ -242,13 +255,27 @@ class Committer:
         items: Sequence[Item],
         prepared: Prepared | None = None,
         at: dt.datetime | None = None,
+        guarded: bool = True,
     ) -> list[tuple[Item, str, str]]:
         """Write `items`; isolate records the database rejects (or a handler cannot prepare)
         by bisection under savepoints. Returns the rejected items, dead-letter reason and
-        message."""
+        message. Not `guarded`: no savepoint, and a rejected record raises `_Unguarded` (the
+        transaction is lost)."""
         if not items:
             return []
         at = transaction_time() if at is None else at
+        if not guarded:
+            try:
+                await write_batch(
+                    conn, prepare_batch(items) if prepared is None else prepared, at, False
+                )
+            except PrepareError as exc:
+                raise _Unguarded from exc
+            except Exception as exc:
+                if is_record_error(exc):
+                    raise _Unguarded from exc
+                raise
+            return []
         try:
             async with conn.transaction():
                 batch = prepare_batch(items) if prepared is None else prepared
@@ -266,6 +293,37 @@ class Committer:
         return await self.store(conn, items[:mid], None, at) + await self.store(
             conn, items[mid:], None, at
         )
+
+
+class KafkaOffsets:
+    """Kafka's copy of the stored offsets, committed by one task beside the lanes: each commit
+    takes the latest offset noted per partition (later notes of a partition replace earlier
+    ones), so the copy trails the database by at most one broker round trip."""
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, consumer: Any, moves: dict[TopicPartition, int]) -> None:
+        """Commit `moves` soon; returns at once."""
+        if not moves:
+            return
+        self._pending.update(moves)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._commit(consumer))
+
+    async def _commit(self, consumer: Any) -> None:
+        while self._pending:
+            moves, self._pending = self._pending, {}
+            try:
+                await commit_kafka(consumer, moves)
+            except Exception as exc:  # for lag tools only: never a reason to stop
+                log.warning("kafka offset commit failed", error=describe(exc))
+
+    async def flush(self) -> None:
+        """Wait until everything noted is committed (or skipped), as before a consumer stops."""
+        while self._task is not None and not self._task.done():
+            await self._task
 
 
 async def commit_kafka(consumer: Any, moves: dict[TopicPartition, int]) -> None:

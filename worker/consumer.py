@@ -43,7 +43,7 @@ from worker.accounting import Progress, account
 from worker.batch import Batch, BatchBudget, Part, halves
 from worker.broker import require_topics
 from worker.clients import Clients, KafkaPostgresClients
-from worker.commit import Committer, Fenced, Letters, Paused, commit_kafka
+from worker.commit import Committer, Fenced, KafkaOffsets, Letters, Paused
 from worker.config import Settings
 from worker.decode import EventDecoder, interview_decoder, proctoring_decoder
 from worker.dlq import (
@@ -77,7 +77,7 @@ from worker.retry import (
     is_oversized,
     is_size_error,
 )
-from worker.router import Prepared, PrepareError, prepare_batch_cooperatively
+from worker.router import Prepared, PrepareError, prepare_parts, row_handler
 from worker.tracing import BatchTracer
 
 log = structlog.get_logger("worker")
@@ -99,6 +99,9 @@ class Worker:
             settings.proctoring_topic: proctoring_decoder,
             settings.interview_topic: interview_decoder,
         }
+        # Per topic, the handler that builds its rows while the records are decoded (None:
+        # the topic's events go to several handlers, prepared from the items).
+        self._row_handlers = {t: row_handler(d.structs) for t, d in self._decoders.items()}
         self._stop = asyncio.Event()
         self.metrics = Metrics()
         self._ownership = Ownership(
@@ -124,6 +127,7 @@ class Worker:
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
         self._committer: Committer | None = None
+        self._kafka_offsets = KafkaOffsets()
         self._retrying: set[int] = set()  # lanes retrying a transient failure
         # Lanes whose last commit attempt failed (readiness): from the failure itself, not
         # from the back-off that follows it.
@@ -218,6 +222,8 @@ class Worker:
     async def _shutdown(self, consumer: Any, producer: Any) -> None:
         log.info("worker stopping", **self.stats)
         timeout = self.settings.shutdown_timeout_s
+        with contextlib.suppress(Exception):  # only logged when it fails (commit_kafka)
+            await asyncio.wait_for(self._kafka_offsets.flush(), timeout)
         for name, closer in (("consumer", consumer.stop), ("producer", producer.stop)):
             try:
                 await asyncio.wait_for(closer(), timeout)
@@ -305,7 +311,8 @@ class Worker:
             while not self._stop.is_set():
                 progress.maybe_log()
                 _reap_background(self._background)
-                self._ownership.reclaim.collect_if_due()
+                # A full collection only between batches (worker/reclaim.py).
+                self._ownership.reclaim.collect_if_due(idle=not inflight)
                 if time.monotonic() >= next_check:
                     await self._ownership.rewind_lost_logs()
                     await self._ownership.follow_moved_offsets()
@@ -331,9 +338,7 @@ class Worker:
                     # lane's previous batch's time in PostgreSQL.
                     prepared: Prepared | None
                     try:
-                        prepared = await prepare_batch_cooperatively(
-                            item for tp in sorted(share) for item in share[tp].items
-                        )
+                        prepared = await prepare_parts(share[tp] for tp in sorted(share))
                     except PrepareError:
                         prepared = None  # prepared again at commit, bisecting to the record
                     previous = inflight.pop(lane, None)
@@ -420,22 +425,35 @@ class Worker:
         return added, nbytes
 
     async def _decode(self, tp: TopicPartition, records: list[Any], part: Part) -> int:
-        """Decode `records` into `part`'s items and dead letters; return their bytes."""
+        """Decode `records` into `part`'s items and dead letters, and where the topic has a
+        row handler, each item's row beside it (one pass: the batch's preparation then starts
+        from the rows); return the records' bytes."""
         decode = self._decoders[tp.topic].decode
+        handler = part.row_handler = self._row_handlers[tp.topic]
+        row = None if handler is None else handler.row
         topic, partition = tp.topic, tp.partition
-        items, letters = part.items, part.letters
+        items, letters, rows = part.items, part.letters, part.rows
         size = 0
-        for n, record in enumerate(records, 1):
-            if not n % 500:
+        for start in range(0, len(records), 500):
+            if start:
                 await asyncio.sleep(0)  # let in-flight commits take their next step
-            # record_size(), inlined: this loop runs once per record. -1 means null.
-            k, v = record.serialized_key_size, record.serialized_value_size
-            size += (k if k > 0 else 0) + (v if v > 0 else 0)
-            result = decode(record.value)
-            if isinstance(result, DecodeFailure):
-                letters.append(DeadLetter(record, result))
-            else:
-                items.append(_new_item((result, topic, partition, record.offset)))
+            for record in records[start : start + 500]:
+                # record_size(), inlined: this loop runs once per record. -1 means null.
+                k, v = record.serialized_key_size, record.serialized_value_size
+                size += (k if k > 0 else 0) + (v if v > 0 else 0)
+                result = decode(record.value)
+                if type(result) is DecodeFailure:
+                    letters.append(DeadLetter(record, result))
+                    continue
+                offset = record.offset
+                items.append(_new_item((result, topic, partition, offset)))
+                if row is not None:
+                    try:
+                        rows.append(row(result, topic, partition, offset))
+                    except Exception:
+                        # Rows one short: the part is prepared from its items, where the same
+                        # failure is a PrepareError that isolates and dead-letters the record.
+                        row = None
         part.records.extend(records)
         part.nbytes += size
         return size
@@ -520,7 +538,7 @@ class Worker:
         if not self._retrying - {lane}:
             self._failing_since = None
         account(self.metrics, self.stats, batch, live, letters, time.perf_counter() - started)
-        await commit_kafka(consumer, {tp: batch[tp].next_offset for tp in applied})
+        self._kafka_offsets.note(consumer, {tp: batch[tp].next_offset for tp in applied})
         self._tracer.committed(
             [(tp.topic, tp.partition, batch[tp].records) for tp in sorted(live)],
             started_ns,

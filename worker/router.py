@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -17,7 +17,7 @@ from schemas import interview as iv
 from schemas import proctoring as pr
 from schemas.common import tag_of
 from worker.handlers.applicants import ApplicantHandler
-from worker.handlers.base import Handler, Item
+from worker.handlers.base import Handler, Item, RowHandler
 from worker.handlers.interviews import InterviewStartedHandler
 from worker.handlers.proctoring import ProctoringHandler
 from worker.handlers.registers import Registers
@@ -113,12 +113,62 @@ async def prepare_batch_cooperatively(items: Iterable[Item], slice_size: int = 5
     return prepared
 
 
+def row_handler(structs: Iterable[type]) -> RowHandler | None:
+    """The handler that takes every one of `structs` (a decoder's family), if there is one
+    and it builds rows while the worker decodes (worker/handlers/base.py RowHandler)."""
+    handlers = {ROUTES[cls] for cls in structs}
+    if len(handlers) != 1:
+        return None
+    (handler,) = handlers
+    return handler if hasattr(handler, "row") and hasattr(handler, "prepare_rows") else None
+
+
+class Decoded(Protocol):
+    """A part of a batch as worker/batch.py keeps it: its items and, when its decoder's family
+    has a RowHandler, that handler and the rows built while decoding."""
+
+    items: list[Item]
+    rows: list[Any]
+    row_handler: RowHandler | None
+
+
+async def prepare_parts(parts: Iterable[Decoded], slice_size: int = 500) -> Prepared:
+    """`prepare_batch_cooperatively` over the items of `parts`; the parts whose rows were all
+    built while decoding go straight to their handler's `prepare_rows` (one pass per batch),
+    the others (their rows incomplete, or no RowHandler) the way of `prepare_batch`."""
+    built: dict[Handler, tuple[list[Any], list[Item]]] = {}
+    loose: list[Item] = []
+    for part in parts:
+        handler = part.row_handler
+        if handler is not None and len(part.rows) == len(part.items):
+            rows, items = built.setdefault(handler, ([], []))
+            rows.extend(part.rows)
+            items.extend(part.items)
+        else:
+            loose.extend(part.items)
+    prepared = dict(await prepare_batch_cooperatively(loose, slice_size))
+    for handler, (rows, items) in built.items():
+        row_handler: RowHandler = handler  # type: ignore[assignment]
+        try:
+            done = row_handler.prepare_rows(rows, items)
+        except Exception as exc:
+            raise PrepareError(f"{handler.name}: {type(exc).__name__}: {exc}") from exc
+        mine = prepared.get(handler)
+        prepared[handler] = done if mine is None else handler.combine([mine, done])
+        await asyncio.sleep(0)
+    return [(h, prepared[h]) for h in sorted(prepared, key=_WRITE_ORDER.__getitem__)]
+
+
 async def write_batch(
-    conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime | None = None
+    conn: asyncpg.Connection,
+    prepared: Prepared,
+    at: dt.datetime | None = None,
+    guarded: bool = True,
 ) -> None:
     """Write a prepared batch through its handlers, in the caller's transaction; then the
-    registers they all contributed to, once. `at`: the transaction's time (now if None)."""
-    registers = Registers(at)
+    registers they all contributed to, once. `at`: the transaction's time (now if None);
+    `guarded`: the caller wrote a savepoint to roll a failure back to (Registers.guarded)."""
+    registers = Registers(at, guarded)
     for handler, payload in prepared:
         await handler.write(conn, payload, registers)
     await registers.write(conn)

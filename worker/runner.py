@@ -7,19 +7,19 @@ so a worker runs the same way whichever of them starts it. Nothing here parses a
   bound (`shutdown_timeout_s` + 5 s) after which the process gives up on a stuck close; a second
   signal forces the exit at once. Exit code 0 after a clean stop, 1 after a forced one.
 - The collector is tuned once, at start, for a process whose batches hold tens of thousands of
-  live objects (`tune_gc`).
+  live objects (`tune_gc`, worker/reclaim.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
 
+from worker import reclaim
 from worker.config import Settings
 
 log = structlog.get_logger("worker")
@@ -80,22 +80,6 @@ async def run_worker(
     return 0
 
 
-# Objects the collector lets pile up before a young collection (CPython's default is 700). A
-# batch holds tens of thousands of container objects for as long as it is being committed,
-# so at the default the collector runs ~1 000 times per 200 000 events, walking those same
-# live objects every time, for 0.6-0.9 s in all; at this threshold it runs once or twice
-# (bench/README.md "Garbage collection"). Cyclic garbage is rare here (reference counting
-# frees the records), with one exception that is not small: the fetch buffers aiokafka drops
-# at every pause, seek and revocation sit in a reference cycle (up to
-# max_partition_fetch_bytes each), and while paused or backing off little is allocated, so
-# the worker collects them itself after such events (worker/reclaim.py).
-GC_YOUNG_THRESHOLD = 100_000
-
-
 def tune_gc() -> None:
-    """Freeze what is loaded so far and raise the young generation's threshold."""
-    # What is loaded by now (modules, classes, functions) lives as long as the process:
-    # frozen, it is left out of every later collection.
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+    """The collector's settings for a worker process (worker/reclaim.py)."""
+    reclaim.tune()

@@ -47,6 +47,17 @@ class Handler(Protocol):
     ) -> None: ...
 
 
+class RowHandler(Handler, Protocol):
+    """A handler whose preparation starts from one row per event, which the worker can build
+    while it decodes the records (one pass over them instead of two)."""
+
+    def row(self, event: Any, topic: str, partition: int, offset: int) -> Any: ...
+
+    def prepare_rows(self, rows: list[Any], items: Sequence[Item]) -> Any:
+        """`prepare(items)` given `rows`, the `row` of each of `items` in order."""
+        ...
+
+
 class BatchHandler:
     """A handler whose preparation is the items themselves."""
 

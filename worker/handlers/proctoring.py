@@ -7,7 +7,13 @@ max, sum), so batches may arrive in any split.
 
 Two ways to the same rows (bench/sqlcost.py measures both):
 
-* direct: one binary COPY of the batch straight into proctoring_events, under a savepoint.
+The rows (`copy_row`, the COPY's column order) are built once per event: while the worker
+decodes its records (`row`, then `prepare_rows` over the batch: one pass, no second walk over
+the events), or from the items by `prepare` (a batch rebuilt after records were set aside).
+
+* direct: one binary COPY of the batch straight into proctoring_events, under a savepoint
+  when the transaction has one to fall back to (`Registers.guarded`); without, a duplicate
+  loses the transaction, and the caller's next, guarded attempt goes staged.
   A batch is first reduced to the first event of each key, so when the COPY succeeds every
   row was new, and the summary is aggregated here, in Python, from exactly those rows. This is
   the steady state: the offsets in the same transaction mean a batch never repeats what an
@@ -24,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Collection, Iterable, Sequence
+from itertools import compress, starmap
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -157,7 +164,49 @@ def _copy_text(value: str) -> str:
 
 _AT = itemgetter(3)
 _TAG = itemgetter(2)
+_KEY = itemgetter(0, 1, 2, 3)
 _IS_FLAG = frozenset(FLAG_TYPES).__contains__
+# Per struct class: its tag, and whether it has the mediaUrl field (the media_url property,
+# read per event, would cost a Python call each time).
+_SHAPES = {cls: (_TAGS[cls], "mediaUrl" in cls.__struct_fields__) for cls in PROCTORING_STRUCTS}
+_IS_CHECK = tag_of(SystemCheckCompleted).__eq__
+
+
+def copy_row(ev: Any, topic: str, partition: int, offset: int) -> tuple[Any, ...]:
+    """An event as a row of _COLUMNS."""
+    cls = type(ev)
+    tag, media = _SHAPES[cls]
+    return (
+        ev.examId,
+        ev.candidateId,
+        tag,
+        ev.createdAt,
+        ev.description,
+        ev.mediaUrl if media else None,
+        to_json(ev.systemCheck) if cls is SystemCheckCompleted else None,
+        topic,
+        partition,
+        offset,
+    )
+
+
+def _check(ev: SystemCheckCompleted) -> tuple[object, ...]:
+    """A system check's row of system_checks."""
+    check = ev.systemCheck
+    return (
+        ev.examId,
+        ev.candidateId,
+        # As ISO text: see worker.handlers.merge.param (asyncpg's infinities).
+        check.timestamp.isoformat(),
+        check.success,
+        to_json(check.data),
+        ev.createdAt.isoformat(),
+    )
+
+
+def _checks(rows: Sequence[tuple[Any, ...]], items: Sequence[Item]) -> list[tuple[object, ...]]:
+    """The system checks of the events whose rows are `rows` (parallel lists)."""
+    return [_check(item.event) for item in compress(items, map(_IS_CHECK, map(_TAG, rows)))]
 
 
 class Session:
@@ -198,22 +247,25 @@ class Prepared(NamedTuple):
 
 def _prepared(rows: Iterable[tuple[Any, ...]], checks: list[tuple[object, ...]]) -> Prepared:
     """Keep the first row of each key; aggregate the sessions over what is kept."""
-    first: dict[Key, tuple[Any, ...]] = {}
+    kept = rows if isinstance(rows, list) else list(rows)
+    keys: Collection[Key] = set(map(_KEY, kept))  # built in C
+    if len(keys) != len(kept):
+        # An event repeated within the batch (rare): its first row only, in stream order.
+        first: dict[Key, tuple[Any, ...]] = {}
+        for row in kept:
+            first.setdefault(row[:4], row)
+        kept, keys = list(first.values()), first.keys()
     groups: dict[SessionKey, list[tuple[Any, ...]]] = {}
-    for row in rows:
-        key = row[:4]
-        if key in first:
-            continue
-        first[key] = row
-        group = groups.get(key[:2])
+    for row in kept:
+        key = row[:2]
+        group = groups.get(key)
         if group is None:
-            groups[key[:2]] = [row]
+            groups[key] = [row]
         else:
             group.append(row)
-    kept = list(first.values())
     return Prepared(
         kept,
-        first.keys(),
+        keys,
         {key: Session(group) for key, group in groups.items()},
         checks,
         not _EXTREMES.isdisjoint(map(_AT, kept)),
@@ -245,42 +297,15 @@ class ProctoringHandler(BatchHandler):
         # finds none. Shared by the lanes: it only chooses the faster way, both are correct.
         self.direct = True
 
+    # The row of one event, built while the worker decodes (worker/consumer.py).
+    row = staticmethod(copy_row)
+
     def prepare(self, items: Sequence[Item]) -> Prepared:
-        rows: list[tuple[Any, ...]] = []
-        checks: list[tuple[object, ...]] = []
-        tags = _TAGS
-        for ev, topic, partition, offset in items:
-            cls = type(ev)
-            details = None
-            if cls is SystemCheckCompleted:
-                check = ev.systemCheck
-                details = to_json(check)
-                checks.append(
-                    (
-                        ev.examId,
-                        ev.candidateId,
-                        # As ISO text: see worker.handlers.merge.param (asyncpg's infinities).
-                        check.timestamp.isoformat(),
-                        check.success,
-                        to_json(check.data),
-                        ev.createdAt.isoformat(),
-                    )
-                )
-            rows.append(
-                (
-                    ev.examId,
-                    ev.candidateId,
-                    tags[cls],
-                    ev.createdAt,
-                    ev.description,
-                    ev.media_url,
-                    details,
-                    topic,
-                    partition,
-                    offset,
-                )
-            )
-        return _prepared(rows, checks)
+        return self.prepare_rows(list(starmap(copy_row, items)), items)
+
+    def prepare_rows(self, rows: list[tuple[Any, ...]], items: Sequence[Item]) -> Prepared:
+        """`prepare` of `items` whose rows (`row`, in the same order) are already built."""
+        return _prepared(rows, _checks(rows, items))
 
     def combine(self, parts: Sequence[Prepared]) -> Prepared:
         # Consumes `parts`: their Session objects are merged into, not copied.
@@ -319,7 +344,9 @@ class ProctoringHandler(BatchHandler):
             raise RuntimeError("ProctoringHandler.write must run inside a transaction")
         at = registers.at
         stored = (
-            self.direct and not prepared.extreme and await self._copy_direct(conn, prepared, at)
+            self.direct
+            and not prepared.extreme
+            and await self._copy_direct(conn, prepared, at, registers.guarded)
         )
         if not stored:
             await self._insert_staged(conn, prepared, at)
@@ -328,18 +355,22 @@ class ProctoringHandler(BatchHandler):
             await conn.execute(_INSERT_SYSTEM_CHECKS, *columns(checks, 6))
 
     async def _copy_direct(
-        self, conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime
+        self, conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime, guarded: bool
     ) -> bool:
         """COPY the rows into proctoring_events and add them to the sessions; False (nothing
-        written) if one of them was already stored."""
+        written) if one of them was already stored. Not `guarded`: without a savepoint of
+        its own, and a stored duplicate is raised (the transaction is lost)."""
         try:
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "proctoring_events", records=prepared.rows, columns=_COLUMNS
-                )
+            if guarded:
+                async with conn.transaction():
+                    await self._copy(conn, prepared)
+            else:
+                await self._copy(conn, prepared)
         except asyncpg.UniqueViolationError:
             self.direct = False
             log.debug("proctoring batch repeats stored events: staged inserts until it stops")
+            if not guarded:
+                raise
             return False
         # Sorted by key, so that concurrent writers lock shared session rows in one order.
         ordered = sorted(prepared.sessions.items())
@@ -357,6 +388,12 @@ class ProctoringHandler(BatchHandler):
             at,
         )
         return True
+
+    @staticmethod
+    async def _copy(conn: asyncpg.Connection, prepared: Prepared) -> None:
+        await conn.copy_records_to_table(
+            "proctoring_events", records=prepared.rows, columns=_COLUMNS
+        )
 
     async def _insert_staged(
         self, conn: asyncpg.Connection, prepared: Prepared, at: dt.datetime

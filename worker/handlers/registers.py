@@ -48,12 +48,15 @@ INTERVIEWS = RegisterTable(
 class Registers:
     """A transaction's contributions to the shared register tables, and its time `at`
     (`worker.clock.transaction_time`), which every handler of the transaction binds
-    as `updated_at`."""
+    as `updated_at`. `guarded`: the writes run under a savepoint, so a handler may try a
+    statement and recover from its failure inside the transaction; when False, a failure
+    loses the transaction and the caller tries it again guarded (worker/commit.py)."""
 
-    __slots__ = ("at", "candidates", "interviews", "jobs")
+    __slots__ = ("at", "candidates", "guarded", "interviews", "jobs")
 
-    def __init__(self, at: dt.datetime | None = None) -> None:
+    def __init__(self, at: dt.datetime | None = None, guarded: bool = True) -> None:
         self.at = transaction_time() if at is None else at
+        self.guarded = guarded
         self.interviews = INTERVIEWS.fold()
         self.candidates = CANDIDATES.fold()
         self.jobs = JOBS.fold()
