@@ -93,6 +93,7 @@ class Ownership:
         self._cleared: dict[TopicPartition, tuple[tuple[Any, ...], float]] = {}
         # Every partition paused: a commit lane is backing off.
         self._held = False
+        self._stamped: set[PartitionState] = set()  # since the last settle()
         self._pool: asyncpg.Pool | None = None
         self._consumer: Any = None
 
@@ -117,13 +118,19 @@ class Ownership:
     def stamp(self, tp: TopicPartition) -> Stamp | None:
         """The stamp of records of `tp` getmany returns now (None: not fetchable)."""
         state = self.partitions.get(tp)
-        return None if state is None else state.stamp()
+        stamp = None if state is None else state.stamp()
+        if stamp is not None:
+            self._stamped.add(state)
+        return stamp
 
     def settle(self) -> None:
         """After a fetch's returns were claimed (or the fetch failed, or a poll returned
         records nobody claims): read each partition with a return left unclaimed again from
-        where its claims end. Synchronous after the fetch: nothing was stamped in between."""
-        for state in self.partitions.consuming():
+        where its claims end. Synchronous after the fetch: nothing was stamped in between.
+        Only the partitions stamped since the last settle are looked at (a fetch costs the
+        partitions it returned, not all those owned)."""
+        stamped, self._stamped = self._stamped, set()
+        for state in stamped:
             offset = state.unclaimed()
             if offset is None:
                 continue
