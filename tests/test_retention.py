@@ -15,6 +15,7 @@ The reference model's retention rules are exercised by tests/test_model_properti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -369,3 +370,62 @@ async def test_maintenance_runs_on_one_replica_at_a_time(
         assert await retention.apply_locked(other, 90, wait=False) is not None
     finally:
         await other.close()
+
+
+# -- defect 7 (issue 25): sessions are deleted while ingest goes on ------------------------------
+
+
+async def wait_waiting(conn: asyncpg.Connection, fragment: str, timeout: float = 10.0) -> None:
+    """Until a backend running a statement containing `fragment` waits for a lock."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND strpos(query, $1) > 0 AND pid <> pg_backend_pid()",
+        fragment,
+    ):
+        assert asyncio.get_running_loop().time() < deadline, f"no {fragment!r} waited for a lock"
+        await asyncio.sleep(0.01)
+
+
+async def test_inserts_go_on_while_retention_deletes_sessions(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+) -> None:
+    """Retention deletes the sessions of dropped months; one of them is locked by a
+    transaction (as an in-flight batch or a reader holding it would), so the delete waits.
+    While it waits, an insert into proctoring_events must not: deleting sessions must not
+    happen under the partitions' ACCESS EXCLUSIVE lock."""
+    now = dt.datetime.now(UTC)
+    old = now - dt.timedelta(days=200)
+    bodies = [event(f"old{n}", "STARTED", old + dt.timedelta(minutes=n)) for n in range(5)]
+    await apply(db, items_of([*bodies, event("recent", "STARTED", now - dt.timedelta(days=1))]))
+    holder = await asyncpg.connect(database_url)
+    applier = await asyncpg.connect(database_url)
+    writer = await asyncpg.connect(database_url)
+    holding = holder.transaction()
+    await holding.start()
+    await holder.execute("SELECT 1 FROM proctoring_sessions WHERE exam_id = 'old2' FOR UPDATE")
+    applying = asyncio.create_task(retention.apply_locked(applier, 90, wait=True, now=now))
+    try:
+        await wait_waiting(db, "proctoring_sessions")
+        await writer.execute("SET lock_timeout = '1s'")
+        try:
+            await apply(writer, items_of([event("live", "TAB_NOT_FOCUS", now)], 1))
+        except asyncpg.LockNotAvailableError as exc:
+            pytest.fail(
+                f"an insert into proctoring_events waited while sessions were deleted: {exc}"
+            )
+        await holding.rollback()
+        await asyncio.wait_for(applying, 30)
+    finally:
+        if not applying.done():
+            await holding.rollback()
+        with contextlib.suppress(Exception):
+            await applying
+        for conn in (holder, applier, writer):
+            await conn.close()
+    sessions = {r["exam_id"] for r in await db.fetch("SELECT exam_id FROM proctoring_sessions")}
+    assert sessions == {"recent", "live"}
+    assert await retention.read_expired_before(db) == retention.month_floor(
+        now - dt.timedelta(days=90) - GRACE
+    )
