@@ -19,11 +19,8 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("worker", "schemas", "bench")
-SHARED_CONTRACT = ROOT.parent / "shared" / "CONTRACT.md"
 # Private names reached across modules that this check tolerates, each exactly, until the owner
 # of the module that declares them publishes them. bench/sqlcost.py times the proctoring
 # handler's statements one by one; worker/handlers/proctoring.py is being changed on other
@@ -233,15 +230,6 @@ def test_readme_layout_names_every_module() -> None:
     listed = {m for m in listed_modules(_layout_block()) if m.startswith(("worker/", "schemas/"))}
     assert sorted(actual - listed) == [], "modules the README's layout does not name"
     assert sorted(listed - actual) == [], "modules the README's layout names but the tree lacks"
-
-
-def test_contract_is_the_shared_one() -> None:
-    if not SHARED_CONTRACT.is_file():
-        pytest.skip(f"{SHARED_CONTRACT} is not beside the repository")
-    ours = (ROOT / "docs" / "contract.md").read_text("utf-8")
-    shared = SHARED_CONTRACT.read_text("utf-8")
-    # The intro is adapted (paths, how the code cites it); the sections are copied verbatim.
-    assert ours.split("\n## 1.", 1)[1] == shared.split("\n## 1.", 1)[1]
 
 
 # The contract's old name, outside the repository (spelt in two pieces so this file passes).
