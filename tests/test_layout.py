@@ -7,8 +7,7 @@
 - the core (the path of a record) imports none of the edges: the command line, the process
   runner, the operator commands (worker/tools/) and the development stack (worker/dev/);
 - the README's "Repository layout" names every module of worker/ and schemas/, and nothing else;
-- docs/contract.md is the shared contract (when that file is beside the repository), and the code
-  cites it as `docs/contract.md §N`.
+- the code cites the contract as `docs/contract.md §N`.
 """
 
 from __future__ import annotations
