@@ -55,6 +55,7 @@ from schemas.proctoring import EVENT_TYPES
 from worker import retention
 from worker.decode import interview_decoder, proctoring_decoder
 from worker.handlers.base import Item
+from worker.horizon import Horizon, Span
 from worker.router import apply_batch
 
 pytestmark = pytest.mark.integration
@@ -745,7 +746,7 @@ async def reset_retention(conn: asyncpg.Connection) -> None:
 
 async def store_sifted(
     conn: asyncpg.Connection,
-    horizon: retention.Horizon,
+    horizon: Horizon,
     items: dict[TP, list[Item]],
     rnd: random.Random,
 ) -> int:
@@ -753,7 +754,7 @@ async def store_sifted(
     many were expired."""
     expired = 0
     for batch in batches(items, rnd):
-        kept, gone = horizon.sift(batch.items, R_NOW)
+        kept, gone = horizon.sift(batch.items, now=R_NOW)
         expired += len(gone)
         await commit(conn, Batch(kept, batch.bisect))
     return expired
@@ -783,14 +784,14 @@ async def test_retention_matches_the_reference_model_and_a_replay_after_a_drop_c
     await reset_retention(db)
 
     model = Model(before, R_NOW).apply_all(canonical(first))
-    await store_sifted(db, retention.Horizon(before), first, rnd)
+    await store_sifted(db, Horizon(Span(before)), first, rnd)
     await retention.apply_locked(db, days, wait=True, now=R_NOW)
     month = retention.month_floor(R_NOW - dt.timedelta(days=days) - R_GRACE)
     model.drop_before(month)
     assert await retention.read_expired_before(db) == month
     model.days = days
     model.apply_all(canonical(rest))
-    horizon = retention.Horizon(days, await retention.read_expired_before(db))
+    horizon = Horizon(Span(days, await retention.read_expired_before(db)))
     await store_sifted(db, horizon, rest, rnd)
     expected = model.tables()
     diff = diff_tables(expected, await database_tables(db))

@@ -11,12 +11,15 @@
    the batch stored without them.
 3. After the commit, the offsets are also committed to Kafka, for lag tools only.
 
-Before step 2, records past the retention horizon (worker/retention.py) are moved out of each
+Before step 2, records past the retention horizon (worker/horizon.py) are moved out of each
 part's items into its `expired` list; in step 2, before anything is written, the records of
 erased candidates that were in the log when the erasure was made (worker/erasure.py) are moved
 into its `erased` list, inside the transaction because the ledger's check must be serialised
 with erasures. Either way they store nothing, but their offsets commit with the rest: the
 place for any further check that turns a record into a counted discard.
+After the handlers, the same transaction records in the interview rows the stored records
+were applied to the latest instant of those records (`last_event_at`, worker/horizon.py), by
+which retention ages them.
 
 A transient failure anywhere propagates to the caller, which retries the same batch; what a
 failed attempt learnt (which letters the broker acknowledged, which records the database
@@ -50,7 +53,7 @@ from worker.dlq import (
     truncate,
 )
 from worker.handlers.base import Item
-from worker.retention import Horizon
+from worker.horizon import Horizon, age_rows
 from worker.retry import describe, is_record_error
 from worker.router import Prepared, PrepareError, prepare_batch, write_batch
 
@@ -146,7 +149,7 @@ class Committer:
         if self._horizon is not None:
             for tp in live:
                 part = batch[tp]
-                part.items, expired = self._horizon.sift(part.items)
+                part.items, expired = self._horizon.sift_part(part)
                 part.expired.extend(expired)
 
     async def commit(
@@ -193,6 +196,7 @@ class Committer:
                     found = await self.store(conn, kept, prepared, at)
                     if found:
                         raise _Rejected(found)  # rolls the transaction back
+                    await age_rows(conn, kept, lambda i: record_of(batch, i).timestamp)
                 return began, time.time_ns()
             except _Rejected as rejected:
                 for item, reason, message in rejected.found:

@@ -1,6 +1,7 @@
-"""Retention of the proctoring tables (docs/contract.md §7): their monthly partitions, the
-horizon, and the ingest check that keeps a late record or a replay from writing back what
-retention removed.
+"""Retention maintenance (docs/contract.md §7): the monthly partitions of the proctoring
+tables, dropping what is past the horizon, and deleting the sessions and interview rows that
+go with it. Which records are past the horizon at ingest, and the ages of interview rows, are
+worker/horizon.py's.
 
 Layout (sql/005_time_partitions.sql): each of `proctoring_events` (by created_at) and
 `system_checks` (by checked_at) is `<table>_far_past` [MINVALUE, A), one partition per UTC
@@ -17,34 +18,37 @@ advisory lock, and by `worker retention apply --execute`):
 2. Back, with `WORKER_PROCTORING_RETENTION_DAYS=N`: the months from the drop bound's month up
    to far_past's upper bound are carved out of far_past the same way, so that what is left of
    far_past is wholly past the horizon.
-3. Drop: every partition whose whole range lies before the drop bound (now - N days - `GRACE`)
-   is dropped (DDL: never a row DELETE on these tables). In the same transaction,
-   `retention_state.expired_before` is raised to the highest upper bound dropped, and the
-   sessions whose `last_event_at` is below it (all their events are gone) are deleted.
+3. Sessions: when partitions are to be dropped, the sessions whose `last_event_at` is below
+   the highest upper bound to drop (all their events are in those partitions) are deleted
+   first, `SWEEP_ROWS` keys of the primary key at a time, each chunk its own short transaction
+   that locks no partitioned table. Not through an index on `last_event_at`: sessions are
+   rewritten by nearly every batch, and an index on that column would end their HOT updates
+   (sql/002); a sweep of the primary key costs the pass a scan instead, once a month.
+4. Drop: every partition whose whole range lies before the drop bound (now - N days - `GRACE`)
+   is dropped (DDL: never a row DELETE on these tables), and `retention_state.expired_before`
+   is raised to the highest upper bound dropped, in one short transaction: the only moment
+   inserts wait for retention.
+5. Interview rows, with `WORKER_INTERVIEW_RETENTION_DAYS=N`: rows of the aged tables without
+   `last_event_at` get their `updated_at` as age, then the rows whose age is before now - N
+   days - `GRACE` are deleted through the index on `last_event_at`, `SWEEP_ROWS` at a time,
+   and `interview_expired_before` is raised to that bound.
+
+Why deleting before recording is safe, for sessions (3 before 4) and interview rows (5): a
+pass that stops in between leaves the partitions (or the bound) unrecorded, and the next pass
+computes the same or a later bound and finishes. Meanwhile nothing comes back: a record whose
+rows are being deleted is older than now - N days by the same clock that chose the bound, so it
+is expired at ingest already; and a session is deleted only when none of its stored events is
+at or after the bound, so a new event that is not expired creates a fresh session, exactly as
+after the drop. Recording first instead would leave a window in which such an event merges
+into a session whose older events were already dropped.
 
 DDL takes the parent's ACCESS EXCLUSIVE lock; each step sets a short `lock_timeout`, so a step
 that would queue behind a long transaction (and every insert behind itself) gives up and is
 tried again at the next pass.
 
-Ingest (`Horizon`, used by worker/commit.py before the handlers write): a proctoring record is
-*expired* when an instant it would store (createdAt; a system check's timestamp too) lies
-before `max(now - N days, expired_before)`. It stores nothing (no event, no session change, no
-system check), is counted in `worker_records_expired_total{topic}`, and its offset commits.
-Why a replay after a drop changes no table:
-
-- every dropped row is below `expired_before`, which only grows and is read at start and at
-  every pass; and a dropped partition's upper bound is at most now - N - GRACE, so a replica
-  whose clock is behind by less than GRACE already treats its rows as expired: a record whose
-  row was dropped is expired, so it neither re-inserts the row nor counts again in a kept
-  session's `flag_count`;
-- a deleted session has `last_event_at < expired_before`, so every one of its events is
-  expired and none re-creates it;
-- a record not expired finds its row (partitions past the horizon but not wholly are kept):
-  the insert conflicts and adds nothing, as for any replay (docs/contract.md §5).
-
-All replicas must run with the same `WORKER_PROCTORING_RETENTION_DAYS`; `expired_before`
-protects what was dropped even from a replica with a longer horizon or none, from its next
-pass on.
+All replicas must run with the same retention settings; `expired_before` and
+`interview_expired_before` protect what was removed even from a replica with a longer horizon
+or none, from its next pass on.
 """
 
 from __future__ import annotations
@@ -52,14 +56,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
 import asyncpg
 import structlog
 
-from schemas.proctoring import ProctoringEvent, SystemCheckCompleted
+from worker.horizon import AGED_TABLES, Horizon, Span
 
 log = structlog.get_logger("worker.retention")
 
@@ -79,6 +83,8 @@ AHEAD_MONTHS = 3
 GRACE = dt.timedelta(hours=1)
 INTERVAL_S = 600.0
 LOCK_TIMEOUT = "2s"
+# Rows one delete transaction removes at most (sessions: keys it looks at).
+SWEEP_ROWS = 10_000
 # "event-worker retention" hashed, like migrate.MIGRATION_LOCK_ID.
 LOCK_ID = 0x6576_656E_7477_6B02
 
@@ -107,56 +113,39 @@ def months(lo: dt.datetime, hi: dt.datetime) -> list[dt.datetime]:
 
 
 def drop_bound(days: int, now: dt.datetime) -> dt.datetime:
-    """Partitions whose upper bound is at most this are dropped."""
+    """What retention removes is before this: partitions whose upper bound is at most this,
+    interview rows older than it."""
     return now - dt.timedelta(days=days) - GRACE
 
 
-# -- the ingest check ---------------------------------------------------------------------------
+# -- what was removed ---------------------------------------------------------------------------
 
 
-class Horizon:
-    """Which records are past the horizon. `expired_before` is refreshed by `Maintenance`."""
+class Removed(NamedTuple):
+    """`retention_state`: everything before these instants was removed (None: nothing yet)."""
 
-    __slots__ = ("days", "expired_before")
+    proctoring: dt.datetime | None = None
+    interview: dt.datetime | None = None
 
-    def __init__(self, days: int | None, expired_before: dt.datetime | None = None) -> None:
-        self.days = days
-        self.expired_before = expired_before
 
-    def cutoff(self, now: dt.datetime | None = None) -> dt.datetime | None:
-        """Instants before this are expired; None: nothing is."""
-        bound = self.expired_before
-        if self.days is not None:
-            by_age = (now or dt.datetime.now(UTC)) - dt.timedelta(days=self.days)
-            bound = by_age if bound is None else max(bound, by_age)
-        return bound
-
-    @staticmethod
-    def expired(event: Any, cutoff: dt.datetime) -> bool:
-        """Whether a decoded event would store an instant before `cutoff`."""
-        if not isinstance(event, ProctoringEvent):
-            return False
-        if event.createdAt < cutoff:
-            return True
-        return type(event) is SystemCheckCompleted and event.systemCheck.timestamp < cutoff
-
-    def sift(
-        self, items: Sequence[Any], now: dt.datetime | None = None
-    ) -> tuple[list[Any], list[Any]]:
-        """`items` (anything with `.event`) split into (kept, expired), each in order."""
-        cutoff = self.cutoff(now)
-        if cutoff is None:
-            return items if isinstance(items, list) else list(items), []
-        kept: list[Any] = []
-        gone: list[Any] = []
-        expired = self.expired
-        for item in items:
-            (gone if expired(item.event, cutoff) else kept).append(item)
-        return kept, gone
+async def read_removed(conn: asyncpg.Connection) -> Removed:
+    row = await conn.fetchrow(
+        "SELECT expired_before, interview_expired_before FROM retention_state"
+    )
+    return Removed() if row is None else Removed(*row)
 
 
 async def read_expired_before(conn: asyncpg.Connection) -> dt.datetime | None:
-    return await conn.fetchval("SELECT expired_before FROM retention_state")
+    return (await read_removed(conn)).proctoring
+
+
+def _record_removed(column: str) -> str:
+    """Raise one column of `retention_state` to $1 (it never moves back)."""
+    return f"""
+INSERT INTO retention_state ({column}) VALUES ($1)
+ON CONFLICT (singleton) DO UPDATE
+SET {column} = GREATEST(retention_state.{column}, EXCLUDED.{column}), updated_at = now()
+"""
 
 
 # -- the catalogue ------------------------------------------------------------------------------
@@ -221,13 +210,22 @@ class TablePlan:
 
 
 @dataclass
+class InterviewPlan:
+    days: int | None
+    bound: dt.datetime | None  # rows whose age is before it are deleted
+    expired_before: dt.datetime | None  # stored now
+    rows: dict[str, int] = field(default_factory=dict)  # counted by `plan`, deleted by `apply`
+
+
+@dataclass
 class Plan:
     now: dt.datetime
     days: int | None
     bound: dt.datetime | None  # partitions wholly before it are dropped
     expired_before: dt.datetime | None  # stored now
     tables: list[TablePlan]
-    sessions: int = 0  # sessions to delete (counted by `plan`)
+    interview: InterviewPlan
+    sessions: int = 0  # counted by `plan`, deleted by `apply`
 
     @property
     def new_expired_before(self) -> dt.datetime | None:
@@ -237,7 +235,8 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not any(t.ahead or t.back or t.drop for t in self.tables)
+        partitions = any(t.ahead or t.back or t.drop for t in self.tables)
+        return not partitions and not any(self.interview.rows.values())
 
 
 def _table_plan(
@@ -263,20 +262,42 @@ def _table_plan(
     return plan
 
 
-async def plan(conn: asyncpg.Connection, days: int | None, now: dt.datetime | None = None) -> Plan:
-    """What `apply` would do now."""
+async def plan(
+    conn: asyncpg.Connection,
+    days: int | None,
+    now: dt.datetime | None = None,
+    interview_days: int | None = None,
+    count: bool = True,
+) -> Plan:
+    """What `apply` would do now; with `count`, how many sessions and interview rows it would
+    delete."""
     now = now or dt.datetime.now(UTC)
     bound = drop_bound(days, now) if days is not None else None
     tables = [
         _table_plan(table, column, await partitions(conn, table), now, bound)
         for table, column in TABLES
     ]
-    result = Plan(now, days, bound, await read_expired_before(conn), tables)
+    removed = await read_removed(conn)
+    interview = InterviewPlan(
+        interview_days,
+        drop_bound(interview_days, now) if interview_days is not None else None,
+        removed.interview,
+    )
+    result = Plan(now, days, bound, removed.proctoring, tables, interview)
+    if not count:
+        return result
     new = result.new_expired_before
-    if new is not None and new != result.expired_before:
+    if new is not None and any(t.drop for t in tables):
         result.sessions = await conn.fetchval(
             "SELECT count(*) FROM proctoring_sessions WHERE last_event_at < $1", new
         )
+    if interview.bound is not None:
+        for table in AGED_TABLES:
+            interview.rows[table.name] = await conn.fetchval(
+                f"SELECT count(*) FROM {table.name} WHERE last_event_at < $1 "
+                "OR (last_event_at IS NULL AND updated_at < $1)",
+                interview.bound,
+            )
     return result
 
 
@@ -304,46 +325,126 @@ async def _carve(
     log.info("partitions carved", table=table, catch_all=kind, months=len(new_months), rows=moved)
 
 
-async def apply(conn: asyncpg.Connection, days: int | None, now: dt.datetime | None = None) -> Plan:
-    """Create the partitions ahead, carve and drop what is past the horizon. The caller holds
-    `LOCK_ID`. Each step is its own transaction; a step that fails leaves the earlier ones done."""
-    result = await plan(conn, days, now)
+@contextlib.asynccontextmanager
+async def _step(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """One short transaction of a pass, which gives up rather than queue behind a long one."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        yield
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as `DELETE 12`."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# A chunk of the sessions' primary key from ($1, $2) on: its sessions older than $4 deleted, and
+# where the next chunk starts. Ids are non-empty (docs/contract.md §3), so ('', '') precedes them.
+_SWEEP_SESSIONS = """
+WITH chunk AS MATERIALIZED (
+    SELECT exam_id, candidate_id FROM proctoring_sessions
+    WHERE (exam_id, candidate_id) > ($1::text, $2::text)
+    ORDER BY exam_id, candidate_id
+    LIMIT $3
+), gone AS (
+    DELETE FROM proctoring_sessions AS s USING chunk AS c
+    WHERE s.exam_id = c.exam_id AND s.candidate_id = c.candidate_id AND s.last_event_at < $4
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM chunk) AS scanned,
+       (SELECT max(exam_id) FROM chunk) AS exam_id,
+       (SELECT max(candidate_id) FROM chunk
+        WHERE exam_id = (SELECT max(exam_id) FROM chunk)) AS candidate_id
+"""
+
+
+async def _sweep_sessions(conn: asyncpg.Connection, before: dt.datetime) -> int:
+    """Delete the sessions whose last event is before `before`, chunk by chunk; how many."""
+    key, deleted = ("", ""), 0
+    while True:
+        async with _step(conn):
+            row = await conn.fetchrow(_SWEEP_SESSIONS, *key, SWEEP_ROWS, before)
+        deleted += row["deleted"]
+        if row["scanned"] < SWEEP_ROWS:
+            return deleted
+        key = (row["exam_id"], row["candidate_id"])
+
+
+async def _drop(conn: asyncpg.Connection, drops: list[Partition], before: dt.datetime) -> None:
+    """Drop the partitions and record what was dropped, in one short transaction."""
+    async with _step(conn):
+        await conn.execute("DROP TABLE " + ", ".join(f'"{p.name}"' for p in drops))
+        await conn.execute(_record_removed("expired_before"), before)
+
+
+async def _age_interviews(conn: asyncpg.Connection, bound: dt.datetime) -> dict[str, int]:
+    """Give rows without an age their `updated_at`, then delete the rows older than `bound`,
+    `SWEEP_ROWS` at a time; the rows deleted per table."""
+    deleted: dict[str, int] = {}
+    for table in AGED_TABLES:
+        backfill = f"""
+            UPDATE {table.name} AS t SET last_event_at = t.updated_at
+            FROM (SELECT {table.key} FROM {table.name} WHERE last_event_at IS NULL LIMIT $1) AS n
+            WHERE t.{table.key} = n.{table.key} AND t.last_event_at IS NULL
+        """
+        delete = f"""
+            DELETE FROM {table.name} AS t
+            USING (SELECT {table.key} FROM {table.name} WHERE last_event_at < $2 LIMIT $1) AS d
+            WHERE t.{table.key} = d.{table.key} AND t.last_event_at < $2
+        """
+        deleted[table.name] = 0
+        for sql, args in ((backfill, ()), (delete, (bound,))):
+            while True:
+                async with _step(conn):
+                    n = _count(await conn.execute(sql, SWEEP_ROWS, *args))
+                if sql is delete:
+                    deleted[table.name] += n
+                if n < SWEEP_ROWS:
+                    break
+    return deleted
+
+
+async def apply(
+    conn: asyncpg.Connection,
+    days: int | None,
+    now: dt.datetime | None = None,
+    interview_days: int | None = None,
+) -> Plan:
+    """Create the partitions ahead, carve and drop what is past the horizon, delete the
+    sessions and interview rows that go with it. The caller holds `LOCK_ID`. Each step is its
+    own transaction; a step that fails leaves the earlier ones done (module docstring)."""
+    result = await plan(conn, days, now, interview_days, count=False)
     for t in result.tables:
         for kind, new_months in ((FAR_FUTURE, t.ahead), (FAR_PAST, t.back)):
             if new_months:
-                async with conn.transaction():
-                    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                async with _step(conn):
                     await _carve(conn, t.table, kind, new_months)
     drops = [p for t in result.tables for p in t.drop]
-    if drops:
-        new = result.new_expired_before
-        async with conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-            await conn.execute("DROP TABLE " + ", ".join(f'"{p.name}"' for p in drops))
-            await conn.execute(
-                """
-                INSERT INTO retention_state (expired_before) VALUES ($1)
-                ON CONFLICT (singleton) DO UPDATE
-                SET expired_before = GREATEST(
-                        retention_state.expired_before, EXCLUDED.expired_before),
-                    updated_at = now()
-                """,
-                new,
-            )
-            deleted = await conn.execute(
-                "DELETE FROM proctoring_sessions WHERE last_event_at < $1", new
-            )
+    new = result.new_expired_before
+    if drops and new is not None:
+        result.sessions = await _sweep_sessions(conn, new)
+        await _drop(conn, drops, new)
         log.info(
             "partitions dropped",
             partitions=[p.name for p in drops],
-            expired_before=new.isoformat() if new else None,
-            sessions=deleted,
+            expired_before=new.isoformat(),
+            sessions=result.sessions,
         )
+    bound = result.interview.bound
+    if bound is not None:
+        result.interview.rows = await _age_interviews(conn, bound)
+        await conn.execute(_record_removed("interview_expired_before"), bound)
+        if any(result.interview.rows.values()):
+            log.info("interview rows deleted", before=bound.isoformat(), **result.interview.rows)
     return result
 
 
 async def apply_locked(
-    conn: asyncpg.Connection, days: int | None, wait: bool, now: dt.datetime | None = None
+    conn: asyncpg.Connection,
+    days: int | None,
+    wait: bool,
+    now: dt.datetime | None = None,
+    interview_days: int | None = None,
 ) -> Plan | None:
     """`apply` under `LOCK_ID`; None if another replica holds it and not `wait`."""
     if wait:
@@ -351,7 +452,7 @@ async def apply_locked(
     elif not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_ID):
         return None
     try:
-        return await apply(conn, days, now)
+        return await apply(conn, days, now, interview_days)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
 
@@ -363,16 +464,24 @@ class Maintenance:
     """Runs `apply` every `INTERVAL_S` (one replica at a time) and keeps `horizon` current."""
 
     def __init__(
-        self, days: int | None, pool: asyncpg.Pool, interval_s: float = INTERVAL_S
+        self,
+        pool: asyncpg.Pool,
+        days: int | None,
+        interview_days: int | None = None,
+        interval_s: float = INTERVAL_S,
     ) -> None:
-        self.horizon = Horizon(days)
+        self.horizon = Horizon(Span(days), Span(interview_days))
         self._pool = pool
         self._interval_s = interval_s
 
     async def load(self) -> None:
-        """Read what was dropped before: called before the first batch."""
+        """Read what was removed before: called before the first batch."""
         async with self._pool.acquire() as conn:
-            self.horizon.expired_before = await read_expired_before(conn)
+            self._learn(await read_removed(conn))
+
+    def _learn(self, removed: Removed) -> None:
+        self.horizon.proctoring.expired_before = removed.proctoring
+        self.horizon.interview.expired_before = removed.interview
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -386,9 +495,12 @@ class Maintenance:
                 await asyncio.wait_for(stop.wait(), self._interval_s)
 
     async def once(self) -> Plan | None:
+        h = self.horizon
         async with self._pool.acquire() as conn:
-            done = await apply_locked(conn, self.horizon.days, wait=False)
-            self.horizon.expired_before = await read_expired_before(conn)
+            done = await apply_locked(
+                conn, h.proctoring.days, wait=False, interview_days=h.interview.days
+            )
+            self._learn(await read_removed(conn))
         return done
 
 
