@@ -5,10 +5,9 @@
 -- records the worker stored into the row, stale ones included, raised in the transaction that
 -- stores them. Retention deletes the rows whose `last_event_at` is past the horizon through
 -- these indexes, a bounded batch per transaction; a report's proctoring_violations go with it
--- (ON DELETE CASCADE). NULL (the rows already here, and rows an earlier release writes during
--- a rolling upgrade): the next retention pass gives such a row its `updated_at`, when the
--- worker last wrote it, so no backfill holds these tables now. The interview tables are
--- written a few times per row in its life, so an index on the column costs little; the
+-- (ON DELETE CASCADE). NULL (the rows already here, and rows an earlier release writes
+-- during a rolling upgrade): such a row ages from its `updated_at`, when the worker last wrote it, so no backfill holds these tables now. An
+-- interview row is written a few times in its life, so an index on its age costs little; the
 -- sessions, rewritten by nearly every batch, get none (their updates stay HOT, sql/002).
 --
 -- `interview_expired_before`: what interview retention has deleted; an interview record older
@@ -24,6 +23,11 @@ ALTER TABLE applicants ADD COLUMN last_event_at timestamptz;
 CREATE INDEX interview_reports_last_event_idx ON interview_reports (last_event_at);
 CREATE INDEX interviews_last_event_idx ON interviews (last_event_at);
 CREATE INDEX applicants_last_event_idx ON applicants (last_event_at);
+-- The rows without an age, by when the worker last wrote them (small once they are aged).
+CREATE INDEX interview_reports_unaged_idx ON interview_reports (updated_at)
+    WHERE last_event_at IS NULL;
+CREATE INDEX interviews_unaged_idx ON interviews (updated_at) WHERE last_event_at IS NULL;
+CREATE INDEX applicants_unaged_idx ON applicants (updated_at) WHERE last_event_at IS NULL;
 
 ALTER TABLE retention_state
     ALTER COLUMN expired_before DROP NOT NULL,

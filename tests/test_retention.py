@@ -36,7 +36,7 @@ from support.e2e import (
 )
 from support.infra import Topics
 from support.offsets import produce_to, run_offsets_cli
-from support.reference_model import Model, database_tables, diff_tables
+from support.reference_model import Model, database_ages, database_tables, diff_tables
 from support.storage import (
     PROCTORING_TOPIC,
     apply,
@@ -47,9 +47,10 @@ from support.storage import (
 
 from worker import retention
 from worker.config import Settings
-from worker.decode import proctoring_decoder
+from worker.decode import interview_decoder, proctoring_decoder
 from worker.dev.seeds import proctoring_samples, system_check_example
 from worker.handlers.base import Item
+from worker.horizon import Horizon, Span
 from worker.migrate import load_migrations, migrate
 
 pytestmark = pytest.mark.integration
@@ -201,8 +202,9 @@ def spread(now: dt.datetime) -> list[tuple[int, bytes]]:
     return out
 
 
-async def retention_cli(settings: Settings, days: int, *args: str) -> str:
-    env = worker_env(settings, {"WORKER_PROCTORING_RETENTION_DAYS": str(days)})
+async def retention_cli(settings: Settings, days: dict[str, int], *args: str) -> str:
+    """`worker retention ARGS` with the horizons `days` ({setting name: days})."""
+    env = worker_env(settings, {Settings.env_name(k): str(v) for k, v in days.items()})
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -271,7 +273,7 @@ async def test_horizon_drops_partitions_and_a_replay_changes_nothing(
     before = await catalogue(database_url)
 
     # 2. A 90-day horizon, applied by the operator command.
-    printed = await retention_cli(keep, 90, "apply", "--execute")
+    printed = await retention_cli(keep, {"proctoring_retention_days": 90}, "apply", "--execute")
     month = retention.month_floor(now - dt.timedelta(days=90) - GRACE)
     model.drop_before(month)
     after = await catalogue(database_url)
@@ -338,6 +340,236 @@ async def _tables(database_url: str) -> Any:
         return await database_tables(conn)
     finally:
         await conn.close()
+
+
+async def exams(conn: asyncpg.Connection) -> set[str]:
+    return {r["exam_id"] for r in await conn.fetch("SELECT exam_id FROM proctoring_sessions")}
+
+
+async def test_sessions_go_in_bounded_batches_and_a_pass_cut_short_is_finished_by_the_next(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defect 7 of issue 25, the steps: the sessions are deleted in chunks that commit one by
+    one (a chunk waiting for a locked session leaves the earlier chunks' deletes visible);
+    then the drop fails (a reader holds the partition past the lock timeout), as a process
+    dying between the two steps would leave it. A replay in between stores nothing, even
+    through a worker with no horizon at all; the next pass drops and records the rest."""
+    monkeypatch.setattr(retention, "SWEEP_ROWS", 2)
+    monkeypatch.setattr(retention, "LOCK_TIMEOUT", "300ms")
+    now = dt.datetime.now(UTC)
+    # A first pass with a long horizon leaves month partitions down to 300 days ago.
+    await retention.apply_locked(db, 300, wait=True, now=now)
+    old = now - dt.timedelta(days=200)
+    bodies = [event(f"old{n}", "STARTED", old + dt.timedelta(minutes=n)) for n in range(5)]
+    olds = items_of(bodies)
+    await apply(db, [*olds, *items_of([event("recent", "STARTED", now - dt.timedelta(days=1))])])
+    month = f"proctoring_events_p{retention.month_floor(old):%Y%m}"
+    sessions, partition, applier = [await asyncpg.connect(database_url) for _ in range(3)]
+    chunk = sessions.transaction()
+    await chunk.start()
+    await sessions.execute("SELECT 1 FROM proctoring_sessions WHERE exam_id = 'old2' FOR UPDATE")
+    reading = partition.transaction()
+    await reading.start()
+    await partition.execute(f'SELECT count(*) FROM "{month}"')
+    applying = asyncio.create_task(retention.apply_locked(applier, 90, wait=True, now=now))
+    try:
+        await wait_waiting(db, "proctoring_sessions")
+        assert await exams(db) == {"old2", "old3", "old4", "recent"}, "one chunk at a time"
+        await chunk.rollback()
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await asyncio.wait_for(applying, 30)
+        assert await exams(db) == {"recent"}
+        assert await retention.read_expired_before(db) == retention.month_floor(
+            now - dt.timedelta(days=300) - GRACE
+        ), "the drop was recorded though it failed"
+        # Between the steps: the sessions' records are past the horizon, and their events are
+        # still stored, so not even a replay that sifts nothing brings a session back.
+        kept, gone = Horizon(Span(90)).sift(olds, now=now)
+        assert (kept, gone) == ([], olds)
+        await apply(db, olds)
+        assert await exams(db) == {"recent"}
+        await reading.rollback()
+        done = await retention.apply_locked(applier, 90, wait=True, now=now)
+    finally:
+        for conn in (sessions, partition, applier):
+            conn.terminate()
+    assert done is not None and month in {p.name for t in done.tables for p in t.drop}
+    assert await db.fetchval("SELECT to_regclass($1)", month) is None
+    assert await retention.read_expired_before(db) == retention.month_floor(
+        now - dt.timedelta(days=90) - GRACE
+    )
+    assert await exams(db) == {"recent"}
+
+
+# -- interview data: a 90-day horizon, deletes and a replay -------------------------------------
+
+
+def interview_spread(now: dt.datetime) -> list[tuple[int, bytes, int]]:
+    """(partition, record, Kafka timestamp in ms) of candidates' journeys 3 to 300 days old,
+    each record's timestamp its own time; plus a report whose recording came 195 days after
+    it (kept whole), an applicant dated 2999 by a clock far ahead of its timestamp (aged by the
+    timestamp), and a recording of a report never created (aged by its timestamp)."""
+    out: list[tuple[int, bytes, int]] = []
+
+    def add(partition: int, event: str, at: dt.datetime, **data: Any) -> None:
+        body = json.dumps({"event": event, "data": data}).encode()
+        out.append((partition, body, int(at.timestamp() * 1000)))
+
+    for n, age in enumerate((3, 20, 60, 130, 200, 300)):
+        at = now - dt.timedelta(days=age, hours=5)
+        p, cand, stamp = n % 2, f"cand-{age}", at.strftime("%Y-%m-%d %H:%M:%S")
+        add(
+            p,
+            "applicant.created",
+            at,
+            micro1_job_application_id=f"a-{age}",
+            candidate_id=cand,
+            candidate_name="Ann",
+            date_modified=stamp,
+        )
+        add(
+            p,
+            "interview.started",
+            at,
+            interview_id=f"i-{age}",
+            candidate_id=cand,
+            date_started=stamp,
+        )
+        add(
+            p,
+            "interview_report.created",
+            at,
+            report_id=f"r-{age}",
+            interview_id=f"i-{age}",
+            candidate_id=cand,
+            date_modified=stamp,
+            interview_transcript=[{"content": "hi"}],
+            proctoring_violations=[{"type": "tab_switch", "value": "2"}],
+        )
+        add(
+            p,
+            "interview_recording.completed",
+            at + dt.timedelta(hours=1),
+            report_id=f"r-{age}",
+            candidate_id=cand,
+            interview_recording_url=f"https://v/{age}",
+        )
+    old, late = now - dt.timedelta(days=200), now - dt.timedelta(days=5)
+    add(
+        0,
+        "interview_report.created",
+        old,
+        report_id="r-late",
+        interview_id="i-late",
+        candidate_id="cand-late",
+        date_modified=old.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    add(
+        0,
+        "interview_recording.completed",
+        late,
+        report_id="r-late",
+        candidate_id="cand-late",
+        interview_recording_url="https://v/late",
+    )
+    add(
+        1,
+        "applicant.updated",
+        old,
+        micro1_job_application_id="a-ahead",
+        candidate_id="cand-ahead",
+        date_modified="2999-01-01 00:00:00",
+    )
+    add(
+        1,
+        "proctoring_score.completed",
+        old,
+        report_id="r-orphan",
+        candidate_id="cand-x",
+        proctoring_score=50,
+    )
+    return out
+
+
+async def ages(database_url: str) -> dict[str, dict[str, dt.datetime]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await database_ages(conn)
+    finally:
+        await conn.close()
+
+
+async def test_interview_horizon_deletes_old_rows_and_a_replay_changes_nothing(
+    kafka_bootstrap: str, database_url: str, topics: Topics
+) -> None:
+    """Interview data stored without a horizon; `worker retention apply --execute` with a
+    90-day interview horizon deletes the rows whose latest record is older (the reference
+    model's `drop_interviews`), and a replay from offset 0 under a worker with the horizon
+    stores nothing, counts the old records as expired and dead-letters none."""
+    now = dt.datetime.now(UTC)
+    records = interview_spread(now)
+    await produce_to(
+        kafka_bootstrap,
+        topics.interview,
+        {p: [(None, v, ts) for q, v, ts in records if q == p] for p in range(2)},
+    )
+    end = {(topics.interview, p): sum(1 for q, *_ in records if q == p) for p in range(2)}
+    items, timestamps = [], {}
+    for p in range(2):
+        mine = [(v, ts) for q, v, ts in records if q == p]
+        for n, (v, ts) in enumerate(mine):
+            items.append(Item(decode_ok(interview_decoder, v), topics.interview, p, n))
+            timestamps[(topics.interview, p, n)] = ts
+    model = Model().apply_all(items, timestamps)
+
+    keep = settings_for(kafka_bootstrap, database_url, topics)
+    async with running_worker(keep):
+        await wait_for_offsets(database_url, topics.group_id, end)
+    assert not diff_tables(model.tables(), await _tables(database_url))
+    assert await ages(database_url) == model.stamps, "last_event_at is not the model's"
+
+    printed = await retention_cli(keep, {"interview_retention_days": 90}, "apply", "--execute")
+    model.drop_interviews(now - dt.timedelta(days=90) - GRACE)
+    tables = await _tables(database_url)
+    diff = diff_tables(model.tables(), tables)
+    assert not diff, f"after the deletes:\n{diff}\n{printed}"
+    assert set(tables["interview_reports"]) == {("r-3",), ("r-20",), ("r-60",), ("r-late",)}
+    assert not {k for k in tables["proctoring_violations"] if k[0] in ("r-130", "r-300")}
+    assert set(tables["applicants"]) == {("a-3",), ("a-20",), ("a-60",)}, printed
+    assert "interview_reports: delete 4 rows" in printed, printed
+    assert await ages(database_url) == model.stamps
+
+    snap = await table_snapshot(database_url, offsets=False)
+    replay = Model(None, dt.datetime.now(UTC), 90)
+    replay.interview_expired_before = model.interview_expired_before
+    replay.apply_all(items, timestamps)
+    expected_expired = replay.expired[topics.interview]
+    assert 0 < expected_expired < len(items)
+    horizon = settings_for(kafka_bootstrap, database_url, topics, interview_retention_days=90)
+    async with running_worker(horizon) as worker:
+        await wait_for_offsets(database_url, topics.group_id, end)
+        result = await run_offsets_cli(horizon, "reset", "--to-earliest", "--execute")
+        assert result.code == 0, result
+
+        def expired() -> float:
+            return (
+                worker.metrics.registry.get_sample_value(
+                    "worker_records_expired_total", {"topic": topics.interview}
+                )
+                or 0.0
+            )
+
+        async def replayed() -> bool:
+            return expired() >= expected_expired
+
+        await wait_for(replayed, 60, "the replay's expired records counted")
+        await wait_for_offsets(database_url, topics.group_id, end)
+        assert expired() == expected_expired
+        assert worker.stats["dead_lettered"] == 0
+    changed = snapshot_diff(snap, await table_snapshot(database_url, offsets=False))
+    assert changed == "identical", f"the replay changed tables:\n{changed}"
 
 
 async def test_maintenance_runs_on_one_replica_at_a_time(

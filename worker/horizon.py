@@ -21,12 +21,13 @@ the two `expired_before` values of `retention_state`, which only grow).
 
 Ages (`age_rows`, in the commit transaction, after the handlers): every `interview_reports`,
 `interviews` and `applicants` row that a stored record was applied to, stale or not, gets
-`last_event_at = GREATEST(last_event_at, instant)`. Why a replay after retention deleted rows
-changes no table: retention deletes a row only when its `last_event_at` is before its bound,
-so every record ever applied to it has an instant before the bound and is expired from then on
-(the bound is at most `now - days - GRACE`, and `interview_expired_before` keeps it once
-passed); and a record not expired finds each of its rows still there, so applying it again
-changes nothing (docs/contract.md §5). The handlers lock every row of the batch before this
+`last_event_at = GREATEST(last_event_at, instant)` (`NEVER` for a record without an instant:
+what never expires cannot be deleted from under it either). Why a replay after retention
+deleted rows changes no table: retention deletes a row only when its `last_event_at` is before
+its bound, so every record ever applied to it has an instant before the bound and is expired
+from then on (the bound is at most `now - days - GRACE`, and `interview_expired_before` keeps
+it once passed); and a record not expired finds each of its rows still there, so applying it
+again changes nothing (docs/contract.md §5). The handlers lock every row of the batch before this
 statement runs, so it waits for no one.
 """
 
@@ -47,6 +48,8 @@ from worker.handlers.merge import param, wire
 
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+# The age of a row that a record without any instant was applied to: it is never deleted.
+NEVER = dt.datetime.max.replace(tzinfo=UTC)
 # How far an event's own time may run ahead of its Kafka timestamp before it is not believed:
 # the tolerance recent brokers give a producer's clock (`message.timestamp.after.max.ms`).
 CLOCK_AHEAD = dt.timedelta(hours=1)
@@ -223,7 +226,7 @@ async def age_rows(
             continue
         at = instant(item.event, None if timestamp_of is None else timestamp_of(item))
         if at is None:
-            continue
+            at = NEVER  # a record that never ages keeps its rows from ageing
         for table, key in rows(item.event):
             seen = latest.setdefault(table, {})
             if key not in seen or seen[key] < at:

@@ -28,10 +28,10 @@ advisory lock, and by `worker retention apply --execute`):
    is dropped (DDL: never a row DELETE on these tables), and `retention_state.expired_before`
    is raised to the highest upper bound dropped, in one short transaction: the only moment
    inserts wait for retention.
-5. Interview rows, with `WORKER_INTERVIEW_RETENTION_DAYS=N`: rows of the aged tables without
-   `last_event_at` get their `updated_at` as age, then the rows whose age is before now - N
-   days - `GRACE` are deleted through the index on `last_event_at`, `SWEEP_ROWS` at a time,
-   and `interview_expired_before` is raised to that bound.
+5. Interview rows, with `WORKER_INTERVIEW_RETENTION_DAYS=N`: the rows of the aged tables whose
+   `last_event_at` is before now - N days - `GRACE` (those without one: whose `updated_at`
+   is) are deleted through their indexes, `SWEEP_ROWS` at a time, and
+   `interview_expired_before` is raised to that bound.
 
 Why deleting before recording is safe, for sessions (3 before 4) and interview rows (5): a
 pass that stops in between leaves the partitions (or the bound) unrecorded, and the next pass
@@ -197,6 +197,15 @@ async def partitions(conn: asyncpg.Connection, table: str, rows: bool = False) -
     return counted
 
 
+# What makes a row of an aged table older than `{bound}`: its age, or, for a row without one
+# (written before sql/009, or by an earlier release), the last time the worker wrote it. Each
+# has an index (sql/009); `{t}` is the row alias.
+_OLDER = (
+    "{t}last_event_at < {bound}",
+    "{t}last_event_at IS NULL AND {t}updated_at < {bound}",
+)
+
+
 # -- the plan -----------------------------------------------------------------------------------
 
 
@@ -293,10 +302,9 @@ async def plan(
         )
     if interview.bound is not None:
         for table in AGED_TABLES:
+            older = " OR ".join(f"({c.format(t='', bound='$1')})" for c in _OLDER)
             interview.rows[table.name] = await conn.fetchval(
-                f"SELECT count(*) FROM {table.name} WHERE last_event_at < $1 "
-                "OR (last_event_at IS NULL AND updated_at < $1)",
-                interview.bound,
+                f"SELECT count(*) FROM {table.name} WHERE {older}", interview.bound
             )
     return result
 
@@ -378,27 +386,23 @@ async def _drop(conn: asyncpg.Connection, drops: list[Partition], before: dt.dat
 
 
 async def _age_interviews(conn: asyncpg.Connection, bound: dt.datetime) -> dict[str, int]:
-    """Give rows without an age their `updated_at`, then delete the rows older than `bound`,
-    `SWEEP_ROWS` at a time; the rows deleted per table."""
+    """Delete the rows of the aged tables older than `bound`, `SWEEP_ROWS` at a time; the rows
+    deleted per table."""
     deleted: dict[str, int] = {}
     for table in AGED_TABLES:
-        backfill = f"""
-            UPDATE {table.name} AS t SET last_event_at = t.updated_at
-            FROM (SELECT {table.key} FROM {table.name} WHERE last_event_at IS NULL LIMIT $1) AS n
-            WHERE t.{table.key} = n.{table.key} AND t.last_event_at IS NULL
-        """
-        delete = f"""
-            DELETE FROM {table.name} AS t
-            USING (SELECT {table.key} FROM {table.name} WHERE last_event_at < $2 LIMIT $1) AS d
-            WHERE t.{table.key} = d.{table.key} AND t.last_event_at < $2
-        """
         deleted[table.name] = 0
-        for sql, args in ((backfill, ()), (delete, (bound,))):
+        for older in _OLDER:
+            # The outer condition again: a row a batch made younger meanwhile is kept.
+            sql = f"""
+                DELETE FROM {table.name} AS t
+                USING (SELECT {table.key} FROM {table.name}
+                       WHERE {older.format(t="", bound="$2")} LIMIT $1) AS d
+                WHERE t.{table.key} = d.{table.key} AND {older.format(t="t.", bound="$2")}
+            """
             while True:
                 async with _step(conn):
-                    n = _count(await conn.execute(sql, SWEEP_ROWS, *args))
-                if sql is delete:
-                    deleted[table.name] += n
+                    n = _count(await conn.execute(sql, SWEEP_ROWS, bound))
+                deleted[table.name] += n
                 if n < SWEEP_ROWS:
                     break
     return deleted

@@ -51,8 +51,8 @@ The rules, as applied below:
   to it. Each `interview_reports`, `interviews` and `applicants` row keeps the latest instant
   of the records applied to it, stale ones included (`stamps`); `drop_interviews(bound)`
   removes the rows whose latest instant is before `bound` (reports with their violations)
-  and raises `interview_expired_before` to it. A row no record with an instant touched has
-  no stamp and is kept (the worker ages it by when it wrote it, which is now in a test).
+  and raises `interview_expired_before` to it. A record without an instant never expires,
+  and the rows it was applied to never age (their stamp is the last instant, 9999-12-31).
 
 `Model.tables()` gives {table: {primary key tuple: {column: value}}} in the normal form that
 `database_tables()` reads from PostgreSQL: numeric columns as their decimal text, jsonb as the
@@ -396,10 +396,10 @@ class Model:
         if self.erasures and self._is_erased(event, topic, partition, offset, origin):
             self.erased[topic] = self.erased.get(topic, 0) + 1
             return
-        if at is not None:
-            for table, key in touched(event):
-                stamps = self.stamps[table]
-                stamps[key] = max(at, stamps.get(key, at))
+        age = NEVER if at is None else at  # a record that never ages keeps its rows too
+        for table, key in touched(event):
+            stamps = self.stamps[table]
+            stamps[key] = max(age, stamps.get(key, age))
         if isinstance(event, pr.ProctoringEvent):
             self._proctoring(event, topic, partition, offset)
         elif isinstance(event, iv.InterviewStarted):
@@ -655,6 +655,8 @@ class Model:
 # An event's own time is absurd when it is later than its record's Kafka timestamp by more.
 AHEAD = dt.timedelta(hours=1)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# The age of a row that a record without an instant was applied to.
+NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 # The interview tables that age by the records applied to them.
 AGED: tuple[str, ...] = ("interview_reports", "interviews", "applicants")
 
@@ -768,6 +770,19 @@ async def database_tables(conn: asyncpg.Connection, tables: Iterable[str] = TABL
             key = tuple(values.pop(c) for c in KEYS[table])
             rows[key] = values
         out[table] = rows
+    return out
+
+
+async def database_ages(conn: asyncpg.Connection) -> dict[str, dict[str, dt.datetime]]:
+    """`last_event_at` of the aged interview tables, as the model's `stamps` (rows without one
+    left out: rows the worker wrote before it aged rows)."""
+    out: dict[str, dict[str, dt.datetime]] = {}
+    for table in AGED:
+        (key,) = KEYS[table]
+        rows = await conn.fetch(
+            f"SELECT {key}, last_event_at FROM {table} WHERE last_event_at IS NOT NULL"
+        )
+        out[table] = {r[0]: r[1] for r in rows}
     return out
 
 
