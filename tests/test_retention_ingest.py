@@ -4,6 +4,9 @@ the Kafka timestamps the test chooses) and a real PostgreSQL.
 
 - A current system-check event whose browser clock says 1970 is stored; only its
   `system_checks` row, whose instant retention has dropped, is not (defect 8 of issue 25).
+- A record whose own time runs more than an hour ahead of its Kafka timestamp is aged by the
+  timestamp (a replayed old record dated 2099 is expired, a current one is kept), in both
+  topics; an interview record without a time is aged by its timestamp.
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ async def scripted(
     s = settings(database_url, **overrides)
     conn = await asyncpg.connect(database_url)
     try:
-        await retention.apply_locked(conn, s.proctoring_retention_days, wait=True)
+        await retention.apply_locked(
+            conn, s.proctoring_retention_days, wait=True, interview_days=s.interview_retention_days
+        )
         clients = ScriptedClients(s, partitions=1)
         async with start_worker(s, clients) as run:
             await clients.scripted_consumer.assign({P0, I0})
@@ -134,3 +139,59 @@ async def test_a_current_system_check_with_a_1970_clock_stores_its_event_not_its
         if run.producer.acked:
             problems.append(f"dead-lettered: {run.producer.acked}")
         assert not problems, "\n".join(problems)
+
+
+def flag(created: dt.datetime, exam: str) -> bytes:
+    return json.dumps(
+        {
+            "examId": exam,
+            "candidateId": "cand",
+            "type": "TAB_NOT_FOCUS",
+            "createdAt": created.isoformat(),
+        }
+    ).encode()
+
+
+def applicant(application: str, modified: dt.datetime | None) -> bytes:
+    data: dict[str, Any] = {"micro1_job_application_id": application, "candidate_id": "cand"}
+    if modified is not None:
+        data["date_modified"] = modified.isoformat()
+    return json.dumps({"event": "applicant.created", "data": data}).encode()
+
+
+async def test_records_are_aged_by_the_kafka_timestamp_where_their_own_clock_is_absurd(
+    database_url: str,
+) -> None:
+    """A `createdAt` or `date_modified` in 2099 on a record the log dates 200 days ago (a
+    replay of an old record from a clock far ahead) is past both 90-day horizons: expired,
+    counted per topic, not dead-lettered, offset committed. The same in-the-future time on a
+    current record is kept (its instant is the Kafka timestamp, now), as is an old own time
+    only a few minutes ahead of its timestamp (believed, and within the horizon), and an
+    applicant without a time whose record is current; one whose record is old is expired."""
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    ahead = dt.datetime(2099, 1, 1, tzinfo=UTC)
+    old = now - dt.timedelta(days=200)
+    recent = now - dt.timedelta(days=30)
+    async with scripted(
+        database_url, proctoring_retention_days=90, interview_retention_days=90
+    ) as (run, conn, s):
+        broker = run.clients.broker
+        broker.append(P0, flag(ahead, "replayed"), timestamp=millis(old))
+        broker.append(P0, flag(ahead, "current"), timestamp=millis(now))
+        broker.append(
+            P0, flag(recent + dt.timedelta(minutes=5), "skewed"), timestamp=millis(recent)
+        )
+        broker.append(I0, applicant("a-replayed", ahead), timestamp=millis(old))
+        broker.append(I0, applicant("a-current", ahead), timestamp=millis(now))
+        broker.append(I0, applicant("a-untimed", None), timestamp=millis(now))
+        broker.append(I0, applicant("a-old-untimed", None), timestamp=millis(old))
+        await wait_offsets(conn, s, {P0: 3, I0: 4}, run)
+        exams = {r[0] for r in await conn.fetch("SELECT exam_id FROM proctoring_events")}
+        assert exams == {"current", "skewed"}
+        ages = {
+            r[0]: r[1]
+            for r in await conn.fetch("SELECT job_application_id, last_event_at FROM applicants")
+        }
+        assert ages == {"a-current": now, "a-untimed": now}
+        assert (expired(run, PROCTORING), expired(run, INTERVIEW)) == (1.0, 2.0)
+        assert not run.producer.acked, "dead-lettered"
