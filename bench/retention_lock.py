@@ -8,12 +8,12 @@ A database is filled once: month partitions from 420 days back (a first pass wit
 horizon), `--sessions` sessions whose last events spread evenly over 400 days, and `--events`
 proctoring events over the same 400 days; then each round copies it (`CREATE DATABASE ...
 TEMPLATE`) for each variant and runs a 90-day pass on the copy while `--writers` writers
-insert continuously. A writer's transaction is a small batch as the worker commits one: 50
-events of the current month and the upsert of their 50 sessions. Printed per run: the longest
-time a writer waited for a lock while the pass ran (pg_locks, sampled every millisecond or so:
-what retention blocked), the longest writer transaction then and before the pass (on a shared
-machine the wall time has the other work's noise in it), the pass's duration, and what it
-removed.
+insert continuously. A writer's transaction is a batch as the worker commits one: `--batch`
+events of the current month (50 by default) and the upsert of their sessions. Printed per
+run: the longest time a writer waited for a lock while the pass ran (pg_locks, sampled every
+millisecond or so: what retention blocked), the longest writer transaction then and before
+the pass (on a shared machine the wall time has the other work's noise in it), the pass's
+duration, and what it removed.
 
 The variants: `a754101` is that commit's drop step (worker/retention.py `apply`): one
 transaction that drops the partitions, records `expired_before` and deletes the sessions below
@@ -40,7 +40,6 @@ from worker.migrate import migrate
 
 DAYS = 90
 SPREAD_DAYS = 400
-BATCH = 50
 
 _FILL_SESSIONS = """
 INSERT INTO proctoring_sessions
@@ -58,7 +57,7 @@ SELECT 'exam-' || (g % 40000), 'cand-' || (g * 7 % $3), 'TAB_NOT_FOCUS',
        'Candidate switched tab', 'proctoring.events', g % 12, g
 FROM generate_series(1, $1) AS g
 """
-# A writer's transaction: BATCH events of now and their sessions, as a worker batch writes them.
+# A writer's transaction: $3 events of now and their sessions, as a worker batch writes them.
 _WRITE_EVENTS = """
 INSERT INTO proctoring_events
     (exam_id, candidate_id, type, created_at, description, kafka_topic, kafka_partition,
@@ -118,6 +117,7 @@ class Writer:
     """One writer: (start, seconds) of each of its transactions."""
 
     number: int
+    batch: int
     spans: list[tuple[float, float]] = field(default_factory=list)
     pid: asyncio.Future[int] = field(default_factory=asyncio.Future)
 
@@ -129,10 +129,10 @@ class Writer:
             while not stop.is_set():
                 began = time.perf_counter()
                 async with conn.transaction():
-                    await conn.execute(_WRITE_EVENTS, self.number, n, BATCH)
-                    await conn.execute(_WRITE_SESSIONS, self.number, BATCH)
+                    await conn.execute(_WRITE_EVENTS, self.number, n, self.batch)
+                    await conn.execute(_WRITE_SESSIONS, self.number, self.batch)
                 self.spans.append((began, time.perf_counter() - began))
-                n += BATCH
+                n += self.batch
         finally:
             await conn.close()
 
@@ -173,9 +173,9 @@ class Run:
     transactions: int
 
 
-async def one_run(url: str, variant: str, writers: int) -> Run:
+async def one_run(url: str, variant: str, writers: int, batch: int) -> Run:
     stop = asyncio.Event()
-    team = [Writer(n) for n in range(writers)]
+    team = [Writer(n, batch) for n in range(writers)]
     tasks = [asyncio.create_task(w.run(url, stop)) for w in team]
     pids = [await w.pid for w in team]
     watch = asyncio.create_task(lock_waits(url, pids, stop))
@@ -249,7 +249,9 @@ async def copy_of(url: str, name: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-async def measure(url: str, sessions: int, events: int, rounds: int, writers: int) -> None:
+async def measure(
+    url: str, sessions: int, events: int, rounds: int, writers: int, batch: int
+) -> None:
     await fill(url, sessions, events)
     conn = await asyncpg.connect(url)
     version = await conn.fetchval("SHOW server_version")
@@ -259,7 +261,7 @@ async def measure(url: str, sessions: int, events: int, rounds: int, writers: in
         order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
         for variant in order:
             async with copy_of(url, f"copy_{r}_{variant.replace(' ', '_')}") as copy:
-                run = await one_run(copy, variant, writers)
+                run = await one_run(copy, variant, writers, batch)
             runs.append(run)
             print(
                 f"round {r + 1} {run.variant:>9}: during the pass, longest lock wait "
@@ -269,7 +271,7 @@ async def measure(url: str, sessions: int, events: int, rounds: int, writers: in
                 f"{run.pass_s:5.2f} s; removed {run.removed}"
             )
     print(
-        f"\n{sessions:,} sessions, {events:,} events, {writers} writer(s) of {BATCH}-event "
+        f"\n{sessions:,} sessions, {events:,} events, {writers} writer(s) of {batch}-event "
         f"transactions, PostgreSQL {version}, a {DAYS}-day pass:"
     )
     for variant in VARIANTS:
@@ -290,12 +292,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--rounds", type=int, default=2, help="each variant once per round")
     parser.add_argument("--writers", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=50, help="events per writer transaction")
     parser.add_argument("--database-url", default=None, help="a server to use (embedded if unset)")
     args = parser.parse_args()
 
     async def run() -> None:
         async with database(args.database_url) as url:
-            await measure(url, args.sessions, args.events, args.rounds, args.writers)
+            await measure(url, args.sessions, args.events, args.rounds, args.writers, args.batch)
 
     asyncio.run(run())
 

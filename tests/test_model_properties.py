@@ -873,27 +873,19 @@ async def check_retention(
 
 
 @_settings(30)
-@given(stream=streams(("aged",), 30), data=st.data())
-async def test_retention_matches_the_reference_model_and_a_replay_after_a_drop_changes_nothing(
+@pytest.mark.parametrize("family", ["proctoring", "interview"])
+@given(data=st.data())
+async def test_retention_matches_the_reference_model_and_a_replay_after_removal_changes_nothing(
     db: asyncpg.Connection,  # noqa: F811
-    stream: Stream,
+    family: str,
     data: st.DataObject,
 ) -> None:
-    """Proctoring records over 400 days, with Kafka timestamps earlier, later or far later
-    than their own times; partitions dropped."""
-    await check_retention(db, stream, data, "proctoring")
-
-
-@_settings(30)
-@given(stream=streams(("aged interview",), 30), data=st.data())
-async def test_interview_retention_matches_the_reference_model_and_a_replay_changes_nothing(
-    db: asyncpg.Connection,  # noqa: F811
-    stream: Stream,
-    data: st.DataObject,
-) -> None:
-    """Interview and applicant records over 400 days (own times absent, or earlier, later or
-    far later than their Kafka timestamps; part events with none); rows deleted by age."""
-    await check_retention(db, stream, data, "interview")
+    """Records over 400 days with Kafka timestamps earlier, later or far later than their own
+    times, or none: proctoring records (partitions dropped), interview and applicant records
+    (own times absent or not, part events with none; rows deleted by age)."""
+    kind = "aged" if family == "proctoring" else "aged interview"
+    stream = data.draw(streams((kind,), 30), label="stream")
+    await check_retention(db, stream, data, family)
 
 
 # The first and last instants the contract accepts ---------------------------------------------

@@ -25,9 +25,12 @@ advisory lock, and by `worker retention apply --execute`):
    rewritten by nearly every batch, and an index on that column would end their HOT updates
    (sql/002); a sweep of the primary key costs the pass a scan instead, once a month.
 4. Drop: every partition whose whole range lies before the drop bound (now - N days - `GRACE`)
-   is dropped (DDL: never a row DELETE on these tables), and `retention_state.expired_before`
-   is raised to the highest upper bound dropped, in one short transaction: the only moment
-   inserts wait for retention.
+   is dropped (DDL: never a row DELETE on these tables), one month at a time, oldest first:
+   the month's partitions of both tables, and `retention_state.expired_before` raised to its
+   end, in one short transaction each, the only moments inserts wait for retention. A DROP's
+   lock request waits for every transaction in flight on the table and queues every new insert
+   behind itself meanwhile, so it gives up after `DROP_LOCK_TIMEOUT` and tries again: no insert
+   waits much longer than that and one month's DROP.
 5. Interview rows, with `WORKER_INTERVIEW_RETENTION_DAYS=N`: the rows of the aged tables whose
    `last_event_at` is before now - N days - `GRACE` (those without one: whose `updated_at`
    is) are deleted through their indexes, `SWEEP_ROWS` at a time, and
@@ -56,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import random
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -85,6 +89,10 @@ INTERVAL_S = 600.0
 LOCK_TIMEOUT = "2s"
 # Rows one delete transaction removes at most (sessions: keys it looks at).
 SWEEP_ROWS = 10_000
+# The drop waits this long for the transactions in flight (inserts queue behind it meanwhile),
+# then lets them pass and tries again after a pause, this many times in a pass.
+DROP_LOCK_TIMEOUT = "50ms"
+DROP_ATTEMPTS = 60
 # "event-worker retention" hashed, like migrate.MIGRATION_LOCK_ID.
 LOCK_ID = 0x6576_656E_7477_6B02
 
@@ -334,10 +342,10 @@ async def _carve(
 
 
 @contextlib.asynccontextmanager
-async def _step(conn: asyncpg.Connection) -> AsyncIterator[None]:
+async def _step(conn: asyncpg.Connection, lock_timeout: str | None = None) -> AsyncIterator[None]:
     """One short transaction of a pass, which gives up rather than queue behind a long one."""
     async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        await conn.execute(f"SET LOCAL lock_timeout = '{lock_timeout or LOCK_TIMEOUT}'")
         yield
 
 
@@ -378,11 +386,32 @@ async def _sweep_sessions(conn: asyncpg.Connection, before: dt.datetime) -> int:
         key = (row["exam_id"], row["candidate_id"])
 
 
-async def _drop(conn: asyncpg.Connection, drops: list[Partition], before: dt.datetime) -> None:
-    """Drop the partitions and record what was dropped, in one short transaction."""
-    async with _step(conn):
-        await conn.execute("DROP TABLE " + ", ".join(f'"{p.name}"' for p in drops))
-        await conn.execute(_record_removed("expired_before"), before)
+async def _drop(conn: asyncpg.Connection, drops: list[Partition]) -> None:
+    """Drop the partitions one range at a time, oldest first: the range's partitions of both
+    tables and the record of what is now dropped in one short transaction each."""
+    ranges: dict[dt.datetime, list[Partition]] = {}
+    for p in drops:
+        assert p.hi is not None  # only partitions wholly before the bound are dropped
+        ranges.setdefault(p.hi, []).append(p)
+    for hi in sorted(ranges):
+        await _drop_range(conn, ranges[hi], hi)
+
+
+async def _drop_range(conn: asyncpg.Connection, drops: list[Partition], hi: dt.datetime) -> None:
+    """Drop one range's partitions and record everything before `hi` dropped, in one short
+    transaction. While the DROP waits for the transactions in flight on its tables, every
+    insert queues behind it: it waits `DROP_LOCK_TIMEOUT` at most, lets them pass, and tries
+    again, up to `DROP_ATTEMPTS` times."""
+    for attempt in range(1, DROP_ATTEMPTS + 1):
+        try:
+            async with _step(conn, DROP_LOCK_TIMEOUT):
+                await conn.execute("DROP TABLE " + ", ".join(f'"{p.name}"' for p in drops))
+                await conn.execute(_record_removed("expired_before"), hi)
+            return
+        except asyncpg.LockNotAvailableError:
+            if attempt == DROP_ATTEMPTS:
+                raise
+            await asyncio.sleep(random.uniform(0.05, 0.25))
 
 
 async def _age_interviews(conn: asyncpg.Connection, bound: dt.datetime) -> dict[str, int]:
@@ -427,7 +456,7 @@ async def apply(
     new = result.new_expired_before
     if drops and new is not None:
         result.sessions = await _sweep_sessions(conn, new)
-        await _drop(conn, drops, new)
+        await _drop(conn, drops)
         log.info(
             "partitions dropped",
             partitions=[p.name for p in drops],
