@@ -113,18 +113,23 @@ class Horizon:
         cuts = (self.proctoring.cutoff(now), self.interview.cutoff(now))
         if cuts == (None, None):
             return items if isinstance(items, list) else list(items), []
+        # Own times up to this are believed whatever the batch's Kafka timestamps: the common
+        # case, decided without looking a record up (see _older).
+        believed = [_believed(cut, timestamp_of, oldest) for cut in cuts]
         kept: list[Any] = []
         gone: list[Any] = []
         for item in items:
             event = item.event
-            proctoring = isinstance(event, ProctoringEvent)
-            cut = cuts[0] if proctoring else cuts[1]
-            if cut is not None:
-                own = event.createdAt if proctoring else event_instant(event)
-                if _older(item, own, cut, timestamp_of, oldest):
-                    gone.append(item)
-                    continue
-            kept.append(item)
+            if isinstance(event, ProctoringEvent):
+                cut, own, sure = cuts[0], event.createdAt, believed[0]
+            else:
+                cut, own, sure = cuts[1], event_instant(event), believed[1]
+            if cut is None or (own is not None and cut <= own <= sure):
+                kept.append(item)
+            elif (own is not None and own < cut) or _older(item, cut, timestamp_of):
+                gone.append(item)
+            else:
+                kept.append(item)
         return kept, gone
 
     def sift_part(self, part: Any, now: dt.datetime | None = None) -> tuple[list[Any], list[Any]]:
@@ -139,22 +144,20 @@ class Horizon:
         return self.sift(part.items, timestamp_of, kafka_instant(min(known)), now)
 
 
-def _older(
-    item: Item,
-    own: dt.datetime | None,
-    cut: dt.datetime,
-    timestamp_of: TimestampOf | None,
-    oldest: dt.datetime | None,
-) -> bool:
-    """Whether `item`, whose event's own time is `own`, has an instant before `cut`."""
-    if own is not None:
-        if own < cut:
-            return True  # its instant is never later than its own time
-        if timestamp_of is None:
-            return False
-        if oldest is not None and (oldest >= cut or own <= oldest + CLOCK_AHEAD):
-            return False  # no Kafka timestamp of the batch can age it
-    elif timestamp_of is None:
+def _believed(
+    cut: dt.datetime | None, timestamp_of: TimestampOf | None, oldest: dt.datetime | None
+) -> dt.datetime:
+    """The latest own time that no Kafka timestamp of the batch can make older than `cut`:
+    any, without timestamps or when none of them is before `cut`; else up to the oldest
+    timestamp plus `CLOCK_AHEAD` (a later one could be absurd); unknown timestamps: none."""
+    if cut is None or timestamp_of is None or (oldest is not None and oldest >= cut):
+        return NEVER
+    return EPOCH if oldest is None else oldest + CLOCK_AHEAD
+
+
+def _older(item: Item, cut: dt.datetime, timestamp_of: TimestampOf | None) -> bool:
+    """Whether `item`'s instant, by its record's Kafka timestamp, lies before `cut`."""
+    if timestamp_of is None:
         return False
     at = instant(item.event, timestamp_of(item))
     return at is not None and at < cut
