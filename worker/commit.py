@@ -18,8 +18,8 @@ into its `erased` list, inside the transaction because the ledger's check must b
 with erasures. Either way they store nothing, but their offsets commit with the rest: the
 place for any further check that turns a record into a counted discard.
 After the handlers, the same transaction records in the interview rows the stored records
-were applied to the latest instant of those records (`last_event_at`, worker/horizon.py), by
-which retention ages them.
+were applied to the age those records give them (`last_event_at`, worker/horizon.py), by which
+retention deletes them.
 
 A transient failure anywhere propagates to the caller, which retries the same batch; what a
 failed attempt learnt (which letters the broker acknowledged, which records the database

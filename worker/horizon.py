@@ -21,14 +21,15 @@ the two `expired_before` values of `retention_state`, which only grow).
 
 Ages (`age_rows`, in the commit transaction, after the handlers): every `interview_reports`,
 `interviews` and `applicants` row that a stored record was applied to, stale or not, gets
-`last_event_at = GREATEST(last_event_at, instant)` (`NEVER` for a record without an instant:
-what never expires cannot be deleted from under it either). Why a replay after retention
-deleted rows changes no table: retention deletes a row only when its `last_event_at` is before
+`last_event_at = GREATEST(last_event_at, age_of(instant))`: the instant rounded up to the end of
+its day (a second write of each row the transaction stored costs ingest; rows of one day need
+it once), `NEVER` for a record without an instant. Why a replay after retention
+deleted rows brings none back: retention deletes a row only when its `last_event_at` is before
 its bound, so every record ever applied to it has an instant before the bound and is expired
 from then on (the bound is at most `now - days - GRACE`, and `interview_expired_before` keeps
-it once passed); and a record not expired finds each of its rows still there, so applying it
-again changes nothing (docs/contract.md §5). The handlers lock every row of the batch before this
-statement runs, so it waits for no one.
+it once passed); and a record not expired finds each of its rows still there, and is applied
+again as in any replay (docs/contract.md §5; §7 says what that can change in a kept row).
+The handlers lock every row of the batch before this statement runs, so it waits for no one.
 """
 
 from __future__ import annotations
@@ -71,6 +72,16 @@ def instant(event: Any, timestamp: int | None) -> dt.datetime | None:
     if own is None or (kafka is not None and own > kafka + CLOCK_AHEAD):
         return kafka
     return own
+
+
+def age_of(at: dt.datetime | None) -> dt.datetime:
+    """The age a record gives the rows it is applied to: its instant rounded up to the end of
+    its UTC day, so that the rows of one day's records are written once for their age, not
+    once per record; `NEVER` for a record without an instant (what never expires is not
+    deleted from under it either)."""
+    if at is None or at.date() >= NEVER.date():
+        return NEVER
+    return dt.datetime.combine(at.date() + dt.timedelta(days=1), dt.time(), UTC)
 
 
 @dataclass(slots=True)
@@ -178,7 +189,8 @@ class AgedTable:
         return f"""
 UPDATE {self.name} AS t SET last_event_at = v.at
 FROM unnest($1::text[], {param(2, "timestamptz")}) AS v(key, at)
-WHERE t.{self.key} = v.key AND (t.last_event_at IS NULL OR t.last_event_at < v.at)
+WHERE t.{self.key} = ANY($1::text[]) AND t.{self.key} = v.key
+  AND (t.last_event_at IS NULL OR t.last_event_at < v.at)
 """
 
 
@@ -228,8 +240,7 @@ async def age_rows(
         if rows is None:
             continue
         at = instant(item.event, None if timestamp_of is None else timestamp_of(item))
-        if at is None:
-            at = NEVER  # a record that never ages keeps its rows from ageing
+        at = age_of(at)
         for table, key in rows(item.event):
             seen = latest.setdefault(table, {})
             if key not in seen or seen[key] < at:

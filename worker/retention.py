@@ -20,10 +20,8 @@ advisory lock, and by `worker retention apply --execute`):
    far_past is wholly past the horizon.
 3. Sessions: when partitions are to be dropped, the sessions whose `last_event_at` is below
    the highest upper bound to drop (all their events are in those partitions) are deleted
-   first, `SWEEP_ROWS` keys of the primary key at a time, each chunk its own short transaction
-   that locks no partitioned table. Not through an index on `last_event_at`: sessions are
-   rewritten by nearly every batch, and an index on that column would end their HOT updates
-   (sql/002); a sweep of the primary key costs the pass a scan instead, once a month.
+   first, by a sweep: `SWEEP_ROWS` entries of the primary key at a time, each chunk its own
+   short transaction that locks no partitioned table.
 4. Drop: every partition whose whole range lies before the drop bound (now - N days - `GRACE`)
    is dropped (DDL: never a row DELETE on these tables), one month at a time, oldest first:
    the month's partitions of both tables, and `retention_state.expired_before` raised to its
@@ -31,10 +29,16 @@ advisory lock, and by `worker retention apply --execute`):
    lock request waits for every transaction in flight on the table and queues every new insert
    behind itself meanwhile, so it gives up after `DROP_LOCK_TIMEOUT` and tries again: no insert
    waits much longer than that and one month's DROP.
-5. Interview rows, with `WORKER_INTERVIEW_RETENTION_DAYS=N`: the rows of the aged tables whose
-   `last_event_at` is before now - N days - `GRACE` (those without one: whose `updated_at`
-   is) are deleted through their indexes, `SWEEP_ROWS` at a time, and
+5. Interview rows, with `WORKER_INTERVIEW_RETENTION_DAYS=N`, once a day
+   (`INTERVIEW_SWEEP_EVERY`): the rows of the aged tables whose `last_event_at` (without one:
+   whose `updated_at`) is before now - N days - `GRACE` are deleted by a sweep, and
    `interview_expired_before` is raised to that bound.
+
+Neither sweep goes through an index on the column that ages the rows: those rows are
+rewritten by the batches that touch them (a session by nearly every batch), and an index on
+that column would end their HOT updates (sql/002) and cost ingest a write per index per row.
+A sweep costs the pass a scan of the table instead, once a month for the sessions and once a
+day for the interview tables, in short transactions that hold nothing ingest waits for.
 
 Why deleting before recording is safe, for sessions (3 before 4) and interview rows (5): a
 pass that stops in between leaves the partitions (or the bound) unrecorded, and the next pass
@@ -87,8 +91,11 @@ AHEAD_MONTHS = 3
 GRACE = dt.timedelta(hours=1)
 INTERVAL_S = 600.0
 LOCK_TIMEOUT = "2s"
-# Rows one delete transaction removes at most (sessions: keys it looks at).
+# Primary-key entries one delete transaction of a sweep looks at.
 SWEEP_ROWS = 10_000
+# A pass of `worker run` sweeps the interview tables (a scan of each) once this much time has
+# moved their bound on; `worker retention apply --execute` sweeps them at once.
+INTERVIEW_SWEEP_EVERY = dt.timedelta(days=1)
 # The drop waits this long for the transactions in flight (inserts queue behind it meanwhile),
 # then lets them pass and tries again after a pause, this many times in a pass.
 DROP_LOCK_TIMEOUT = "50ms"
@@ -205,15 +212,6 @@ async def partitions(conn: asyncpg.Connection, table: str, rows: bool = False) -
     return counted
 
 
-# What makes a row of an aged table older than `{bound}`: its age, or, for a row without one
-# (written before sql/009, or by an earlier release), the last time the worker wrote it. Each
-# has an index (sql/009); `{t}` is the row alias.
-_OLDER = (
-    "{t}last_event_at < {bound}",
-    "{t}last_event_at IS NULL AND {t}updated_at < {bound}",
-)
-
-
 # -- the plan -----------------------------------------------------------------------------------
 
 
@@ -310,9 +308,8 @@ async def plan(
         )
     if interview.bound is not None:
         for table in AGED_TABLES:
-            older = " OR ".join(f"({c.format(t='', bound='$1')})" for c in _OLDER)
             interview.rows[table.name] = await conn.fetchval(
-                f"SELECT count(*) FROM {table.name} WHERE {older}", interview.bound
+                f"SELECT count(*) FROM {table.name} AS t WHERE {_AGE_OLDER}", interview.bound
             )
     return result
 
@@ -354,36 +351,48 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-# A chunk of the sessions' primary key from ($1, $2) on: its sessions older than $4 deleted, and
-# where the next chunk starts. Ids are non-empty (docs/contract.md §3), so ('', '') precedes them.
-_SWEEP_SESSIONS = """
+# What makes a row older than the bound ($1 here, `bound` in a sweep): a session by its last
+# event; an interview row by its age, or, without one (written before sql/009 or by an earlier
+# release), by when the worker last wrote it. `t` is the row.
+_SESSION_OLDER = "t.last_event_at < {bound}"
+_AGE_OLDER = "COALESCE(t.last_event_at, t.updated_at) < {bound}"
+
+
+def _sweep_sql(table: str, keys: tuple[str, ...], older: str) -> str:
+    """A chunk of `table`'s primary key `keys` after ($1, ...): its rows `older` than the
+    bound deleted, and how many were looked at and where the next chunk starts. Every id is
+    non-empty (docs/contract.md §3), so a key of empty strings precedes them all."""
+    n = len(keys)
+    cols = ", ".join(keys)
+    after = ", ".join(f"${i}::text" for i in range(1, n + 1))
+    same = " AND ".join(f"t.{k} = c.{k}" for k in keys)
+    return f"""
 WITH chunk AS MATERIALIZED (
-    SELECT exam_id, candidate_id FROM proctoring_sessions
-    WHERE (exam_id, candidate_id) > ($1::text, $2::text)
-    ORDER BY exam_id, candidate_id
-    LIMIT $3
+    SELECT {cols} FROM {table} WHERE ({cols}) > ({after}) ORDER BY {cols} LIMIT ${n + 1}
 ), gone AS (
-    DELETE FROM proctoring_sessions AS s USING chunk AS c
-    WHERE s.exam_id = c.exam_id AND s.candidate_id = c.candidate_id AND s.last_event_at < $4
+    DELETE FROM {table} AS t USING chunk AS c
+    WHERE {same} AND {older.format(bound=f"${n + 2}")}
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM chunk) AS scanned,
-       (SELECT max(exam_id) FROM chunk) AS exam_id,
-       (SELECT max(candidate_id) FROM chunk
-        WHERE exam_id = (SELECT max(exam_id) FROM chunk)) AS candidate_id
+SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM chunk) AS scanned, last.*
+FROM (SELECT 1) AS one
+LEFT JOIN (SELECT {cols} FROM chunk ORDER BY {cols} DESC LIMIT 1) AS last ON true
 """
 
 
-async def _sweep_sessions(conn: asyncpg.Connection, before: dt.datetime) -> int:
-    """Delete the sessions whose last event is before `before`, chunk by chunk; how many."""
-    key, deleted = ("", ""), 0
+async def _sweep(
+    conn: asyncpg.Connection, table: str, keys: tuple[str, ...], older: str, bound: dt.datetime
+) -> int:
+    """Delete the rows of `table` `older` than `bound`, walking its primary key `SWEEP_ROWS`
+    entries a transaction (no index on what ages them: module docstring); how many."""
+    sql, after, deleted = _sweep_sql(table, keys, older), ("",) * len(keys), 0
     while True:
         async with _step(conn):
-            row = await conn.fetchrow(_SWEEP_SESSIONS, *key, SWEEP_ROWS, before)
+            row = await conn.fetchrow(sql, *after, SWEEP_ROWS, bound)
         deleted += row["deleted"]
         if row["scanned"] < SWEEP_ROWS:
             return deleted
-        key = (row["exam_id"], row["candidate_id"])
+        after = tuple(row[k] for k in keys)
 
 
 async def _drop(conn: asyncpg.Connection, drops: list[Partition]) -> None:
@@ -415,26 +424,8 @@ async def _drop_range(conn: asyncpg.Connection, drops: list[Partition], hi: dt.d
 
 
 async def _age_interviews(conn: asyncpg.Connection, bound: dt.datetime) -> dict[str, int]:
-    """Delete the rows of the aged tables older than `bound`, `SWEEP_ROWS` at a time; the rows
-    deleted per table."""
-    deleted: dict[str, int] = {}
-    for table in AGED_TABLES:
-        deleted[table.name] = 0
-        for older in _OLDER:
-            # The outer condition again: a row a batch made younger meanwhile is kept.
-            sql = f"""
-                DELETE FROM {table.name} AS t
-                USING (SELECT {table.key} FROM {table.name}
-                       WHERE {older.format(t="", bound="$2")} LIMIT $1) AS d
-                WHERE t.{table.key} = d.{table.key} AND {older.format(t="t.", bound="$2")}
-            """
-            while True:
-                async with _step(conn):
-                    n = _count(await conn.execute(sql, SWEEP_ROWS, bound))
-                deleted[table.name] += n
-                if n < SWEEP_ROWS:
-                    break
-    return deleted
+    """Delete the rows of the aged tables older than `bound`; the rows deleted per table."""
+    return {t.name: await _sweep(conn, t.name, (t.key,), _AGE_OLDER, bound) for t in AGED_TABLES}
 
 
 async def apply(
@@ -442,10 +433,12 @@ async def apply(
     days: int | None,
     now: dt.datetime | None = None,
     interview_days: int | None = None,
+    interview_every: dt.timedelta | None = None,
 ) -> Plan:
     """Create the partitions ahead, carve and drop what is past the horizon, delete the
-    sessions and interview rows that go with it. The caller holds `LOCK_ID`. Each step is its
-    own transaction; a step that fails leaves the earlier ones done (module docstring)."""
+    sessions and interview rows that go with it (the latter only if the last sweep of them
+    is `interview_every` old; None: now). The caller holds `LOCK_ID`. Each step is its own
+    transaction; a step that fails leaves the earlier ones done (module docstring)."""
     result = await plan(conn, days, now, interview_days, count=False)
     for t in result.tables:
         for kind, new_months in ((FAR_FUTURE, t.ahead), (FAR_PAST, t.back)):
@@ -455,7 +448,8 @@ async def apply(
     drops = [p for t in result.tables for p in t.drop]
     new = result.new_expired_before
     if drops and new is not None:
-        result.sessions = await _sweep_sessions(conn, new)
+        keys = ("exam_id", "candidate_id")
+        result.sessions = await _sweep(conn, "proctoring_sessions", keys, _SESSION_OLDER, new)
         await _drop(conn, drops)
         log.info(
             "partitions dropped",
@@ -463,8 +457,10 @@ async def apply(
             expired_before=new.isoformat(),
             sessions=result.sessions,
         )
-    bound = result.interview.bound
-    if bound is not None:
+    bound, swept = result.interview.bound, result.interview.expired_before
+    if bound is not None and (
+        swept is None or interview_every is None or bound >= swept + interview_every
+    ):
         result.interview.rows = await _age_interviews(conn, bound)
         await conn.execute(_record_removed("interview_expired_before"), bound)
         if any(result.interview.rows.values()):
@@ -478,6 +474,7 @@ async def apply_locked(
     wait: bool,
     now: dt.datetime | None = None,
     interview_days: int | None = None,
+    interview_every: dt.timedelta | None = None,
 ) -> Plan | None:
     """`apply` under `LOCK_ID`; None if another replica holds it and not `wait`."""
     if wait:
@@ -485,7 +482,7 @@ async def apply_locked(
     elif not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_ID):
         return None
     try:
-        return await apply(conn, days, now, interview_days)
+        return await apply(conn, days, now, interview_days, interview_every)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
 
@@ -531,7 +528,11 @@ class Maintenance:
         h = self.horizon
         async with self._pool.acquire() as conn:
             done = await apply_locked(
-                conn, h.proctoring.days, wait=False, interview_days=h.interview.days
+                conn,
+                h.proctoring.days,
+                wait=False,
+                interview_days=h.interview.days,
+                interview_every=INTERVIEW_SWEEP_EVERY,
             )
             self._learn(await read_removed(conn))
         return done

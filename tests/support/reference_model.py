@@ -48,11 +48,12 @@ The rules, as applied below:
   `drop_before(month)` (a UTC month start: partitions are UTC months, and one is
   dropped when its whole month lies before the drop bound) removes the events and system
   checks before it, the sessions whose last event is before it, and raises `expired_before`
-  to it. Each `interview_reports`, `interviews` and `applicants` row keeps the latest instant
-  of the records applied to it, stale ones included (`stamps`); `drop_interviews(bound)`
-  removes the rows whose latest instant is before `bound` (reports with their violations)
-  and raises `interview_expired_before` to it. A record without an instant never expires,
-  and the rows it was applied to never age (their stamp is the last instant, 9999-12-31).
+  to it. Each `interview_reports`, `interviews` and `applicants` row keeps an age: the end of
+  the UTC day of the latest instant of the records applied to it, stale ones included
+  (`stamps`); `drop_interviews(bound)` removes the rows whose age is before `bound` (reports
+  with their violations) and raises `interview_expired_before` to it. A record without an
+  instant never expires, and the rows it was applied to never age (their age is the last
+  instant, 9999-12-31).
 
 `Model.tables()` gives {table: {primary key tuple: {column: value}}} in the normal form that
 `database_tables()` reads from PostgreSQL: numeric columns as their decimal text, jsonb as the
@@ -307,7 +308,7 @@ class Model:
         self.expired_before: dt.datetime | None = None
         self.interview_expired_before: dt.datetime | None = None
         self.expired: dict[str, int] = {}  # records expired, by topic
-        # The latest instant of the records applied to each interview row, by table and key.
+        # The age of each interview row (see the module docstring), by table and key.
         self.stamps: dict[str, dict[str, dt.datetime]] = {t: {} for t in AGED}
         self.sessions: dict[tuple[Any, ...], Row] = {}
         self.candidates: dict[str, dict[str, Register]] = {}
@@ -396,7 +397,9 @@ class Model:
         if self.erasures and self._is_erased(event, topic, partition, offset, origin):
             self.erased[topic] = self.erased.get(topic, 0) + 1
             return
-        age = NEVER if at is None else at  # a record that never ages keeps its rows too
+        # A row's age: the end of the UTC day of its latest record; a record that never ages
+        # keeps its rows from ageing too.
+        age = NEVER if at is None or at.date() == NEVER.date() else day_end(at)
         for table, key in touched(event):
             stamps = self.stamps[table]
             stamps[key] = max(age, stamps.get(key, age))
@@ -452,7 +455,7 @@ class Model:
         }
 
     def drop_interviews(self, bound: dt.datetime) -> None:
-        """Interview retention deleted the rows whose latest instant is before `bound`."""
+        """Interview retention deleted the rows whose age is before `bound`."""
         rows = self._aged_rows()
         for table, stamps in self.stamps.items():
             for key in [k for k, at in stamps.items() if at < bound]:
@@ -659,6 +662,12 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 # The interview tables that age by the records applied to them.
 AGED: tuple[str, ...] = ("interview_reports", "interviews", "applicants")
+
+
+def day_end(at: dt.datetime) -> dt.datetime:
+    """Midnight UTC after `at` (a datetime of the UTC day after `at`'s)."""
+    day = at.astimezone(dt.UTC).date() + dt.timedelta(days=1)
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
 def own_time(event: Any) -> dt.datetime | None:
