@@ -7,6 +7,13 @@
   partitions past it (gone from the catalogue; no row deleted from the partitions that stay),
   the remaining rows equal the reference model's, and `worker offsets reset --to-earliest
   --execute` under a running worker changes no table and counts the expired records.
+- Sessions are deleted while inserts go on, in chunks that commit one by one; a pass cut
+  short between the sessions and the drop is finished by the next, and a replay in between
+  stores nothing (defect 7 of issue 25).
+- Interview data over 300 days, a 90-day interview horizon: the rows older than it (by
+  `last_event_at`, the reference model's ages) are deleted and a replay from offset 0 under a
+  worker with the horizon changes no table; the worker sweeps them once a day, the command at
+  once.
 
 The reference model's retention rules are exercised by tests/test_model_properties.py too
 (hypothesis streams, a drop, a replay from offset 0).
@@ -628,3 +635,49 @@ async def test_inserts_go_on_while_retention_deletes_sessions(
     assert await retention.read_expired_before(db) == retention.month_floor(
         now - dt.timedelta(days=90) - GRACE
     )
+
+
+async def test_interview_rows_are_swept_once_a_day_by_the_worker_and_at_once_by_the_command(
+    db: asyncpg.Connection,  # noqa: F811
+) -> None:
+    """A sweep scans the interview tables: `worker run`'s passes make one when the bound has
+    moved a day (`INTERVIEW_SWEEP_EVERY`) since the last; `apply --execute` at once. A row
+    without an age goes by `updated_at`."""
+    now = dt.datetime.now(UTC)
+    day = retention.INTERVIEW_SWEEP_EVERY
+    every = {"interview_days": 30, "interview_every": day}
+    await retention.apply_locked(db, None, wait=True, now=now, **every)
+    old = now - dt.timedelta(days=100)
+    await db.execute(
+        "INSERT INTO applicants (job_application_id, candidate_id, status, last_event_at, "
+        "updated_at) VALUES ('aged', 'c', 'created', $1, now()), ('unaged', 'c', 'created', "
+        "NULL, $1), ('young', 'c', 'created', $2, now())",
+        old,
+        now,
+    )
+
+    async def left() -> set[str]:
+        return {r[0] for r in await db.fetch("SELECT job_application_id FROM applicants")}
+
+    done = await retention.apply_locked(db, None, wait=True, now=now + day / 2, **every)
+    assert (
+        done is not None
+        and done.interview.rows == {}
+        and await left()
+        == {
+            "aged",
+            "unaged",
+            "young",
+        }
+    )
+    done = await retention.apply_locked(db, None, wait=True, now=now + day, **every)
+    assert done is not None and done.interview.rows["applicants"] == 2
+    assert await left() == {"young"}
+    assert (await retention.read_removed(db)).interview == retention.drop_bound(30, now + day)
+    await db.execute(
+        "INSERT INTO applicants (job_application_id, candidate_id, status, last_event_at) "
+        "VALUES ('aged', 'c', 'created', $1)",
+        old,
+    )
+    done = await retention.apply_locked(db, None, wait=True, interview_days=30)
+    assert done is not None and done.interview.rows["applicants"] == 1
