@@ -681,3 +681,44 @@ async def test_interview_rows_are_swept_once_a_day_by_the_worker_and_at_once_by_
     )
     done = await retention.apply_locked(db, None, wait=True, interview_days=30)
     assert done is not None and done.interview.rows["applicants"] == 1
+
+
+async def test_a_sweep_walks_the_primary_key_once(
+    db: asyncpg.Connection,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each chunk of a sweep starts after the greatest key of the one before (all key columns
+    compared): every session is looked at once, and only the old ones go."""
+    now = dt.datetime.now(UTC)
+    keys = [(e, c) for e in ("a", "b", "c") for c in ("x", "y", "z")]
+    await db.executemany(
+        "INSERT INTO proctoring_sessions (exam_id, candidate_id, last_event_at) "
+        "VALUES ($1, $2, $3)",
+        [(e, c, now - dt.timedelta(days=200 if c == "y" else 1)) for e, c in keys],
+    )
+    monkeypatch.setattr(retention, "SWEEP_ROWS", 2)
+    chunks: list[tuple[int, tuple[str, str]]] = []
+
+    class Watched:
+        """`db`, noting what each chunk looked at and where the next one starts."""
+
+        def transaction(self) -> Any:
+            return db.transaction()
+
+        async def execute(self, *args: Any) -> str:
+            return await db.execute(*args)
+
+        async def fetchrow(self, *args: Any) -> Any:
+            row = await db.fetchrow(*args)
+            chunks.append((row["scanned"], (row["exam_id"], row["candidate_id"])))
+            return row
+
+    bound = now - dt.timedelta(days=90)
+    columns = ("exam_id", "candidate_id")
+    older = retention._SESSION_OLDER
+    deleted = await retention._sweep(Watched(), "proctoring_sessions", columns, older, bound)
+    assert deleted == 3
+    starts = [("a", "y"), ("b", "x"), ("b", "z"), ("c", "y"), ("c", "z")]
+    assert chunks == [(2, k) for k in starts[:-1]] + [(1, starts[-1])]
+    left = await db.fetch("SELECT exam_id, candidate_id FROM proctoring_sessions ORDER BY 1, 2")
+    assert [tuple(r) for r in left] == [k for k in keys if k[1] != "y"]

@@ -364,6 +364,7 @@ def _sweep_sql(table: str, keys: tuple[str, ...], older: str) -> str:
     non-empty (docs/contract.md §3), so a key of empty strings precedes them all."""
     n = len(keys)
     cols = ", ".join(keys)
+    backwards = ", ".join(f"{k} DESC" for k in keys)
     after = ", ".join(f"${i}::text" for i in range(1, n + 1))
     same = " AND ".join(f"t.{k} = c.{k}" for k in keys)
     return f"""
@@ -376,7 +377,7 @@ WITH chunk AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM chunk) AS scanned, last.*
 FROM (SELECT 1) AS one
-LEFT JOIN (SELECT {cols} FROM chunk ORDER BY {cols} DESC LIMIT 1) AS last ON true
+LEFT JOIN (SELECT {cols} FROM chunk ORDER BY {backwards} LIMIT 1) AS last ON true
 """
 
 
