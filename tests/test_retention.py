@@ -562,6 +562,7 @@ async def test_interview_horizon_deletes_old_rows_and_a_replay_changes_nothing(
     assert replay.expired[topics.interview] < len(items)
     horizon = settings_for(kafka_bootstrap, database_url, topics, interview_retention_days=90)
     await replay_from_zero(horizon, topics.interview, end, replay.expired[topics.interview])
+    assert await ages(database_url) == model.stamps, "the replay changed last_event_at"
 
 
 async def test_maintenance_runs_on_one_replica_at_a_time(
