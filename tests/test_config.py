@@ -140,6 +140,7 @@ KNOWN: dict[str, tuple[str, object]] = {
     "metrics_host": ("WORKER_METRICS_HOST", "0.0.0.0"),
     "ready_max_retry_s": ("WORKER_READY_MAX_RETRY_S", 60.0),
     "proctoring_retention_days": ("WORKER_PROCTORING_RETENTION_DAYS", None),
+    "interview_retention_days": ("WORKER_INTERVIEW_RETENTION_DAYS", None),
 }
 
 # variable: (low, high), as enforced before the declarations existed (plus the new one).
@@ -159,6 +160,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "WORKER_METRICS_PORT": (0, 65535),
     "WORKER_READY_MAX_RETRY_S": (1, 86400),
     "WORKER_PROCTORING_RETENTION_DAYS": (1, 36_500),
+    "WORKER_INTERVIEW_RETENTION_DAYS": (1, 36_500),
 }
 
 # What a bound needs from the other settings to be accepted (the cross-field checks).
@@ -221,6 +223,7 @@ def test_from_env_reads_every_declared_variable() -> None:
         "WORKER_METRICS_HOST": "127.0.0.1",
         "WORKER_READY_MAX_RETRY_S": "5",
         "WORKER_PROCTORING_RETENTION_DAYS": "1095",
+        "WORKER_INTERVIEW_RETENTION_DAYS": "30",
     }
     assert set(env) == {variable for variable, _ in KNOWN.values()}
     s = Settings.from_env(env)

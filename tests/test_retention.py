@@ -7,6 +7,13 @@
   partitions past it (gone from the catalogue; no row deleted from the partitions that stay),
   the remaining rows equal the reference model's, and `worker offsets reset --to-earliest
   --execute` under a running worker changes no table and counts the expired records.
+- Sessions are deleted while inserts go on, in chunks that commit one by one; a pass cut
+  short between the sessions and the drop is finished by the next, and a replay in between
+  stores nothing (defect 7 of issue 25).
+- Interview data over 300 days, a 90-day interview horizon: the rows older than it (by
+  `last_event_at`, the reference model's ages) are deleted and a replay from offset 0 under a
+  worker with the horizon changes no table; the worker sweeps them once a day, the command at
+  once.
 
 The reference model's retention rules are exercised by tests/test_model_properties.py too
 (hypothesis streams, a drop, a replay from offset 0).
@@ -15,6 +22,7 @@ The reference model's retention rules are exercised by tests/test_model_properti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -35,7 +43,7 @@ from support.e2e import (
 )
 from support.infra import Topics
 from support.offsets import produce_to, run_offsets_cli
-from support.reference_model import Model, database_tables, diff_tables
+from support.reference_model import Model, database_ages, database_tables, diff_tables
 from support.storage import (
     PROCTORING_TOPIC,
     apply,
@@ -46,9 +54,10 @@ from support.storage import (
 
 from worker import retention
 from worker.config import Settings
-from worker.decode import proctoring_decoder
+from worker.decode import interview_decoder, proctoring_decoder
 from worker.dev.seeds import proctoring_samples, system_check_example
 from worker.handlers.base import Item
+from worker.horizon import Horizon, Span
 from worker.migrate import load_migrations, migrate
 
 pytestmark = pytest.mark.integration
@@ -159,7 +168,13 @@ async def test_migration_keeps_every_row_of_a_populated_database(database_url: s
         ]
         bodies += [event("edge", "STARTED", FIRST), event("edge", "END_PROCTORING", LAST)]
         bodies.append(event("edge", "SYSTEM_CHECK_COMPLETED", now, check_at=FIRST))
+        # This release's system-check insert reads retention_state (created by 005): a
+        # stand-in for this connection while it writes rows as a release before 005 did.
+        await conn.execute(
+            "CREATE TEMP VIEW retention_state AS SELECT NULL::timestamptz AS expired_before"
+        )
         await apply(conn, items_of(bodies))
+        await conn.execute("DROP VIEW pg_temp.retention_state")
         before = await snapshot(conn)
         assert len(before["proctoring_events"]) == len(bodies)
         assert await migrate(conn) == [m.version for m in load_migrations() if m.version > 4]
@@ -194,8 +209,9 @@ def spread(now: dt.datetime) -> list[tuple[int, bytes]]:
     return out
 
 
-async def retention_cli(settings: Settings, days: int, *args: str) -> str:
-    env = worker_env(settings, {"WORKER_PROCTORING_RETENTION_DAYS": str(days)})
+async def retention_cli(settings: Settings, days: dict[str, int], *args: str) -> str:
+    """`worker retention ARGS` with the horizons `days` ({setting name: days})."""
+    env = worker_env(settings, {Settings.env_name(k): str(v) for k, v in days.items()})
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -264,7 +280,7 @@ async def test_horizon_drops_partitions_and_a_replay_changes_nothing(
     before = await catalogue(database_url)
 
     # 2. A 90-day horizon, applied by the operator command.
-    printed = await retention_cli(keep, 90, "apply", "--execute")
+    printed = await retention_cli(keep, {"proctoring_retention_days": 90}, "apply", "--execute")
     month = retention.month_floor(now - dt.timedelta(days=90) - GRACE)
     model.drop_before(month)
     after = await catalogue(database_url)
@@ -290,25 +306,33 @@ async def test_horizon_drops_partitions_and_a_replay_changes_nothing(
     assert sum(after.values()) == len(tables["proctoring_events"]) + len(tables["system_checks"])
 
     # 3. A replay from offset 0 under a running worker with the horizon: no table changes.
-    snap = await table_snapshot(database_url, offsets=False)
     replay = Model(90, dt.datetime.now(UTC))
     replay.expired_before = month
     replay.apply_all(items)
-    expected_expired = replay.expired[topics.proctoring]
-    assert 0 < expected_expired < len(items)
+    assert replay.expired[topics.proctoring] < len(items)
     horizon = settings_for(kafka_bootstrap, database_url, topics, proctoring_retention_days=90)
-    async with running_worker(horizon) as worker:
-        await wait_for_offsets(database_url, topics.group_id, end)
-        result = await run_offsets_cli(horizon, "reset", "--to-earliest", "--execute")
+    await replay_from_zero(horizon, topics.proctoring, end, replay.expired[topics.proctoring])
+    assert not diff_tables(model.tables(), await _tables(database_url))
+
+
+async def replay_from_zero(
+    s: Settings, topic: str, end: dict[tuple[str, int], int], expected_expired: int
+) -> None:
+    """`worker offsets reset --to-earliest` under a worker with settings `s`: every table is
+    unchanged, `expected_expired` records of `topic` are counted as expired, none is
+    dead-lettered."""
+    assert expected_expired > 0
+    snap = await table_snapshot(s.database_url, offsets=False)
+    async with running_worker(s) as worker:
+        await wait_for_offsets(s.database_url, s.group_id, end)
+        result = await run_offsets_cli(s, "reset", "--to-earliest", "--execute")
         assert result.code == 0, result
-        assert all(
-            v == 0 for v in (await committed_offsets(database_url, topics.group_id)).values()
-        )
+        assert all(v == 0 for v in (await committed_offsets(s.database_url, s.group_id)).values())
 
         def expired() -> float:
             return (
                 worker.metrics.registry.get_sample_value(
-                    "worker_records_expired_total", {"topic": topics.proctoring}
+                    "worker_records_expired_total", {"topic": topic}
                 )
                 or 0.0
             )
@@ -317,12 +341,11 @@ async def test_horizon_drops_partitions_and_a_replay_changes_nothing(
             return expired() >= expected_expired
 
         await wait_for(replayed, 60, "the replay's expired records counted")
-        await wait_for_offsets(database_url, topics.group_id, end)
+        await wait_for_offsets(s.database_url, s.group_id, end)
         assert expired() == expected_expired
         assert worker.stats["dead_lettered"] == 0
-    changed = snapshot_diff(snap, await table_snapshot(database_url, offsets=False))
+    changed = snapshot_diff(snap, await table_snapshot(s.database_url, offsets=False))
     assert changed == "identical", f"the replay changed tables:\n{changed}"
-    assert not diff_tables(model.tables(), await _tables(database_url))
 
 
 async def _tables(database_url: str) -> Any:
@@ -333,28 +356,213 @@ async def _tables(database_url: str) -> Any:
         await conn.close()
 
 
-# -- the ingest check, without a database ----------------------------------------------------------
+async def exams(conn: asyncpg.Connection) -> set[str]:
+    return {r["exam_id"] for r in await conn.fetch("SELECT exam_id FROM proctoring_sessions")}
 
 
-def test_a_record_with_any_instant_past_the_horizon_is_expired() -> None:
-    now = dt.datetime(2026, 12, 3, 12, tzinfo=UTC)
-    old, new = now - dt.timedelta(days=91), now - dt.timedelta(days=89)
-    items = items_of(
-        [
-            event("e", "TAB_NOT_FOCUS", new),
-            event("e", "TAB_NOT_FOCUS", old),
-            event("e", "SYSTEM_CHECK_COMPLETED", new, check_at=old),
-            event("e", "SYSTEM_CHECK_COMPLETED", new, check_at=new),
-        ]
+async def test_sessions_go_in_bounded_batches_and_a_pass_cut_short_is_finished_by_the_next(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defect 7 of issue 25, the steps: the sessions are deleted in chunks that commit one by
+    one (a chunk waiting for a locked session leaves the earlier chunks' deletes visible);
+    then the drop fails (a reader holds the partition past the lock timeout), as a process
+    dying between the two steps would leave it (the older months, dropped one at a time, are
+    gone and recorded). A replay in between stores nothing, even through a worker with no
+    horizon at all; the next pass drops and records the rest."""
+    monkeypatch.setattr(retention, "SWEEP_ROWS", 2)
+    monkeypatch.setattr(retention, "DROP_ATTEMPTS", 3)
+    now = dt.datetime.now(UTC)
+    # A first pass with a long horizon leaves month partitions down to 300 days ago.
+    await retention.apply_locked(db, 300, wait=True, now=now)
+    old = now - dt.timedelta(days=200)
+    bodies = [event(f"old{n}", "STARTED", old + dt.timedelta(minutes=n)) for n in range(5)]
+    olds = items_of(bodies)
+    await apply(db, [*olds, *items_of([event("recent", "STARTED", now - dt.timedelta(days=1))])])
+    month = f"proctoring_events_p{retention.month_floor(old):%Y%m}"
+    sessions, partition, applier = [await asyncpg.connect(database_url) for _ in range(3)]
+    chunk = sessions.transaction()
+    await chunk.start()
+    await sessions.execute("SELECT 1 FROM proctoring_sessions WHERE exam_id = 'old2' FOR UPDATE")
+    reading = partition.transaction()
+    await reading.start()
+    await partition.execute(f'SELECT count(*) FROM "{month}"')
+    applying = asyncio.create_task(retention.apply_locked(applier, 90, wait=True, now=now))
+    try:
+        await wait_waiting(db, "proctoring_sessions")
+        assert await exams(db) == {"old2", "old3", "old4", "recent"}, "one chunk at a time"
+        await chunk.rollback()
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await asyncio.wait_for(applying, 30)
+        assert await exams(db) == {"recent"}
+        # The months before the held one were dropped (one at a time), it and later ones not.
+        assert await retention.read_expired_before(db) == retention.month_floor(old)
+        assert await db.fetchval("SELECT to_regclass($1)::text", month) == month
+        # Between the steps: the sessions' records are past the horizon, and their events are
+        # still stored, so not even a replay that sifts nothing brings a session back.
+        kept, gone = Horizon(Span(90)).sift(olds, now=now)
+        assert (kept, gone) == ([], olds)
+        await apply(db, olds)
+        assert await exams(db) == {"recent"}
+        await reading.rollback()
+        done = await retention.apply_locked(applier, 90, wait=True, now=now)
+    finally:
+        for conn in (sessions, partition, applier):
+            conn.terminate()
+    assert done is not None and month in {p.name for t in done.tables for p in t.drop}
+    assert await db.fetchval("SELECT to_regclass($1)", month) is None
+    assert await retention.read_expired_before(db) == retention.month_floor(
+        now - dt.timedelta(days=90) - GRACE
     )
-    kept, gone = retention.Horizon(90).sift(items, now)
-    assert [i.offset for i in kept] == [0, 3] and [i.offset for i in gone] == [1, 2]
-    # What was dropped stays expired when the horizon is lengthened or removed.
-    dropped_before = now - dt.timedelta(days=60)
-    for days in (None, 365):
-        kept, _ = retention.Horizon(days, dropped_before).sift(items, now)
-        assert [i.offset for i in kept] == []
-    assert retention.Horizon(None).sift(items, now) == (items, [])
+    assert await exams(db) == {"recent"}
+
+
+# -- interview data: a 90-day horizon, deletes and a replay -------------------------------------
+
+
+def interview_spread(now: dt.datetime) -> list[tuple[int, bytes, int]]:
+    """(partition, record, Kafka timestamp in ms) of candidates' journeys 3 to 300 days old,
+    each record's timestamp its own time; plus a report whose recording came 195 days after
+    it (kept whole), an applicant dated 2999 by a clock far ahead of its timestamp (aged by the
+    timestamp), and a recording of a report never created (aged by its timestamp)."""
+    out: list[tuple[int, bytes, int]] = []
+
+    def add(partition: int, event: str, at: dt.datetime, **data: Any) -> None:
+        body = json.dumps({"event": event, "data": data}).encode()
+        out.append((partition, body, int(at.timestamp() * 1000)))
+
+    for n, age in enumerate((3, 20, 60, 130, 200, 300)):
+        at = now - dt.timedelta(days=age, hours=5)
+        p, cand, stamp = n % 2, f"cand-{age}", at.strftime("%Y-%m-%d %H:%M:%S")
+        add(
+            p,
+            "applicant.created",
+            at,
+            micro1_job_application_id=f"a-{age}",
+            candidate_id=cand,
+            candidate_name="Ann",
+            date_modified=stamp,
+        )
+        add(
+            p,
+            "interview.started",
+            at,
+            interview_id=f"i-{age}",
+            candidate_id=cand,
+            date_started=stamp,
+        )
+        add(
+            p,
+            "interview_report.created",
+            at,
+            report_id=f"r-{age}",
+            interview_id=f"i-{age}",
+            candidate_id=cand,
+            date_modified=stamp,
+            interview_transcript=[{"content": "hi"}],
+            proctoring_violations=[{"type": "tab_switch", "value": "2"}],
+        )
+        add(
+            p,
+            "interview_recording.completed",
+            at + dt.timedelta(hours=1),
+            report_id=f"r-{age}",
+            candidate_id=cand,
+            interview_recording_url=f"https://v/{age}",
+        )
+    old, late = now - dt.timedelta(days=200), now - dt.timedelta(days=5)
+    add(
+        0,
+        "interview_report.created",
+        old,
+        report_id="r-late",
+        interview_id="i-late",
+        candidate_id="cand-late",
+        date_modified=old.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    add(
+        0,
+        "interview_recording.completed",
+        late,
+        report_id="r-late",
+        candidate_id="cand-late",
+        interview_recording_url="https://v/late",
+    )
+    add(
+        1,
+        "applicant.updated",
+        old,
+        micro1_job_application_id="a-ahead",
+        candidate_id="cand-ahead",
+        date_modified="2999-01-01 00:00:00",
+    )
+    add(
+        1,
+        "proctoring_score.completed",
+        old,
+        report_id="r-orphan",
+        candidate_id="cand-x",
+        proctoring_score=50,
+    )
+    return out
+
+
+async def ages(database_url: str) -> dict[str, dict[str, dt.datetime]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await database_ages(conn)
+    finally:
+        await conn.close()
+
+
+async def test_interview_horizon_deletes_old_rows_and_a_replay_changes_nothing(
+    kafka_bootstrap: str, database_url: str, topics: Topics
+) -> None:
+    """Interview data stored without a horizon; `worker retention apply --execute` with a
+    90-day interview horizon deletes the rows whose latest record is older (the reference
+    model's `drop_interviews`), and a replay from offset 0 under a worker with the horizon
+    stores nothing, counts the old records as expired and dead-letters none."""
+    now = dt.datetime.now(UTC)
+    records = interview_spread(now)
+    await produce_to(
+        kafka_bootstrap,
+        topics.interview,
+        {p: [(None, v, ts) for q, v, ts in records if q == p] for p in range(2)},
+    )
+    end = {(topics.interview, p): sum(1 for q, *_ in records if q == p) for p in range(2)}
+    items, timestamps = [], {}
+    for p in range(2):
+        mine = [(v, ts) for q, v, ts in records if q == p]
+        for n, (v, ts) in enumerate(mine):
+            items.append(Item(decode_ok(interview_decoder, v), topics.interview, p, n))
+            timestamps[(topics.interview, p, n)] = ts
+    model = Model().apply_all(items, timestamps)
+
+    keep = settings_for(kafka_bootstrap, database_url, topics)
+    async with running_worker(keep):
+        await wait_for_offsets(database_url, topics.group_id, end)
+    assert not diff_tables(model.tables(), await _tables(database_url))
+    assert await ages(database_url) == model.stamps, "last_event_at is not the model's"
+
+    printed = await retention_cli(keep, {"interview_retention_days": 90}, "apply", "--execute")
+    model.drop_interviews(now - dt.timedelta(days=90) - GRACE)
+    tables = await _tables(database_url)
+    diff = diff_tables(model.tables(), tables)
+    assert not diff, f"after the deletes:\n{diff}\n{printed}"
+    assert set(tables["interview_reports"]) == {("r-3",), ("r-20",), ("r-60",), ("r-late",)}
+    assert not {k for k in tables["proctoring_violations"] if k[0] in ("r-130", "r-300")}
+    assert set(tables["applicants"]) == {("a-3",), ("a-20",), ("a-60",)}, printed
+    assert "interview_reports: delete 4 rows" in printed, printed
+    assert await ages(database_url) == model.stamps
+
+    replay = Model(None, dt.datetime.now(UTC), 90)
+    replay.interview_expired_before = model.interview_expired_before
+    replay.apply_all(items, timestamps)
+    assert replay.expired[topics.interview] < len(items)
+    horizon = settings_for(kafka_bootstrap, database_url, topics, interview_retention_days=90)
+    await replay_from_zero(horizon, topics.interview, end, replay.expired[topics.interview])
+    assert await ages(database_url) == model.stamps, "the replay changed last_event_at"
 
 
 async def test_maintenance_runs_on_one_replica_at_a_time(
@@ -369,3 +577,149 @@ async def test_maintenance_runs_on_one_replica_at_a_time(
         assert await retention.apply_locked(other, 90, wait=False) is not None
     finally:
         await other.close()
+
+
+# -- defect 7 (issue 25): sessions are deleted while ingest goes on ------------------------------
+
+
+async def wait_waiting(conn: asyncpg.Connection, fragment: str, timeout: float = 10.0) -> None:
+    """Until a backend running a statement containing `fragment` waits for a lock."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND strpos(query, $1) > 0 AND pid <> pg_backend_pid()",
+        fragment,
+    ):
+        assert asyncio.get_running_loop().time() < deadline, f"no {fragment!r} waited for a lock"
+        await asyncio.sleep(0.01)
+
+
+async def test_inserts_go_on_while_retention_deletes_sessions(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+) -> None:
+    """Retention deletes the sessions of dropped months; one of them is locked by a
+    transaction (as an in-flight batch or a reader holding it would), so the delete waits.
+    While it waits, an insert into proctoring_events must not: deleting sessions must not
+    happen under the partitions' ACCESS EXCLUSIVE lock."""
+    now = dt.datetime.now(UTC)
+    old = now - dt.timedelta(days=200)
+    bodies = [event(f"old{n}", "STARTED", old + dt.timedelta(minutes=n)) for n in range(5)]
+    await apply(db, items_of([*bodies, event("recent", "STARTED", now - dt.timedelta(days=1))]))
+    holder = await asyncpg.connect(database_url)
+    applier = await asyncpg.connect(database_url)
+    writer = await asyncpg.connect(database_url)
+    holding = holder.transaction()
+    await holding.start()
+    await holder.execute("SELECT 1 FROM proctoring_sessions WHERE exam_id = 'old2' FOR UPDATE")
+    applying = asyncio.create_task(retention.apply_locked(applier, 90, wait=True, now=now))
+    try:
+        await wait_waiting(db, "proctoring_sessions")
+        await writer.execute("SET lock_timeout = '1s'")
+        try:
+            await apply(writer, items_of([event("live", "TAB_NOT_FOCUS", now)], 1))
+        except asyncpg.LockNotAvailableError as exc:
+            pytest.fail(
+                f"an insert into proctoring_events waited while sessions were deleted: {exc}"
+            )
+        await holding.rollback()
+        await asyncio.wait_for(applying, 30)
+    finally:
+        if not applying.done():
+            await holding.rollback()
+        with contextlib.suppress(Exception):
+            await applying
+        for conn in (holder, applier, writer):
+            await conn.close()
+    sessions = {r["exam_id"] for r in await db.fetch("SELECT exam_id FROM proctoring_sessions")}
+    assert sessions == {"recent", "live"}
+    assert await retention.read_expired_before(db) == retention.month_floor(
+        now - dt.timedelta(days=90) - GRACE
+    )
+
+
+async def test_interview_rows_are_swept_once_a_day_by_the_worker_and_at_once_by_the_command(
+    db: asyncpg.Connection,  # noqa: F811
+) -> None:
+    """A sweep scans the interview tables: `worker run`'s passes make one when the bound has
+    moved a day (`INTERVIEW_SWEEP_EVERY`) since the last; `apply --execute` at once. A row
+    without an age goes by `updated_at`."""
+    now = dt.datetime.now(UTC)
+    day = retention.INTERVIEW_SWEEP_EVERY
+    every = {"interview_days": 30, "interview_every": day}
+    await retention.apply_locked(db, None, wait=True, now=now, **every)
+    old = now - dt.timedelta(days=100)
+    await db.execute(
+        "INSERT INTO applicants (job_application_id, candidate_id, status, last_event_at, "
+        "updated_at) VALUES ('aged', 'c', 'created', $1, now()), ('unaged', 'c', 'created', "
+        "NULL, $1), ('young', 'c', 'created', $2, now())",
+        old,
+        now,
+    )
+
+    async def left() -> set[str]:
+        return {r[0] for r in await db.fetch("SELECT job_application_id FROM applicants")}
+
+    done = await retention.apply_locked(db, None, wait=True, now=now + day / 2, **every)
+    assert (
+        done is not None
+        and done.interview.rows == {}
+        and await left()
+        == {
+            "aged",
+            "unaged",
+            "young",
+        }
+    )
+    done = await retention.apply_locked(db, None, wait=True, now=now + day, **every)
+    assert done is not None and done.interview.rows["applicants"] == 2
+    assert await left() == {"young"}
+    assert (await retention.read_removed(db)).interview == retention.drop_bound(30, now + day)
+    await db.execute(
+        "INSERT INTO applicants (job_application_id, candidate_id, status, last_event_at) "
+        "VALUES ('aged', 'c', 'created', $1)",
+        old,
+    )
+    done = await retention.apply_locked(db, None, wait=True, interview_days=30)
+    assert done is not None and done.interview.rows["applicants"] == 1
+
+
+async def test_a_sweep_walks_the_primary_key_once(
+    db: asyncpg.Connection,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each chunk of a sweep starts after the greatest key of the one before (all key columns
+    compared): every session is looked at once, and only the old ones go."""
+    now = dt.datetime.now(UTC)
+    keys = [(e, c) for e in ("a", "b", "c") for c in ("x", "y", "z")]
+    await db.executemany(
+        "INSERT INTO proctoring_sessions (exam_id, candidate_id, last_event_at) "
+        "VALUES ($1, $2, $3)",
+        [(e, c, now - dt.timedelta(days=200 if c == "y" else 1)) for e, c in keys],
+    )
+    monkeypatch.setattr(retention, "SWEEP_ROWS", 2)
+    chunks: list[tuple[int, tuple[str, str]]] = []
+
+    class Watched:
+        """`db`, noting what each chunk looked at and where the next one starts."""
+
+        def transaction(self) -> Any:
+            return db.transaction()
+
+        async def execute(self, *args: Any) -> str:
+            return await db.execute(*args)
+
+        async def fetchrow(self, *args: Any) -> Any:
+            row = await db.fetchrow(*args)
+            chunks.append((row["scanned"], (row["exam_id"], row["candidate_id"])))
+            return row
+
+    bound = now - dt.timedelta(days=90)
+    columns = ("exam_id", "candidate_id")
+    older = retention._SESSION_OLDER
+    deleted = await retention._sweep(Watched(), "proctoring_sessions", columns, older, bound)
+    assert deleted == 3
+    starts = [("a", "y"), ("b", "x"), ("b", "z"), ("c", "y"), ("c", "z")]
+    assert chunks == [(2, k) for k in starts[:-1]] + [(1, starts[-1])]
+    left = await db.fetch("SELECT exam_id, candidate_id FROM proctoring_sessions ORDER BY 1, 2")
+    assert [tuple(r) for r in left] == [k for k in keys if k[1] != "y"]

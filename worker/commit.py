@@ -19,12 +19,15 @@
    lanes (`KafkaOffsets`): a lane notes what it stored and takes its next batch at once, so a
    broker round trip never sits between a batch and the one behind it.
 
-Before step 2, records past the retention horizon (worker/retention.py) are moved out of each
+Before step 2, records past the retention horizon (worker/horizon.py) are moved out of each
 part's items into its `expired` list; in step 2, before anything is written, the records of
 erased candidates that were in the log when the erasure was made (worker/erasure.py) are moved
 into its `erased` list, inside the transaction because the ledger's check must be serialised
 with erasures. Either way they store nothing, but their offsets commit with the rest: the
 place for any further check that turns a record into a counted discard.
+After the handlers, the same transaction records in the interview rows the stored records
+were applied to the age those records give them (`last_event_at`, worker/horizon.py), by which
+retention deletes them.
 
 A transient failure anywhere propagates to the caller, which retries the same batch; what a
 failed attempt learnt (which letters the broker acknowledged, which records the database
@@ -60,7 +63,7 @@ from worker.dlq import (
 )
 from worker.erasure import Ledger
 from worker.handlers.base import Item
-from worker.retention import Horizon
+from worker.horizon import Horizon, age_rows
 from worker.retry import describe, is_record_error
 from worker.router import Prepared, PrepareError, prepare_batch, write_batch
 
@@ -172,7 +175,7 @@ class Committer:
         if self._horizon is not None:
             for tp in live:
                 part = batch[tp]
-                part.items, expired = self._horizon.sift(part.items)
+                part.items, expired = self._horizon.sift_part(part)
                 part.expired.extend(expired)
 
     async def commit(
@@ -228,6 +231,7 @@ class Committer:
                     found = await self.store(conn, kept, prepared, at, guarded)
                     if found:
                         raise _Rejected(found)  # rolls the transaction back
+                    await age_rows(conn, kept, lambda i: record_of(batch, i).timestamp)
                 return began, time.time_ns()
             except _Unguarded:
                 guarded = True  # rolled back: again, under savepoints

@@ -281,6 +281,16 @@ class Settings:
         low=1,
         high=36_500,
     )
+    interview_retention_days: int | None = _declare(
+        None,
+        "WORKER_INTERVIEW_RETENTION_DAYS",
+        "interview reports (transcripts, evaluations, recording URLs), interviews and applicants "
+        "whose latest record is older than this many days are deleted, and records older than "
+        'it store nothing (README "Data lifecycle"); unset: kept forever',
+        "integer",
+        low=1,
+        high=36_500,
+    )
 
     def __post_init__(self) -> None:
         # Here rather than in the parser: settings built in code connect the same way.

@@ -195,7 +195,7 @@ class Worker:
         consumer = self._consumer = self.clients.consumer()
         dlq = DeadLetterPublisher(producer, s.dlq_topic, s.group_id, ledger.key)
         # Retention: what was dropped is known before the first batch; then maintained aside.
-        retention = Maintenance(s.proctoring_retention_days, self._pool)
+        retention = Maintenance(self._pool, s.proctoring_retention_days, s.interview_retention_days)
         await self._retrying_call("database", retention.load)
         maintenance = asyncio.create_task(retention.run(self._stop))
         self._committer = Committer(self._pool, dlq, s.group_id, ledger, retention.horizon)

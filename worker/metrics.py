@@ -90,7 +90,7 @@ class Metrics:
         # Retention's and erasure's discards (docs/contract.md §7), by topic.
         self.expired = Counter(
             "worker_records_expired",
-            "Proctoring records older than the retention horizon: not stored, not "
+            "Records older than their topic's retention horizon: not stored, not "
             "dead-lettered, their offsets committed",
             ["topic"],
             registry=r,

@@ -42,14 +42,26 @@ The rules, as applied below:
   `proctoring_sessions`: earliest STARTED, latest END_PROCTORING, latest event, and the number
   of distinct flag events ever stored in `proctoring_events` (a session's aggregates change
   only when one of its events is stored for the first time).
-- Retention (docs/contract.md §7), the horizon learnt first: with `days` set and the clock at
-  `now`, a proctoring record one of whose instants (createdAt; a system check's timestamp
-  too) lies before `max(now - days, expired_before)` is *expired*: it changes no table and is
-  counted per topic (before any erasure: a record both expired and erased counts as expired).
+- Retention (docs/contract.md §7), the horizon learnt first. A record's *instant* is its own
+  time (proctoring: `createdAt`; `interview.started`: `date_started`; a report or applicant
+  event: `date_modified`, else `date_created`; the part events: none), or its Kafka timestamp
+  where it has none or its own time is later than the Kafka timestamp by more than an hour
+  (absurd); neither: no instant. With the clock at `now`, a record whose instant lies before
+  its family's cutoff is *expired*: it changes no table and is counted per topic (before any
+  erasure: a record both expired and erased counts as expired). The cutoffs are
+  `max(now - days, expired_before)` for proctoring records and `max(now - interview_days,
+  interview_expired_before)` for interview records (an unset days: no age rule).
+  A system check's `timestamp` decides nothing about its record: the `system_checks` row of a
+  kept event is stored unless its timestamp lies before `expired_before`.
   `drop_before(month)` (a UTC month start: partitions are UTC months, and one is
   dropped when its whole month lies before the drop bound) removes the events and system
   checks before it, the sessions whose last event is before it, and raises `expired_before`
-  to it.
+  to it. Each `interview_reports`, `interviews` and `applicants` row keeps an age: the end of
+  the UTC day of the latest instant of the records applied to it, stale ones included
+  (`stamps`); `drop_interviews(bound)` removes the rows whose age is before `bound` (reports
+  with their violations) and raises `interview_expired_before` to it. A record without an
+  instant never expires, and the rows it was applied to never age (their age is the last
+  instant, 9999-12-31).
 
 `Model.tables()` gives {table: {primary key tuple: {column: value}}} in the normal form that
 `database_tables()` reads from PostgreSQL: numeric columns as their decimal text, jsonb as the
@@ -293,11 +305,20 @@ _APPLICANT_OWN: dict[str, str] = {
 class Model:
     """The tables after applying events one at a time, in the order `apply` is called."""
 
-    def __init__(self, days: int | None = None, now: dt.datetime | None = None) -> None:
+    def __init__(
+        self,
+        days: int | None = None,
+        now: dt.datetime | None = None,
+        interview_days: int | None = None,
+    ) -> None:
         self.days = days
+        self.interview_days = interview_days
         self.now = now  # the clock the horizon is measured from (None: no age rule)
         self.expired_before: dt.datetime | None = None
+        self.interview_expired_before: dt.datetime | None = None
         self.expired: dict[str, int] = {}  # records expired, by topic
+        # The age of each interview row (see the module docstring), by table and key.
+        self.stamps: dict[str, dict[str, dt.datetime]] = {t: {} for t in AGED}
         self.sessions: dict[tuple[Any, ...], Row] = {}
         self.candidates: dict[str, dict[str, Register]] = {}
         self.jobs: dict[str, dict[str, Register]] = {}
@@ -364,6 +385,10 @@ class Model:
         for table in (self.proctoring_events, self.system_checks, self.sessions):
             for key in [k for k in table if k[1] == candidate]:
                 del table[key]
+        rows = self._aged_rows()
+        for table, stamps in self.stamps.items():
+            for key in [k for k in stamps if k not in rows[table]]:
+                del stamps[key]
 
     def _is_old(self, ids: set[str], emails: set[str], coordinates: Iterable[Coordinate]) -> bool:
         """Whether a record naming `ids` and `emails` (lower-cased), at `coordinates`, is old."""
@@ -388,9 +413,16 @@ class Model:
 
     # -- applying ----------------------------------------------------------------------------
 
-    def apply_all(self, items: Iterable[tuple[Any, str, int, int]]) -> Model:
+    def apply_all(
+        self,
+        items: Iterable[tuple[Any, str, int, int]],
+        timestamps: Mapping[tuple[str, int, int], int] | None = None,
+    ) -> Model:
+        """Apply `items` in order; `timestamps`: Kafka timestamps (ms) by (topic, partition,
+        offset), where the records have one."""
         for event, topic, partition, offset in items:
-            self.apply(event, topic, partition, offset)
+            ts = None if timestamps is None else timestamps.get((topic, partition, offset))
+            self.apply(event, topic, partition, offset, timestamp=ts)
         return self
 
     def apply(
@@ -401,11 +433,14 @@ class Model:
         offset: int = 0,
         origin: Sequence[Coordinate] = (),
         signed: bool = True,
+        timestamp: int | None = None,
     ) -> None:
-        """Apply one event read at (topic, partition, offset); `origin` is the coordinates of
-        its `dlq.replay.origin`, believed only when `signed`."""
+        """Apply one event read at (topic, partition, offset) whose record has the Kafka
+        `timestamp` (ms; None or negative: none); `origin` is the coordinates of its
+        `dlq.replay.origin`, believed only when `signed`."""
+        at = instant(event, timestamp)
         # Past the horizon first: a record both expired and erased counts as expired.
-        if isinstance(event, pr.ProctoringEvent) and self._is_expired(event):
+        if self._is_expired(event, at):
             self.expired[topic] = self.expired.get(topic, 0) + 1
             return
         if self.erasures:
@@ -414,6 +449,12 @@ class Model:
             if self._is_old(ids, emails, coordinates):
                 self.erased[topic] = self.erased.get(topic, 0) + 1
                 return
+        # A row's age: the end of the UTC day of its latest record; a record that never ages
+        # keeps its rows from ageing too.
+        age = NEVER if at is None or at.date() == NEVER.date() else day_end(at)
+        for table, key in touched(event):
+            stamps = self.stamps[table]
+            stamps[key] = max(age, stamps.get(key, age))
         if isinstance(event, pr.ProctoringEvent):
             self._proctoring(event, topic, partition, offset)
         elif isinstance(event, iv.InterviewStarted):
@@ -438,20 +479,18 @@ class Model:
 
     # -- retention -----------------------------------------------------------------------------
 
-    def cutoff(self) -> dt.datetime | None:
-        bounds = [b for b in (self.expired_before,) if b is not None]
-        if self.days is not None and self.now is not None:
-            bounds.append(self.now - dt.timedelta(days=self.days))
+    def cutoff(self, interview: bool = False) -> dt.datetime | None:
+        """The proctoring (or interview) records' cutoff: instants before it are expired."""
+        days = self.interview_days if interview else self.days
+        done = self.interview_expired_before if interview else self.expired_before
+        bounds = [b for b in (done,) if b is not None]
+        if days is not None and self.now is not None:
+            bounds.append(self.now - dt.timedelta(days=days))
         return max(bounds) if bounds else None
 
-    def _is_expired(self, e: pr.ProctoringEvent) -> bool:
-        cutoff = self.cutoff()
-        if cutoff is None:
-            return False
-        instants = [e.createdAt]
-        if isinstance(e, pr.SystemCheckCompleted):
-            instants.append(e.systemCheck.timestamp)
-        return min(instants) < cutoff
+    def _is_expired(self, event: Any, at: dt.datetime | None) -> bool:
+        cutoff = self.cutoff(interview=not isinstance(event, pr.ProctoringEvent))
+        return cutoff is not None and at is not None and at < cutoff
 
     def drop_before(self, month: dt.datetime) -> None:
         """Retention dropped every month before `month`."""
@@ -459,6 +498,22 @@ class Model:
         self.system_checks = {k: v for k, v in self.system_checks.items() if k[2] >= month}
         self.sessions = {k: v for k, v in self.sessions.items() if v["last_event_at"] >= month}
         self.expired_before = max(month, self.expired_before or month)
+
+    def _aged_rows(self) -> dict[str, dict[str, Any]]:
+        return {
+            "interview_reports": self.reports,
+            "interviews": self.interviews,
+            "applicants": self.applicants,
+        }
+
+    def drop_interviews(self, bound: dt.datetime) -> None:
+        """Interview retention deleted the rows whose age is before `bound`."""
+        rows = self._aged_rows()
+        for table, stamps in self.stamps.items():
+            for key in [k for k, at in stamps.items() if at < bound]:
+                rows[table].pop(key, None)
+                del stamps[key]
+        self.interview_expired_before = max(bound, self.interview_expired_before or bound)
 
     def _candidate(self, candidate_id: str, time: Any, name: Any, email: Any) -> None:
         row = self.candidates.setdefault(candidate_id, _registers(COLUMNS["candidates"]))
@@ -560,10 +615,12 @@ class Model:
                 {"name": i.name, "status": i.status, "finished": i.finished} for i in check.data
             ]
             details = {"success": check.success, "timestamp": check.timestamp, "data": results}
-            self.system_checks.setdefault(
-                (e.examId, e.candidateId, check.timestamp),
-                {"success": check.success, "results": results},
-            )
+            # Its own clock decides only where the row goes: into a dropped range, nowhere.
+            if self.expired_before is None or check.timestamp >= self.expired_before:
+                self.system_checks.setdefault(
+                    (e.examId, e.candidateId, check.timestamp),
+                    {"success": check.success, "results": results},
+                )
         kind = type(e).__struct_config__.tag
         key = (e.examId, e.candidateId, kind, e.createdAt)
         if key not in self.proctoring_events:
@@ -687,6 +744,61 @@ def _names(event: Any) -> tuple[set[str], set[str]]:
     return {candidate}, emails
 
 
+# Retention's instants ------------------------------------------------------------------------
+
+# An event's own time is absurd when it is later than its record's Kafka timestamp by more.
+AHEAD = dt.timedelta(hours=1)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# The age of a row that a record without an instant was applied to.
+NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+# The interview tables that age by the records applied to them.
+AGED: tuple[str, ...] = ("interview_reports", "interviews", "applicants")
+
+
+def day_end(at: dt.datetime) -> dt.datetime:
+    """Midnight UTC after `at` (a datetime of the UTC day after `at`'s)."""
+    day = at.astimezone(dt.UTC).date() + dt.timedelta(days=1)
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def own_time(event: Any) -> dt.datetime | None:
+    """The time an event says it happened (None: its type carries none, or it is absent)."""
+    if isinstance(event, pr.ProctoringEvent):
+        return event.createdAt
+    if isinstance(event, iv.InterviewStarted):
+        return event.data.date_started
+    if isinstance(event, iv.InterviewReportCreated | iv.ApplicantEvent):
+        d = event.data
+        return d.date_modified if d.date_modified is not None else d.date_created
+    return None
+
+
+def instant(event: Any, timestamp: int | None) -> dt.datetime | None:
+    """The instant retention ages a record by: its own time, unless absent or absurd, then
+    its Kafka `timestamp` (ms; None or negative: none)."""
+    kafka = (
+        None if timestamp is None or timestamp < 0 else EPOCH + dt.timedelta(milliseconds=timestamp)
+    )
+    own = own_time(event)
+    if own is None or (kafka is not None and own > kafka + AHEAD):
+        return kafka
+    return own
+
+
+def touched(event: Any) -> list[tuple[str, str]]:
+    """The aged interview rows (table, key) an event is applied to, stale or not."""
+    d = getattr(event, "data", None)
+    if isinstance(event, iv.InterviewStarted):
+        return [("interviews", d.interview_id)]
+    if isinstance(event, iv.InterviewReportCreated):
+        return [("interview_reports", d.report_id), ("interviews", d.interview_id)]
+    if isinstance(event, iv.ApplicantEvent):
+        return [("applicants", d.micro1_job_application_id)]
+    if d is not None:  # the recording, webcam-recording and score events
+        return [("interview_reports", d.report_id)]
+    return []
+
+
 def _least(a: Any, b: Any) -> Any:
     return b if a is None else min(a, b)
 
@@ -758,6 +870,19 @@ async def database_tables(conn: asyncpg.Connection, tables: Iterable[str] = TABL
             key = tuple(values.pop(c) for c in KEYS[table])
             rows[key] = values
         out[table] = rows
+    return out
+
+
+async def database_ages(conn: asyncpg.Connection) -> dict[str, dict[str, dt.datetime]]:
+    """`last_event_at` of the aged interview tables, as the model's `stamps` (rows without one
+    left out: rows the worker wrote before it aged rows)."""
+    out: dict[str, dict[str, dt.datetime]] = {}
+    for table in AGED:
+        (key,) = KEYS[table]
+        rows = await conn.fetch(
+            f"SELECT {key}, last_event_at FROM {table} WHERE last_event_at IS NOT NULL"
+        )
+        out[table] = {r[0]: r[1] for r in rows}
     return out
 
 

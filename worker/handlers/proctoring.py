@@ -128,11 +128,16 @@ SELECT * FROM unnest(
 {_session_update(8)}
 """
 
+# A check's own timestamp is a browser clock: it decides where the row goes, not whether the
+# event is stored. Before `expired_before` retention has dropped the range (no partition is
+# left there), so that row alone is not stored (docs/contract.md §7).
 _INSERT_SYSTEM_CHECKS = """
 INSERT INTO system_checks (exam_id, candidate_id, checked_at, success, results, created_at)
 SELECT * FROM unnest(
     $1::text[], $2::text[], $3::text[]::timestamptz[], $4::boolean[], $5::jsonb[],
-    $6::text[]::timestamptz[])
+    $6::text[]::timestamptz[]
+) AS c(exam_id, candidate_id, checked_at, success, results, created_at)
+WHERE c.checked_at >= COALESCE((SELECT expired_before FROM retention_state), '-infinity')
 ON CONFLICT DO NOTHING
 """
 

@@ -1,5 +1,6 @@
 """`worker retention show | apply [--execute]`: the time partitions of the proctoring tables,
-their rows, and what is past the horizon (docs/contract.md §7; worker/retention.py does the work).
+their rows, what is past the horizons, and the interview rows older than theirs
+(docs/contract.md §7; worker/retention.py does the work).
 
 `show` changes nothing. `apply` prints the plan and changes nothing unless `--execute`; then it
 waits for the retention lock (a replica's pass in progress finishes first) and applies the
@@ -18,19 +19,21 @@ import asyncpg
 
 from worker import retention
 from worker.config import Settings
+from worker.horizon import Span
 from worker.retry import describe
 
 
 def add_retention_commands(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "retention",
-        help="time partitions of proctoring_events and system_checks, and the retention horizon",
+        help="time partitions of the proctoring tables, the retention horizons, old interview rows",
     )
     commands = parser.add_subparsers(dest="retention_command", required=True)
-    commands.add_parser("show", help="partitions, their rows and what is past the horizon")
+    commands.add_parser("show", help="partitions, their rows and what is past the horizons")
     apply = commands.add_parser(
         "apply",
-        help="create partitions ahead, drop those past the horizon (a dry run unless --execute)",
+        help="create partitions ahead, drop and delete what is past the horizons (a dry run "
+        "unless --execute)",
     )
     apply.add_argument("--execute", action="store_true", help="change the database")
 
@@ -45,16 +48,20 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     days = settings.proctoring_retention_days
+    interview_days = settings.interview_retention_days
     conn = await asyncpg.connect(settings.database_url)
     try:
         if args.retention_command == "show":
-            await _show(conn, days, out)
+            await _show(conn, await retention.plan(conn, days, None, interview_days), out)
         elif args.execute:
-            done = await retention.apply_locked(conn, days, wait=True)
+            done = await retention.apply_locked(
+                conn, days, wait=True, interview_days=interview_days
+            )
             assert done is not None
             _print_plan(done, out, executed=True)
         else:
-            _print_plan(await retention.plan(conn, days), out, executed=False)
+            plan = await retention.plan(conn, days, None, interview_days)
+            _print_plan(plan, out, executed=False)
     finally:
         await conn.close()
     return 0
@@ -64,27 +71,49 @@ def _when(instant: dt.datetime | None, open_end: str) -> str:
     return open_end if instant is None else instant.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def _print_horizon(plan: retention.Plan, out: TextIO) -> None:
-    if plan.days is None:
-        out.write("horizon: none (WORKER_PROCTORING_RETENTION_DAYS unset: kept forever)\n")
+def _print_horizon(
+    family: str, variable: str, span: Span, bound: dt.datetime | None, now: dt.datetime, out: TextIO
+) -> None:
+    """One family's horizon: what is removed, which records are expired, what was removed."""
+    if span.days is None:
+        out.write(f"{family} horizon: none ({variable} unset: kept forever)\n")
+    elif family == "proctoring":
+        out.write(
+            f"{family} horizon: {span.days} days; partitions wholly before "
+            f"{_when(bound, '-')} UTC are dropped\n"
+        )
     else:
         out.write(
-            f"horizon: {plan.days} days; partitions wholly before "
-            f"{_when(plan.bound, '-')} UTC are dropped\n"
+            f"{family} horizon: {span.days} days; rows whose latest record is before "
+            f"{_when(bound, '-')} UTC are deleted\n"
         )
+    cutoff = span.cutoff(now)
     out.write(
-        "records before "
-        f"{_when(retention.Horizon(plan.days, plan.expired_before).cutoff(plan.now), '-')}"
-        " UTC store nothing (expired)\n"
-        if plan.days is not None or plan.expired_before is not None
-        else "no record is expired\n"
+        f"{family} records before {_when(cutoff, '-')} UTC store nothing (expired)\n"
+        if cutoff is not None
+        else f"no {family} record is expired\n"
     )
-    out.write(f"dropped so far: everything before {_when(plan.expired_before, 'nothing')}\n")
+    out.write(f"removed so far: everything before {_when(span.expired_before, 'nothing')}\n")
 
 
-async def _show(conn: asyncpg.Connection, days: int | None, out: TextIO) -> None:
-    plan = await retention.plan(conn, days)
-    _print_horizon(plan, out)
+async def _show(conn: asyncpg.Connection, plan: retention.Plan, out: TextIO) -> None:
+    iv = plan.interview
+    _print_horizon(
+        "proctoring",
+        Settings.env_name("proctoring_retention_days"),
+        Span(plan.days, plan.expired_before),
+        plan.bound,
+        plan.now,
+        out,
+    )
+    _print_horizon(
+        "interview",
+        Settings.env_name("interview_retention_days"),
+        Span(iv.days, iv.expired_before),
+        iv.bound,
+        plan.now,
+        out,
+    )
     dropping = {p.name for t in plan.tables for p in t.drop}
     out.write(f"\n{'partition':<36} {'from':<17} {'to':<17} {'rows':>10}  state\n")
     for table, _ in retention.TABLES:
@@ -120,5 +149,11 @@ def _print_plan(plan: retention.Plan, out: TextIO, executed: bool) -> None:
             f"{verb}: proctoring_sessions: delete {plan.sessions} sessions whose last event is "
             f"before {_when(plan.new_expired_before, '-')}\n"
         )
+    for table, rows in plan.interview.rows.items():
+        if rows:
+            out.write(
+                f"{verb}: {table}: delete {rows} rows whose latest record is before "
+                f"{_when(plan.interview.bound, '-')}\n"
+            )
     if not executed:
         out.write("dry run: nothing changed; add --execute to apply\n")
