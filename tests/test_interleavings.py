@@ -963,20 +963,23 @@ async def test_i_a_fenced_member_cannot_move_the_new_owners_offset_back(
 # -- j. a statement over PostgreSQL's message limit -------------------------------------------
 
 
+async def message_limit(database_url: str) -> tuple[PgProxy, str]:
+    """A started proxy to the test database that closes a connection on any message over
+    16 KiB (tests/support/pg_proxy.py), and the URL that goes through it."""
+    parts = urlsplit(database_url)
+    proxy = PgProxy(upstream_port=parts.port or 5432, max_message=16 << 10)
+    await proxy.start()
+    host = parts.netloc.rsplit(":", 1)[0]
+    return proxy, urlunsplit(parts._replace(netloc=f"{host}:{proxy.port}", query="sslmode=disable"))
+
+
 async def test_j_a_statement_over_the_message_limit_is_split(database_url: str) -> None:
     """The server answers a protocol message over its limit by closing the connection without
     a word (PostgreSQL at 1 GB; tests/support/pg_proxy.py at 16 KiB). The database still answers, so
     the batch must be split until its statements fit, not retried whole forever: every record
     stored once, nothing dead-lettered."""
     await migrate_url(database_url)
-    parts = urlsplit(database_url)
-    proxy = PgProxy(upstream_port=parts.port or 5432, max_message=16 << 10)
-    await proxy.start()
-    via_proxy = urlunsplit(
-        parts._replace(
-            netloc=f"{parts.netloc.rsplit(':', 1)[0]}:{proxy.port}", query="sslmode=disable"
-        )
-    )
+    proxy, via_proxy = await message_limit(database_url)
     s = settings(via_proxy, db_lanes=1)
     clients = ScriptedClients(s, partitions=1)
     c = clients.scripted_consumer
@@ -1306,14 +1309,7 @@ async def test_q_a_single_record_over_the_message_limit_is_dead_lettered(
     rejected_by_database with the error attached, and neither P0's later records nor P1 may
     be held behind it."""
     await migrate_url(database_url)
-    parts = urlsplit(database_url)
-    proxy = PgProxy(upstream_port=parts.port or 5432, max_message=16 << 10)
-    await proxy.start()
-    via_proxy = urlunsplit(
-        parts._replace(
-            netloc=f"{parts.netloc.rsplit(':', 1)[0]}:{proxy.port}", query="sslmode=disable"
-        )
-    )
+    proxy, via_proxy = await message_limit(database_url)
     s = settings(via_proxy, db_lanes=1)
     clients = ScriptedClients(s)
     c = clients.scripted_consumer
