@@ -63,7 +63,7 @@ from schemas.proctoring import EVENT_TYPES
 from worker import retention
 from worker.decode import interview_decoder, proctoring_decoder
 from worker.handlers.base import Item
-from worker.horizon import Horizon, Span, age_rows
+from worker.horizon import Ages, Horizon, Span, raise_ages, row_ages
 from worker.retention import Removed
 from worker.router import apply_batch
 
@@ -600,22 +600,25 @@ class _Rollback(Exception):
     pass
 
 
-async def store(conn: asyncpg.Connection, items: Sequence[Item], bisect: int) -> None:
+async def store(
+    conn: asyncpg.Connection, items: Sequence[Item], bisect: int, ages: Ages | None = None
+) -> None:
     """Like Worker._store after a rejection: the whole batch under a savepoint that rolls
-    back, then each half the same way, `bisect` levels deep; the leaves are kept."""
+    back, then each half the same way, `bisect` levels deep; the leaves are kept. `ages`:
+    what rows created are born with (worker/horizon.py)."""
     if bisect and len(items) > 1:
         try:
             async with conn.transaction():
-                await apply_batch(conn, items)
+                await apply_batch(conn, items, ages=ages)
                 raise _Rollback
         except _Rollback:
             pass
         mid = len(items) // 2
-        await store(conn, items[:mid], bisect - 1)
-        await store(conn, items[mid:], bisect - 1)
+        await store(conn, items[:mid], bisect - 1, ages)
+        await store(conn, items[mid:], bisect - 1, ages)
         return
     async with conn.transaction():
-        await apply_batch(conn, items)
+        await apply_batch(conn, items, ages=ages)
 
 
 RETRIED = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
@@ -800,9 +803,10 @@ async def store_sifted(
     for batch in batches(items, rnd):
         kept, gone = horizon.sift(batch.items, timestamp_of, now=R_NOW)
         expired += len(gone)
+        ages = row_ages(kept, timestamp_of)
         async with conn.transaction():
-            await store(conn, kept, batch.bisect)
-            await age_rows(conn, kept, timestamp_of)
+            await store(conn, kept, batch.bisect, ages)
+            await raise_ages(conn, ages)
     return expired
 
 

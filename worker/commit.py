@@ -63,7 +63,7 @@ from worker.dlq import (
 )
 from worker.erasure import Ledger
 from worker.handlers.base import Item
-from worker.horizon import Horizon, age_rows
+from worker.horizon import Ages, Horizon, raise_ages, row_ages
 from worker.retry import describe, is_record_error
 from worker.router import Prepared, PrepareError, prepare_batch, write_batch
 
@@ -228,10 +228,11 @@ class Committer:
                     if erased:
                         set_aside_erased(batch, erased)
                         prepared = None
-                    found = await self.store(conn, kept, prepared, at, guarded)
+                    ages = row_ages(kept, lambda i: record_of(batch, i).timestamp)
+                    found = await self.store(conn, kept, prepared, at, guarded, ages)
                     if found:
                         raise _Rejected(found)  # rolls the transaction back
-                    await age_rows(conn, kept, lambda i: record_of(batch, i).timestamp)
+                    await raise_ages(conn, ages)
                 return began, time.time_ns()
             except _Unguarded:
                 guarded = True  # rolled back: again, under savepoints
@@ -260,18 +261,20 @@ class Committer:
         prepared: Prepared | None = None,
         at: dt.datetime | None = None,
         guarded: bool = True,
+        ages: Ages | None = None,
     ) -> list[tuple[Item, str, str]]:
         """Write `items`; isolate records the database rejects (or a handler cannot prepare)
         by bisection under savepoints. Returns the rejected items, dead-letter reason and
         message. Not `guarded`: no savepoint, and a rejected record raises `_Unguarded` (the
-        transaction is lost)."""
+        transaction is lost). `ages`: the interview rows' ages, which a row created now is
+        born with (worker/horizon.py)."""
         if not items:
             return []
         at = transaction_time() if at is None else at
         if not guarded:
             try:
                 await write_batch(
-                    conn, prepare_batch(items) if prepared is None else prepared, at, False
+                    conn, prepare_batch(items) if prepared is None else prepared, at, False, ages
                 )
             except PrepareError as exc:
                 raise _Unguarded from exc
@@ -283,7 +286,7 @@ class Committer:
         try:
             async with conn.transaction():
                 batch = prepare_batch(items) if prepared is None else prepared
-                await write_batch(conn, batch, at)
+                await write_batch(conn, batch, at, True, ages)
             return []
         except PrepareError as exc:
             if len(items) == 1:
@@ -294,8 +297,8 @@ class Committer:
             if len(items) == 1:
                 return [(items[0], REJECTED_BY_DATABASE, truncate(describe(exc)))]
         mid = len(items) // 2
-        return await self.store(conn, items[:mid], None, at) + await self.store(
-            conn, items[mid:], None, at
+        return await self.store(conn, items[:mid], None, at, True, ages) + await self.store(
+            conn, items[mid:], None, at, True, ages
         )
 
 

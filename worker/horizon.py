@@ -19,11 +19,14 @@ in `worker_records_expired_total{topic}`, and its offset commits. Proctoring and
 records have a `Span` each (WORKER_PROCTORING_RETENTION_DAYS, WORKER_INTERVIEW_RETENTION_DAYS;
 the two `expired_before` values of `retention_state`, which only grow).
 
-Ages (`age_rows`, in the commit transaction, after the handlers): every `interview_reports`,
-`interviews` and `applicants` row that a stored record was applied to, stale or not, gets
+Ages (`row_ages`, in the commit transaction): every `interview_reports`, `interviews` and
+`applicants` row that a stored record was applied to, stale or not, gets
 `last_event_at = GREATEST(last_event_at, age_of(instant))`: the instant rounded up to the end of
-its day (a second write of each row the transaction stored costs ingest; rows of one day need
-it once), `NEVER` for a record without an instant. Why a replay after retention
+its day, `NEVER` for a record without an instant. A row the handlers create is born with its age
+(their upsert's born column); `raise_ages`, after the handlers, writes only rows stored before
+whose age moves to a later day (a second write of a row in its transaction costs ingest: a
+quarter of the mixed workload's rate when every new row was written twice). Why a replay after
+retention
 deleted rows brings none back: retention deletes a row only when its `last_event_at` is before
 its bound, so every record ever applied to it has an instant before the bound and is expired
 from then on (the bound is at most `now - days - GRACE`, and `interview_expired_before` keeps
@@ -45,7 +48,7 @@ from schemas import interview as iv
 from schemas.proctoring import ProctoringEvent
 from worker.freshness import event_instant
 from worker.handlers.base import Item
-from worker.handlers.merge import param, wire
+from worker.handlers.merge import ROW_AGE, param, wire
 
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -187,10 +190,10 @@ class AgedTable:
     @property
     def age_sql(self) -> str:
         return f"""
-UPDATE {self.name} AS t SET last_event_at = v.at
+UPDATE {self.name} AS t SET {ROW_AGE.name} = v.at
 FROM unnest($1::text[], {param(2, "timestamptz")}) AS v(key, at)
 WHERE t.{self.key} = ANY($1::text[]) AND t.{self.key} = v.key
-  AND (t.last_event_at IS NULL OR t.last_event_at < v.at)
+  AND (t.{ROW_AGE.name} IS NULL OR t.{ROW_AGE.name} < v.at)
 """
 
 
@@ -228,12 +231,14 @@ _missing = set(iv.INTERVIEW_STRUCTS) - ROWS.keys()
 assert not _missing, f"no aged rows declared for {_missing}"
 
 
-async def age_rows(
-    conn: asyncpg.Connection, items: Sequence[Item], timestamp_of: TimestampOf | None
-) -> None:
-    """Raise `last_event_at` of the rows the stored `items` were applied to (in the caller's
-    transaction, after the handlers wrote them)."""
-    latest: dict[AgedTable, dict[str, dt.datetime]] = {}
+# By table name, the age of each row a batch's stored records were applied to.
+Ages = dict[str, dict[str, dt.datetime]]
+
+
+def row_ages(items: Sequence[Item], timestamp_of: TimestampOf | None) -> Ages:
+    """The age of each interview row the `items` are applied to, stale or not: the latest of
+    their records' ages."""
+    latest: Ages = {}
     rows_of = ROWS.get
     for item in items:
         rows = rows_of(type(item.event))
@@ -242,11 +247,20 @@ async def age_rows(
         at = instant(item.event, None if timestamp_of is None else timestamp_of(item))
         at = age_of(at)
         for table, key in rows(item.event):
-            seen = latest.setdefault(table, {})
+            seen = latest.setdefault(table.name, {})
             if key not in seen or seen[key] < at:
                 seen[key] = at
+    return latest
+
+
+async def raise_ages(conn: asyncpg.Connection, ages: Ages) -> None:
+    """Raise `last_event_at` of the rows in `ages` to their age (in the caller's transaction,
+    after the handlers wrote them). A row the handlers created was born with its age
+    (`ROW_AGE`, worker/handlers/merge.py), so only rows stored before are written here, and
+    only once their age moves to a later day."""
     for table in AGED_TABLES:
-        if table in latest:
-            keys = sorted(latest[table])
-            ats = wire("timestamptz", [latest[table][k] for k in keys])
+        latest = ages.get(table.name)
+        if latest:
+            keys = sorted(latest)
+            ats = wire("timestamptz", [latest[k] for k in keys])
             await conn.execute(table.age_sql, keys, ats)

@@ -19,6 +19,7 @@ from schemas.common import tag_of
 from worker.handlers.applicants import ApplicantHandler
 from worker.handlers.base import Handler, Item, RowHandler
 from worker.handlers.interviews import InterviewStartedHandler
+from worker.handlers.merge import Born
 from worker.handlers.proctoring import ProctoringHandler
 from worker.handlers.registers import Registers
 from worker.handlers.reports import report_handler
@@ -164,18 +165,23 @@ async def write_batch(
     prepared: Prepared,
     at: dt.datetime | None = None,
     guarded: bool = True,
+    ages: Mapping[str, Born] | None = None,
 ) -> None:
     """Write a prepared batch through its handlers, in the caller's transaction; then the
     registers they all contributed to, once. `at`: the transaction's time (now if None);
-    `guarded`: the caller wrote a savepoint to roll a failure back to (Registers.guarded)."""
-    registers = Registers(at, guarded)
+    `guarded`: the caller wrote a savepoint to roll a failure back to (Registers.guarded);
+    `ages`: what the rows created are born with (Registers.ages)."""
+    registers = Registers(at, guarded, ages)
     for handler, payload in prepared:
         await handler.write(conn, payload, registers)
     await registers.write(conn)
 
 
 async def apply_batch(
-    conn: asyncpg.Connection, items: Sequence[Item], at: dt.datetime | None = None
+    conn: asyncpg.Connection,
+    items: Sequence[Item],
+    at: dt.datetime | None = None,
+    ages: Mapping[str, Born] | None = None,
 ) -> None:
     """Write a batch of decoded events through their handlers, in the caller's transaction."""
-    await write_batch(conn, prepare_batch(items), at)
+    await write_batch(conn, prepare_batch(items), at, True, ages)

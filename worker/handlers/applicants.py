@@ -17,7 +17,7 @@ import asyncpg
 
 from schemas.interview import ApplicantEvent
 from worker.handlers.base import BatchHandler, Item
-from worker.handlers.merge import Column, GatedFold, GatedTable, Rule, time_order
+from worker.handlers.merge import ROW_AGE, Column, GatedFold, GatedTable, Rule, time_order
 from worker.handlers.registers import Registers
 
 STATUSES = ("created", "invited", "updated", "completed")
@@ -54,6 +54,7 @@ APPLICANTS = GatedTable(
     ),
     version_columns=("date_modified", "status"),
     order=version,
+    born=ROW_AGE,
 )
 
 
@@ -99,4 +100,4 @@ class ApplicantHandler(BatchHandler):
                 registers.jobs.add(
                     d.micro1_job_id, at, {"name": d.job_name, "ats_job_id": d.ats_job_id}
                 )
-        await fold.write(conn, registers.at)
+        await fold.write(conn, registers.at, registers.ages.get(APPLICANTS.name))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -65,6 +65,16 @@ class Column:
         if self.type == "numeric":
             return f'{v}, {v}::text COLLATE "C"'
         return v
+
+
+# The age of an interview row, which retention deletes it by (worker/horizon.py): the born
+# column of the tables the interview handlers create rows in.
+ROW_AGE = Column("last_event_at", "timestamptz")
+
+# The values of a table's born column for the rows a batch may create, by key (None: none).
+# Retention's row ages (worker/horizon.py) are one: a row created with its age needs no second
+# write of its age in the same transaction.
+Born = Mapping[Any, Any] | None
 
 
 # -- parameters -------------------------------------------------------------------------------
@@ -120,6 +130,8 @@ class RegisterTable:
     name: str
     key: Column
     columns: tuple[Column, ...]
+    # A column written only when the upsert creates the row, never on conflict (`Born`).
+    born: Column | None = None
     sql: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -145,9 +157,16 @@ class RegisterTable:
             types += [c.type, "timestamptz"] if c.versioned else [c.type]
         return types
 
+    def inserted(self) -> tuple[list[str], list[str]]:
+        """The names and types of the columns an insert writes (the born one last)."""
+        names, types = self._stored(), self._types()
+        if self.born is not None:
+            names, types = [*names, self.born.name], [*types, self.born.type]
+        return names, types
+
     def _upsert_sql(self) -> str:
-        names = self._stored()
-        params = ", ".join(param(i, t) for i, t in enumerate(self._types(), 1))
+        names, types = self.inserted()
+        params = ", ".join(param(i, t) for i, t in enumerate(types, 1))
         sets = []
         for c in self.columns:
             wins = self.wins(c)
@@ -163,7 +182,7 @@ class RegisterTable:
             f"INSERT INTO {self.name} AS t ({', '.join(names)})\n"
             f"SELECT * FROM unnest({params})\n"
             f"ON CONFLICT ({self.key.name}) DO UPDATE SET\n    "
-            + ",\n    ".join([*sets, stamp(len(self._types()) + 1)])
+            + ",\n    ".join([*sets, stamp(len(types) + 1)])
             + "\nWHERE "
             + "\n   OR ".join(self.wins(c) for c in self.columns)
         )
@@ -198,22 +217,25 @@ class RegisterFold:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def arrays(self) -> list[list[Any]]:
+    def arrays(self, born: Born = None) -> list[list[Any]]:
         """Per-column arrays for the upsert, rows in key order (the lock order)."""
-        arrays: list[list[Any]] = [[] for _ in self.table._types()]
+        _, types = self.table.inserted()
+        arrays: list[list[Any]] = [[] for _ in types]
         for key in sorted(self._rows):
             row = self._rows[key]
             values: list[Any] = [key]
             for c in self.table.columns:
                 _, value, moment = row.get(c.name, (None, None, None))
                 values += [value, moment] if c.versioned else [value]
+            if self.table.born is not None:
+                values.append(None if born is None else born.get(key))
             for array, value in zip(arrays, values, strict=True):
                 array.append(value)
-        return [wire(t, a) for t, a in zip(self.table._types(), arrays, strict=True)]
+        return [wire(t, a) for t, a in zip(types, arrays, strict=True)]
 
-    async def write(self, conn: asyncpg.Connection, at: dt.datetime) -> None:
+    async def write(self, conn: asyncpg.Connection, at: dt.datetime, born: Born = None) -> None:
         if self._rows:
-            await conn.execute(self.table.sql, *self.arrays(), at)
+            await conn.execute(self.table.sql, *self.arrays(born), at)
 
 
 # -- gated rows ------------------------------------------------------------------------------
@@ -237,6 +259,8 @@ class GatedTable:
     fresh: str | None = None
     # Columns the upsert sets to a constant (e.g. has_report = true).
     constants: tuple[tuple[str, str], ...] = ()
+    # A column written only when the upsert creates the row, never on conflict (`Born`).
+    born: Column | None = None
     sql: str = field(init=False, repr=False)
     select_versions: str = field(init=False, repr=False)
 
@@ -252,7 +276,7 @@ class GatedTable:
         )
 
     def _upsert_sql(self) -> str:
-        cols = [self.key, *self.columns]
+        cols = [self.key, *self.columns, *([] if self.born is None else [self.born])]
         names = [c.name for c in cols] + [name for name, _ in self.constants]
         params = ", ".join(param(i, c.type) for i, c in enumerate(cols, 1))
         consts = "".join(f", {value}" for _, value in self.constants)
@@ -311,13 +335,16 @@ class GatedFold:
         """The rows some event changed, in key order (the lock order)."""
         return sorted(self._rows)
 
-    def arrays(self) -> list[list[Any]]:
+    def arrays(self, born: Born = None) -> list[list[Any]]:
         keys = self.keys()
         arrays = [wire(self.table.key.type, keys)]
         for c in self.table.columns:
             arrays.append(wire(c.type, [self._rows[k].get(c.name) for k in keys]))
+        if self.table.born is not None:
+            values = [None if born is None else born.get(k) for k in keys]
+            arrays.append(wire(self.table.born.type, values))
         return arrays
 
-    async def write(self, conn: asyncpg.Connection, at: dt.datetime) -> None:
+    async def write(self, conn: asyncpg.Connection, at: dt.datetime, born: Born = None) -> None:
         if self._rows:
-            await conn.execute(self.table.sql, *self.arrays(), at)
+            await conn.execute(self.table.sql, *self.arrays(born), at)

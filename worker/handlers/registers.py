@@ -11,11 +11,12 @@ shared job or candidate.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 import asyncpg
 
 from worker.clock import transaction_time
-from worker.handlers.merge import Column, RegisterTable, Rule
+from worker.handlers.merge import ROW_AGE, Born, Column, RegisterTable, Rule
 
 _NEWEST_TEXT = ("text", Rule.NEWEST)
 
@@ -42,6 +43,7 @@ INTERVIEWS = RegisterTable(
         # newest, and no version column is needed.
         Column("date_started", "timestamptz", Rule.GREATEST),
     ),
+    born=ROW_AGE,
 )
 
 
@@ -50,13 +52,20 @@ class Registers:
     (`worker.clock.transaction_time`), which every handler of the transaction binds
     as `updated_at`. `guarded`: the writes run under a savepoint, so a handler may try a
     statement and recover from its failure inside the transaction; when False, a failure
-    loses the transaction and the caller tries it again guarded (worker/commit.py)."""
+    loses the transaction and the caller tries it again guarded (worker/commit.py). `ages`:
+    by table name, the age each row the batch may create is born with (worker/horizon.py)."""
 
-    __slots__ = ("at", "candidates", "guarded", "interviews", "jobs")
+    __slots__ = ("ages", "at", "candidates", "guarded", "interviews", "jobs")
 
-    def __init__(self, at: dt.datetime | None = None, guarded: bool = True) -> None:
+    def __init__(
+        self,
+        at: dt.datetime | None = None,
+        guarded: bool = True,
+        ages: Mapping[str, Born] | None = None,
+    ) -> None:
         self.at = transaction_time() if at is None else at
         self.guarded = guarded
+        self.ages: Mapping[str, Born] = {} if ages is None else ages
         self.interviews = INTERVIEWS.fold()
         self.candidates = CANDIDATES.fold()
         self.jobs = JOBS.fold()
@@ -64,4 +73,4 @@ class Registers:
     async def write(self, conn: asyncpg.Connection) -> None:
         # Always this order: every transaction locks shared rows table by table, key by key.
         for fold in (self.interviews, self.candidates, self.jobs):
-            await fold.write(conn, self.at)
+            await fold.write(conn, self.at, self.ages.get(fold.table.name))

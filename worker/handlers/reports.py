@@ -39,6 +39,7 @@ from schemas.interview import (
 )
 from worker.handlers.base import BatchHandler, Item, columns
 from worker.handlers.merge import (
+    ROW_AGE,
     Column,
     GatedFold,
     GatedTable,
@@ -115,8 +116,13 @@ class ReportHandler(BatchHandler):
         """`parts` maps each part event's struct to {data attribute: the column it fills}."""
         self._parts = parts
         columns = [c for fields in parts.values() for c in fields.values()]
+        # The first statement of every report of the batch: a row it creates is born with
+        # its age (worker/horizon.py), which no later statement of the batch changes.
         self._table = RegisterTable(
-            "interview_reports", REPORTS.key, (Column("candidate_id", "text"), *columns)
+            "interview_reports",
+            REPORTS.key,
+            (Column("candidate_id", "text"), *columns),
+            born=ROW_AGE,
         )
         self._sql = _parts_sql(self._table, columns)
 
@@ -139,7 +145,8 @@ class ReportHandler(BatchHandler):
             parts.add(report_id, None, {"candidate_id": candidate_id})
         # Step 1 locks every report row of the batch, creating the missing ones, in key
         # order; every later statement touches only rows this transaction already holds.
-        await conn.execute(self._sql, *parts.arrays(), registers.at)
+        born = registers.ages.get(self._table.name)
+        await conn.execute(self._sql, *parts.arrays(born), registers.at)
         if reports:
             await _write_reports(conn, reports, registers)
 
@@ -148,18 +155,18 @@ def _parts_sql(table: RegisterTable, columns: Sequence[Column]) -> str:
     """The part events' upsert: registers of their own columns (no time: the greater value
     wins), and the report's candidate_id until the report event sets it (the smallest value,
     which no arrival order can change). A row without values is locked and left alone."""
-    params = ", ".join(param(i, c.type) for i, c in enumerate(table.columns, 2))
-    at = len(table.columns) + 2
+    names, types = table.inserted()
+    params = ", ".join(param(i, t) for i, t in enumerate(types, 1))
+    at = len(types) + 1
     sets = [
         f"{c.name} = CASE WHEN {table.wins(c)} THEN EXCLUDED.{c.name} ELSE t.{c.name} END"
         for c in columns
     ]
     sets_sql = ",\n    ".join(sets)
     changed = "\n   OR ".join(table.wins(c) for c in columns)
-    names = ", ".join(c.name for c in table.columns)
     return f"""
-INSERT INTO interview_reports AS t (report_id, {names}, updated_at)
-SELECT *, ${at}::timestamptz FROM unnest($1::text[], {params})
+INSERT INTO interview_reports AS t ({", ".join(names)}, updated_at)
+SELECT *, ${at}::timestamptz FROM unnest({params})
 ON CONFLICT (report_id) DO UPDATE SET
     candidate_id = CASE WHEN t.has_report THEN t.candidate_id
                         ELSE LEAST(t.candidate_id COLLATE "C", EXCLUDED.candidate_id) END,
