@@ -25,14 +25,15 @@ Ages (`row_ages`, in the commit transaction): every `interview_reports`, `interv
 its day, `NEVER` for a record without an instant. A row the handlers create is born with its age
 (their upsert's born column); `raise_ages`, after the handlers, writes only rows stored before
 whose age moves to a later day (a second write of a row in its transaction costs ingest: a
-quarter of the mixed workload's rate when every new row was written twice). Why a replay after
-retention
-deleted rows brings none back: retention deletes a row only when its `last_event_at` is before
-its bound, so every record ever applied to it has an instant before the bound and is expired
-from then on (the bound is at most `now - days - GRACE`, and `interview_expired_before` keeps
-it once passed); and a record not expired finds each of its rows still there, and is applied
-again as in any replay (docs/contract.md §5; §7 says what that can change in a kept row).
-The handlers lock every row of the batch before this statement runs, so it waits for no one.
+quarter of the mixed workload's rate when every new row was written twice). The handlers lock
+every row of the batch before `raise_ages` runs, so it waits for no one.
+
+Why a replay after retention deleted rows brings none back: retention deletes a row only when
+its `last_event_at` is before its bound, so every record ever applied to it has an instant
+before the bound and is expired from then on (the bound is at most `now - days - GRACE`, and
+`interview_expired_before` keeps it once passed); and a record not expired finds each of its
+rows still there, and is applied again as in any replay (docs/contract.md §5; §7 says what
+that can change in a kept row).
 """
 
 from __future__ import annotations
