@@ -56,6 +56,17 @@ pytestmark = pytest.mark.integration
 
 ORIGIN = "dlq.replay.origin"
 MALFORMED = b'{"event": "applicant.created", "data": {"candidate_id": "' + ERASED.encode() + b'", '
+# Invalid JSON whose quotes pair wrongly before the id: an unescaped quote in free text, and a
+# backslash before a raw line break (what hand-written producers send; the review of main
+# after issue 25 found both published again after an erasure).
+STRAY_QUOTE = (
+    b'{"event": "applicant.created", "data": {"stage": "5" screen", '
+    b'"micro1_job_application_id": "app-1", "candidate_id": "' + ERASED.encode() + b'"}}'
+)
+BROKEN_ESCAPE = (
+    b'{"event": "applicant.created", "data": {"note": "x\\\n", '
+    b'"micro1_job_application_id": "app-1", "candidate_id": "' + ERASED.encode() + b'"}}'
+)
 
 
 def dead_letters_naming(broker: ScriptedBroker, dlq: str, candidate: str) -> list[Any]:
@@ -130,19 +141,23 @@ async def test_a_forged_replay_origin_neither_revives_an_erased_record_nor_drops
 # -- 4. dead letters and the ledger -------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "malformed", [MALFORMED, STRAY_QUOTE, BROKEN_ESCAPE], ids=["cut", "stray-quote", "escape"]
+)
 async def test_b_an_erased_candidates_dead_letter_is_not_published_again(
-    database_url: str,
+    database_url: str, malformed: bytes
 ) -> None:
     """A malformed record naming the candidate is dead-lettered, then the candidate is
     erased. Neither a replay from offset 0 (a new worker, no stored offsets) nor a replay of
     the dead letter may put a new copy of it on the dead-letter topic: both are counted as
-    erased, and every record ends in exactly one place."""
+    erased, and every record ends in exactly one place. Whatever the value's quotes pair
+    into (a cut record, a stray quote, a broken escape before the id)."""
     await migrate_url(database_url)
     s = settings(database_url, db_lanes=1)
     clients = ScriptedClients(s, partitions=1)
     async with scenario(database_url, s, clients) as (run, pg, watch):
         await clients.scripted_consumer.assign({P0, I0})
-        clients.scripted_consumer.append(I0, MALFORMED, key=ERASED.encode())
+        clients.scripted_consumer.append(I0, malformed, key=ERASED.encode())
         await pg.wait_offsets({I0: 1}, run)
         (letter,) = dead_letters_naming(clients.broker, s.dlq_topic, ERASED)
         await erase(await pg.connect(), ERASED, ends_now(clients.broker))

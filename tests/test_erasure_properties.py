@@ -22,6 +22,7 @@ in any form a search for them finds.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -212,6 +213,11 @@ async def test_erasure_matches_the_reference_model(
     for n in range(data.draw(st.integers(0, 4), label="letters")):
         first = data.draw(st.sampled_from(where), label=f"letter {n}")
         value = body[first][: data.draw(st.integers(1, len(body[first])), label=f"cut {n}")]
+        if data.draw(st.booleans(), label=f"a stray quote or escape {n}"):
+            # What a hand-written producer leaves in free text: the quotes pair wrongly.
+            pos = data.draw(st.integers(0, len(value)), label=f"stray at {n}")
+            stray = data.draw(st.sampled_from((b'"', b"\\\n", b'\\"')), label=f"stray {n}")
+            value = value[:pos] + stray + value[pos:]
         topic, partition, _ = first
         if data.draw(st.booleans(), label=f"as a replay {n}"):
             at = (topic, partition, tails[(topic, partition)])
@@ -240,3 +246,32 @@ async def test_erasure_matches_the_reference_model(
         for secret in secrets:
             for form in (secret, secret.lower(), secret.encode().hex()):
                 assert form not in text, row
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    doc=_JSON,
+    ascii_only=st.booleans(),
+    strays=st.lists(
+        st.tuples(st.integers(0, 10_000), st.sampled_from((b'"', b"\\\n", b'\\"', b"\\"))),
+        max_size=3,
+    ),
+)
+def test_a_dead_letters_names_are_the_models(
+    doc: object, ascii_only: bool, strays: list[tuple[int, bytes]]
+) -> None:
+    """The names the ledger screens a dead letter by are the model's JSON strings of its raw
+    value (docs/contract.md §7), valid JSON or not: stray quotes and broken escapes, the
+    kind a hand-written producer leaves in free text, make the quotes pair wrongly."""
+    value = json.dumps(doc, ensure_ascii=ascii_only).encode()
+    for at, stray in strays:
+        at %= len(value) + 1
+        value = value[:at] + stray + value[at:]
+    assert erasure.value_names(value) == json_strings(value)

@@ -57,10 +57,12 @@ _KEY = "SELECT key FROM erasure_state"
 _ENDS = "SELECT subject, log_ends::text FROM erasures WHERE subject = ANY($1::bytea[])"
 
 # Identity keys are at most 512 characters (docs/contract.md §3): longer strings of a dead
-# letter's value name nobody.
+# letter's value name nobody. Escaped, a character takes at most 12 characters (an astral one as
+# two \u escapes), so a longer raw string is longer than any identifier.
 MAX_NAME = 512
+MAX_ESCAPED = 12 * MAX_NAME
 # Every JSON string, quote to quote (empty ones too, or the scan would pair the wrong quotes).
-_STRING = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
 # Subjects of emails are HMACs in a domain of their own: no id can collide with one.
 _EMAIL_DOMAIN = b"\x00email\x00"
 
@@ -109,18 +111,23 @@ def names_of(event: Any) -> Names:
 
 
 def value_names(value: bytes | None) -> set[str]:
-    """The JSON strings of a raw value (parsed or not) that could be identifiers."""
+    """The JSON strings of a raw value (parsed or not) that could be identifiers: each string
+    quote to quote, and the text between any two consecutive quotes, since in a value that is
+    not valid JSON a stray quote or a broken escape pairs the quotes wrongly and would hide
+    the id after it (docs/contract.md §7)."""
+    text = (value or b"").decode("utf-8", "replace")
+    raws = [m.group(1) for m in _STRING.finditer(text)]
+    raws += text.split('"')[1:-1]
     found: set[str] = set()
-    for match in _STRING.finditer(value or b""):
-        raw = match.group(1)
-        if not raw or len(raw) > 6 * MAX_NAME:  # longer than any escaped identifier
+    for raw in raws:
+        if not raw or len(raw) > MAX_ESCAPED:
             continue
         try:
-            text = json.loads(b'"' + raw + b'"')
+            name = json.loads(f'"{raw}"')
         except ValueError:
-            text = raw.decode("utf-8", "replace")
-        if text and len(text) <= MAX_NAME:
-            found.add(text)
+            name = raw
+        if name and len(name) <= MAX_NAME:
+            found.add(name)
     return found
 
 

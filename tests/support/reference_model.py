@@ -707,9 +707,18 @@ class Model:
 
 def json_strings(raw: bytes | None) -> set[str]:
     """The JSON strings a raw value holds, whole, whether or not it parses: what a dead
-    letter's value can name (docs/contract.md §7). A plain scan, quote to quote."""
+    letter's value can name (docs/contract.md §7). A plain scan, quote to quote; and, as a
+    value that is not valid JSON may pair its quotes wrongly (a stray quote, a broken escape),
+    the text between any two consecutive quotes."""
     text = (raw or b"").decode("utf-8", "replace")
     found: set[str] = set()
+    for between in text.split('"')[1:-1]:
+        try:
+            value = json.loads(f'"{between}"')
+        except ValueError:
+            value = between
+        if value and len(value) <= 512:
+            found.add(value)
     i = 0
     while (start := text.find('"', i)) >= 0:
         j = start + 1
