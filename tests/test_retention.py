@@ -638,6 +638,44 @@ async def test_inserts_go_on_while_retention_deletes_sessions(
     )
 
 
+async def test_a_session_made_current_while_the_sweep_waits_is_kept_under_repeatable_read(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+) -> None:
+    """The database's `default_transaction_isolation` is REPEATABLE READ. A batch holds an old
+    session and makes it current (a late event of it); the sweep deleting old sessions waits
+    for it. Once the batch commits, the sweep must re-check the row and keep it, as at READ
+    COMMITTED, not fail the pass on a serialization error (retention sets its isolation, as
+    the batches and the erasure do: docs/contract.md §7)."""
+    name = await db.fetchval("SELECT current_database()")
+    await db.execute(
+        f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'repeatable read'"
+    )
+    now = dt.datetime.now(UTC)
+    old = now - dt.timedelta(days=200)
+    await apply(db, items_of([event(f"old{n}", "STARTED", old) for n in range(3)]))
+    batch = await asyncpg.connect(database_url)
+    applier = await asyncpg.connect(database_url)
+    try:
+        late = batch.transaction(isolation="read_committed")
+        await late.start()
+        await batch.execute(
+            "UPDATE proctoring_sessions SET last_event_at = $1 WHERE exam_id = 'old1'", now
+        )
+        applying = asyncio.create_task(retention.apply_locked(applier, 90, wait=True, now=now))
+        await wait_waiting(db, "proctoring_sessions")
+        await late.commit()
+        try:
+            await asyncio.wait_for(applying, 30)
+        except asyncpg.SerializationError as exc:
+            pytest.fail(f"the retention pass failed on the batch's update: {exc}")
+    finally:
+        for conn in (batch, applier):
+            await conn.close()
+    sessions = {r["exam_id"] for r in await db.fetch("SELECT exam_id FROM proctoring_sessions")}
+    assert sessions == {"old1"}, f"sessions left: {sessions}"
+
+
 async def test_interview_rows_are_swept_once_a_day_by_the_worker_and_at_once_by_the_command(
     db: asyncpg.Connection,  # noqa: F811
 ) -> None:
@@ -703,8 +741,8 @@ async def test_a_sweep_walks_the_primary_key_once(
     class Watched:
         """`db`, noting what each chunk looked at and where the next one starts."""
 
-        def transaction(self) -> Any:
-            return db.transaction()
+        def transaction(self, **options: Any) -> Any:
+            return db.transaction(**options)
 
         async def execute(self, *args: Any) -> str:
             return await db.execute(*args)

@@ -340,8 +340,10 @@ async def _carve(
 
 @contextlib.asynccontextmanager
 async def _step(conn: asyncpg.Connection, lock_timeout: str | None = None) -> AsyncIterator[None]:
-    """One short transaction of a pass, which gives up rather than queue behind a long one."""
-    async with conn.transaction():
+    """One short transaction of a pass, which gives up rather than queue behind a long one.
+    READ COMMITTED whatever the database's default: a sweep that waited for a batch re-checks
+    the row the batch changed (and keeps it if it is current now) instead of failing."""
+    async with conn.transaction(isolation="read_committed"):
         await conn.execute(f"SET LOCAL lock_timeout = '{lock_timeout or LOCK_TIMEOUT}'")
         yield
 
