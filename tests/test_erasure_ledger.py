@@ -51,6 +51,7 @@ from worker.migrate import migrate_url
 from worker.tools.dlq.publish import replay_headers
 from worker.tools.dlq.read import parse_dead_letter
 from worker.tools.forget import count_rows, erase
+from worker.tools.person import Person
 
 pytestmark = pytest.mark.integration
 
@@ -454,3 +455,53 @@ async def test_j_show_by_email_links_every_id_and_audits_without_identifiers(
     for stored in await db.fetch("SELECT * FROM erasure_audit"):
         text = " ".join(stored_text(v) for v in stored.values())
         assert "jo@" not in text.lower() and "m1-" not in text, text
+
+
+async def _no_log_ends() -> dict[str, dict[str, int]]:
+    return {}
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["ann@example.com ", "\tAnn@Example.com", "ÄNN@example.com", "änn@example.com\u00a0"],
+    ids=["blank-after", "tab-before", "non-ascii-capital", "nbsp-after"],
+)
+async def test_k_an_email_links_every_stored_form_the_ledger_calls_the_same(
+    db: asyncpg.Connection,  # noqa: F811
+    database_url: str,
+    stored: str,
+) -> None:
+    """The ledger calls two emails the same when their normal forms (trimmed, lower-cased as
+    Python does) are equal, so `show` and `forget --email` must link by that form too,
+    whatever PostgreSQL's lower() does in the database's locale (C here: ASCII only) and with
+    blanks around a stored email or an id that is an address. Failed on main after issue 25:
+    `show` linked [] and `forget` left the applicant and candidate rows."""
+    asked = "änn@example.com" if "Ä" in stored or "ä" in stored else "ann@example.com"
+    applicant = json.loads(applicant_of("m1-odd", "app-odd"))
+    applicant["data"]["email_id"] = stored
+    await apply(
+        db,
+        [
+            interview_item(json.dumps(applicant).encode(), 0),
+            proctoring_item(
+                _proctoring("STARTED", "2025-01-10T10:00:00Z").replace(
+                    ERASED.encode(), f" {asked.upper()}".encode()
+                ),
+                1,
+            ),
+            interview_item(applicant_of("m1-other", "app-other"), 2),
+        ],
+    )
+    code, out, err = await cli(database_url, "show", "--email", asked)
+    assert code == 0, err
+    address_id = f" {asked.upper()}"
+    assert json.loads(out)["linked_ids"] == sorted([address_id, "m1-odd"]), out
+    conn = await asyncpg.connect(database_url)
+    try:
+        done = await erase(conn, Person(email=asked), _no_log_ends)
+    finally:
+        await conn.close()
+    assert done.ids == sorted([address_id, "m1-odd"])
+    left = {t: n for t, n in (await count_rows(db, done.ids)).items() if n}
+    assert not left, f"rows of the linked ids left: {left}"
+    assert (await count_rows(db, "m1-other"))["applicants"] == 1

@@ -46,7 +46,7 @@ from worker.tools.person import Person
 
 pytestmark = pytest.mark.integration
 
-ADDRESSES = (*sorted({e for e in EMAILS if e}), "ann@example.com", "nobody@example.net")
+ADDRESSES = (*sorted({e.strip() for e in EMAILS if e}), "änn@example.com", "nobody@example.net")
 
 
 @dataclass

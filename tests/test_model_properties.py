@@ -85,7 +85,9 @@ EXAMS = ("exam-A", "exam-B")
 PROCTORED = ("p-1", "p-2", "ANN@example.com")
 
 NAMES = ("Ann", "ann", "Ann ", "Ånn", "Zoë Ng", "John Doe", "", "李雷")
-EMAILS = ("ann@example.com", "Ann@example.com", "zoe@example.org", "")
+# One person's email as producers write it: any case, blanks around it, a non-ASCII capital.
+EMAILS = ("ann@example.com", "Ann@example.com", " ann@example.com\t", "zoe@example.org", "")
+EMAILS += ("ÄNN@example.com",)
 JOB_NAMES = ("Backend Developer", "backend developer", "Test Engineer", "Ω Engineer")
 ATS_JOBS = ("ATS-1", "ATS-10", "ATS-2", "ats-1")
 ATS_APPLICATIONS = ("AJA-1", "AJA-2", "TEST123")

@@ -340,7 +340,7 @@ class Model:
 
     def forget_email(self, email: str, ends: Mapping[tuple[str, int], int]) -> list[str]:
         """Erase the person `email` names; the ids it linked, sorted."""
-        address = email.strip().lower()
+        address = normal_email(email)
         ids = sorted(self.linked(address))
         self.erasures.append((frozenset(ids), address, dict(ends)))
         for candidate in ids:
@@ -348,11 +348,11 @@ class Model:
         return ids
 
     def linked(self, address: str) -> set[str]:
-        """The ids the lower-cased `address` links in the tables as they are now."""
+        """The ids the normal form `address` links in the tables as they are now."""
         ids: set[str] = set()
-        ids |= {k for k, row in self.candidates.items() if _lower(row["email"].value) == address}
+        ids |= {k for k, row in self.candidates.items() if _email(row["email"].value) == address}
         for a in self.applicants.values():
-            if _lower(a.columns["email"]) == address:
+            if _email(a.columns["email"]) == address:
                 ids.add(a.columns["candidate_id"])
         every = {
             *self.candidates,
@@ -363,7 +363,7 @@ class Model:
             *(k[1] for k in self.system_checks),
             *(k[1] for k in self.sessions),
         }
-        ids |= {c for c in every if c is not None and "@" in c and c.lower() == address}
+        ids |= {c for c in every if c is not None and "@" in c and normal_email(c) == address}
         return ids
 
     def _delete(self, candidate: str) -> None:
@@ -391,7 +391,7 @@ class Model:
                 del stamps[key]
 
     def _is_old(self, ids: set[str], emails: set[str], coordinates: Iterable[Coordinate]) -> bool:
-        """Whether a record naming `ids` and `emails` (lower-cased), at `coordinates`, is old."""
+        """Whether a record naming `ids` and `emails` (normal forms), at `coordinates`, is old."""
         coordinates = list(coordinates)
         for covered, address, ends in self.erasures:
             if not (covered & ids or (address is not None and address in emails)):
@@ -404,7 +404,7 @@ class Model:
         """Whether a dead letter whose raw value holds the strings `names`, at `coordinates`
         (its own first, then its signed origin's), is published; if not it counts as erased."""
         names = set(names)
-        emails = {n.lower() for n in names if "@" in n}
+        emails = {normal_email(n) for n in names if "@" in n}
         if self.erasures and self._is_old(names, emails, coordinates):
             topic = coordinates[0][0]
             self.erased[topic] = self.erased.get(topic, 0) + 1
@@ -736,12 +736,17 @@ def json_strings(raw: bytes | None) -> set[str]:
     return found
 
 
-def _lower(value: Any) -> str | None:
-    return value.lower() if isinstance(value, str) else None
+def normal_email(address: str) -> str:
+    """An email's normal form (docs/contract.md §7): trimmed of white space, lower-cased."""
+    return address.strip().lower()
+
+
+def _email(value: Any) -> str | None:
+    return normal_email(value) if isinstance(value, str) else None
 
 
 def _names(event: Any) -> tuple[set[str], set[str]]:
-    """The candidate id an event names, and the emails it names, lower-cased: its email field
+    """The candidate id an event names, and the emails it names, in normal form: its email field
     (`candidate_email_id`, `email_id`) and its candidate id when that is an address."""
     if isinstance(event, pr.ProctoringEvent):
         candidate, email = event.candidateId, None
@@ -749,7 +754,7 @@ def _names(event: Any) -> tuple[set[str], set[str]]:
         data = event.data
         candidate = data.candidate_id
         email = getattr(data, "candidate_email_id", None) or getattr(data, "email_id", None)
-    emails = {v.lower() for v in (candidate, email) if v and "@" in v}
+    emails = {normal_email(v) for v in (candidate, email) if v and "@" in v}
     return {candidate}, emails
 
 

@@ -1,10 +1,13 @@
 """A person as an operator names them in an access or erasure request (docs/contract.md §7):
 one candidate id (`--candidate`), or an email (`--email`) that links every id it is known by.
 
-An email is compared lower-cased and links the candidate ids equal to it (a Proctorme
-`candidateId` or a micro1 `candidate_id` that is an address: the partial indexes of
-sql/008 hold exactly the ids with an `@`) and the micro1 ids whose stored email equals it
-(`candidates.email` from `candidate_email_id`, `applicants.email` from `email_id`).
+An email is compared by its normal form (trimmed, lower-cased: `erasure.normal_email`) and
+links the candidate ids that are the same email (a Proctorme `candidateId` or a micro1
+`candidate_id` that is an address: the partial indexes of sql/010 hold exactly the ids with
+an `@`) and the micro1 ids whose stored email is (`candidates.email` from
+`candidate_email_id`, `applicants.email` from `email_id`). PostgreSQL's `lower()` follows the
+database's collation, so the database only narrows the rows down (sql/010: a usual name by
+its key, every unusual one) and Python compares the normal forms.
 
 `NAMING` declares, once, every table with rows that name a candidate, the condition that
 selects the rows of the ids `$1` (text[]), and the columns that hold URLs of media kept
@@ -65,22 +68,34 @@ NAMING: tuple[Naming, ...] = (
     Naming("proctoring_sessions", "candidate_id = ANY($1)"),
 )
 
-# The ids an email links: stored emails, and ids that are the address itself.
-_ADDRESS_IDS = " UNION ".join(
-    f"SELECT candidate_id FROM {t} WHERE candidate_id LIKE '%@%' AND lower(candidate_id) = $1"
-    for t in (
-        "proctoring_sessions",
-        "system_checks",
-        "candidates",
-        "applicants",
-        "interviews",
-        "interview_reports",
-    )
+# What an email may link: (candidate_id, the stored email or the id that is an address) of the
+# rows whose name is usual with the normal form's key ($1), and of every row whose name is
+# unusual (sql/010: each kind through an index of its own). `linked_ids` keeps those whose
+# name's normal form is the address.
+_EMAILS = ("candidates", "applicants")
+_ADDRESSES = (
+    "proctoring_sessions",
+    "system_checks",
+    "candidates",
+    "applicants",
+    "interviews",
+    "interview_reports",
 )
-LINKED_IDS = (
-    "SELECT candidate_id FROM candidates WHERE lower(email) = $1 "
-    "UNION SELECT candidate_id FROM applicants WHERE lower(email) = $1 "
-    f"UNION {_ADDRESS_IDS} ORDER BY 1"
+_USUAL_OR_NOT = ("worker_email_key({}) = $1", "worker_email_unusual({})")
+LINK_CANDIDATES = " UNION ALL ".join(
+    [
+        *(
+            f"SELECT candidate_id, email FROM {t} WHERE {where.format('email')}"
+            for t in _EMAILS
+            for where in _USUAL_OR_NOT
+        ),
+        *(
+            f"SELECT candidate_id, candidate_id FROM {t} "
+            f"WHERE candidate_id LIKE '%@%' AND {where.format('candidate_id')}"
+            for t in _ADDRESSES
+            for where in _USUAL_OR_NOT
+        ),
+    ]
 )
 KEY = "SELECT key FROM erasure_state"
 
@@ -123,8 +138,7 @@ class Person:
         if self.email is None:
             assert self.candidate is not None
             return [self.candidate]
-        rows = await conn.fetch(LINKED_IDS, erasure.normal_email(self.email))
-        return [r[0] for r in rows]
+        return await linked_ids(conn, self.email)
 
     def subjects(self, key: bytes, ids: Sequence[str]) -> list[bytes]:
         """The ledger's subjects of the request: each id, and the email."""
@@ -135,6 +149,14 @@ class Person:
 
     def describe(self) -> dict[str, Any]:
         return {"candidate_id": self.candidate} if self.email is None else {"email": self.email}
+
+
+async def linked_ids(conn: asyncpg.Connection, email: str) -> list[str]:
+    """The candidate ids `email` links, sorted: ids that are the same email, and ids whose
+    stored email is (docs/contract.md §7: the same by normal form)."""
+    address = erasure.normal_email(email)
+    rows = await conn.fetch(LINK_CANDIDATES, address)
+    return sorted({cid for cid, name in rows if erasure.normal_email(name) == address})
 
 
 async def count_rows(conn: asyncpg.Connection, ids: Sequence[str] | str) -> dict[str, int]:
