@@ -37,6 +37,7 @@ rejected) is kept in `Letters`, so a retry neither re-sends nor re-discovers the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import time
@@ -271,29 +272,21 @@ class Committer:
         if not items:
             return []
         at = transaction_time() if at is None else at
-        if not guarded:
-            try:
-                await write_batch(
-                    conn, prepare_batch(items) if prepared is None else prepared, at, False, ages
-                )
-            except PrepareError as exc:
-                raise _Unguarded from exc
-            except Exception as exc:
-                if is_record_error(exc):
-                    raise _Unguarded from exc
-                raise
-            return []
         try:
-            async with conn.transaction():
+            async with conn.transaction() if guarded else contextlib.nullcontext():
                 batch = prepare_batch(items) if prepared is None else prepared
-                await write_batch(conn, batch, at, True, ages)
+                await write_batch(conn, batch, at, guarded, ages)
             return []
         except PrepareError as exc:
+            if not guarded:
+                raise _Unguarded from exc
             if len(items) == 1:
                 return [(items[0], SCHEMA_VIOLATION, truncate(str(exc)))]
         except Exception as exc:
             if not is_record_error(exc):
                 raise
+            if not guarded:
+                raise _Unguarded from exc
             if len(items) == 1:
                 return [(items[0], REJECTED_BY_DATABASE, truncate(describe(exc)))]
         mid = len(items) // 2
