@@ -37,6 +37,7 @@ from test_interleavings import (
     I0,
     P0,
     Db,
+    accounted,
     applicant_of,
     check_common,
     ends_now,
@@ -178,7 +179,7 @@ async def test_b_an_erased_candidates_dead_letter_is_not_published_again(
                 f"the dead-letter topic holds {len(copies)} copies of the erased candidate's "
                 "record: the replays published it again"
             )
-        stats = run.worker.stats
+        stats = await accounted(run, end)
         if stats["erased"] != 2:
             problems.append(f"records counted as erased: {stats['erased']}, expected 2")
         placed = stats["stored"] + stats["dead_lettered"] + stats["erased"]

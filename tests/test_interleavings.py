@@ -351,6 +351,16 @@ def where(exc: BaseException) -> str:
     return f"{f.filename.rsplit('/worker/', 1)[1]}:{f.lineno}: {f.line}"
 
 
+async def accounted(run: RunningWorker, consumed: int, timeout: float = 5.0) -> dict[str, int]:
+    """The worker's counts once they cover `consumed` records: a batch is counted just after
+    the commit that stores its offsets, so waiting for the offsets alone can read them early."""
+    deadline = time.monotonic() + timeout
+    while run.worker.stats.get("consumed", 0) < consumed and time.monotonic() < deadline:
+        run.check_alive()
+        await asyncio.sleep(0.01)
+    return dict(run.worker.stats)
+
+
 def check_common(problems: list[str], run: RunningWorker, watch: OffsetWatch | None) -> None:
     exc = run.failure()
     if exc is not None:
@@ -1132,7 +1142,7 @@ async def test_l_a_batch_that_meets_an_erasure_in_progress_stores_nothing_of_the
         left = await rows_naming(db, ERASED)
         if left:
             problems.append(f"rows naming the erased candidate remain: {left}")
-        erased = run.worker.stats.get("erased", 0)
+        erased = (await accounted(run, 1)).get("erased", 0)
         if erased != 1:
             problems.append(f"records counted as erased: {erased}, expected 1")
         c.append(I0, applicant_of(ERASED, "app-2"))  # produced after the erasure: stored
